@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail. Runs on an auditor's laptop: never imports `gateway`."""

@@ -1,0 +1,26 @@
+"""The gateway's exception types.
+
+    GatewayError
+     ├── ConfigError      configuration could not be loaded; carries every problem at once
+     └── RedisStartError  the embedded redis-server could not be started
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from policies.source import Problem
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class RedisStartError(GatewayError):
+    pass
