@@ -116,7 +116,11 @@ def _integer(low: int, high: int) -> _Reader:
 
 def _number(low: float, high: float) -> _Reader:
     def read(value: object, line: int, key: str, problems: Problems) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
             problems.add(line, key, value, f"a number from {low} to {high}")
             return None
         return float(value)
@@ -204,8 +208,14 @@ def _listeners(value: object, line: int, key: str, problems: Problems) -> Any:
     readers = {"address": _text, "port": _integer(0, 65535), "tls": _boolean}
     out = []
     for index, item in enumerate(value):
-        fields = _section(item, f"{key}[{index}]", value.line_of(index), readers, problems,
-                          required=("address", "port"))
+        fields = _section(
+            item,
+            f"{key}[{index}]",
+            value.line_of(index),
+            readers,
+            problems,
+            required=("address", "port"),
+        )
         if {"address", "port"} <= fields.keys():
             out.append(Listener(**fields))
     return tuple(out)
@@ -219,7 +229,8 @@ def _path_list(value: object, line: int, key: str, problems: Problems) -> Any:
 
 
 def _path(value: object, line: int, key: str, problems: Problems) -> Any:
-    return Path(value) if _text(value, line, key, problems) is not None else None
+    text = _text(value, line, key, problems)
+    return Path(text) if text is not None else None
 
 
 def _networks(value: object, line: int, key: str, problems: Problems) -> Any:
@@ -231,7 +242,9 @@ def _networks(value: object, line: int, key: str, problems: Problems) -> Any:
         try:
             out.append(ipaddress.ip_network(str(item), strict=False))
         except ValueError:
-            problems.add(value.line_of(index), f"{key}[{index}]", item, "an address or CIDR network")
+            problems.add(
+                value.line_of(index), f"{key}[{index}]", item, "an address or CIDR network"
+            )
     return tuple(out)
 
 
@@ -309,8 +322,9 @@ def parse_config(text: str, file: str, base: Path | None = None) -> GatewayConfi
     doc = load_yaml(text, problems)
     fields = {}
     if not problems:
-        fields = _section(doc, "", 1, _READERS, problems,
-                          required=("console_url", "data_dir", "listeners"))
+        fields = _section(
+            doc, "", 1, _READERS, problems, required=("console_url", "data_dir", "listeners")
+        )
     if problems:
         raise ConfigError(problems.items)
     if base is not None:
@@ -331,8 +345,11 @@ def _resolve_paths(fields: dict[str, Any], base: Path) -> dict[str, Any]:
         out["policy_files"] = tuple(under(p) for p in fields["policy_files"])
     if "audit" in fields:
         audit: AuditConfig = fields["audit"]
-        out["audit"] = AuditConfig(audit.checkpoint_every_frames, audit.checkpoint_every_s,
-                                   under(audit.segment_dir) or audit.segment_dir)
+        out["audit"] = AuditConfig(
+            audit.checkpoint_every_frames,
+            audit.checkpoint_every_s,
+            under(audit.segment_dir) or audit.segment_dir,
+        )
     return out
 
 

@@ -81,33 +81,54 @@ class EmbeddedRedis:
             self.socket_path.unlink()
         args = [
             self.binary,
-            "--port", "0",
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(self.directory),
-            "--daemonize", "no",
-            "--save", "",
-            "--appendonly", "yes" if self.persistent else "no",
-            "--appendfsync", self.appendfsync,
-            "--loglevel", "warning",
-            "--logfile", str(self.directory / "redis.log"),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.directory),
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            self.appendfsync,
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         self._process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, preexec_fn=_die_with_parent,  # noqa: PLW1509
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                err = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
                 log = self.directory / "redis.log"
                 detail = err or (log.read_text(errors="replace")[-2000:] if log.exists() else "")
-                raise RedisStartError(f"redis-server exited with {self._process.returncode}: {detail}")
+                raise RedisStartError(
+                    f"redis-server exited with {self._process.returncode}: {detail}"
+                )
             if self._answers_ping():
                 return
             time.sleep(0.02)
         self.stop()
-        raise RedisStartError(f"redis-server did not answer on {self.socket_path} within {timeout_s}s")
+        raise RedisStartError(
+            f"redis-server did not answer on {self.socket_path} within {timeout_s}s"
+        )
 
     def _answers_ping(self) -> bool:
         try:

@@ -1,8 +1,8 @@
 """The gateway's exception types.
 
-    GatewayError
-     ├── ConfigError      configuration could not be loaded; carries every problem at once
-     └── RedisStartError  the embedded redis-server could not be started
+GatewayError
+ ├── ConfigError      configuration could not be loaded; carries every problem at once
+ └── RedisStartError  the embedded redis-server could not be started
 """
 
 from __future__ import annotations

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Effect(str, Enum):
+class Effect(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     READ = "read"
     WRITE = "write"
 
 
-class PathMatch(str, Enum):
+class PathMatch(StrEnum):
     EXACT = "exact"
     PREFIX = "prefix"
     GLOB = "glob"

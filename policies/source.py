@@ -119,7 +119,7 @@ def load_yaml(text: str, problems: Problems) -> object:
     try:
         loader = _Loader(text)
         try:
-            # SECURITY: aliases allow exponential "billion laughs" expansion; configs never need them.
+            # SECURITY: aliases allow "billion laughs" expansion; configs never need them.
             node = loader.get_single_node()
             if node is not None and _has_alias(node):
                 problems.add(1, "(document)", None, "no YAML anchors or aliases")

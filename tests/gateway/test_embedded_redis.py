@@ -27,4 +27,7 @@ def test_embedded_redis_uses_a_private_socket_and_aof_always(tmp_path: Path) -> 
         assert pid is not None
     finally:
         server.stop()
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert (
+        not Path(f"/proc/{pid}").exists()
+        or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    )

@@ -1,0 +1,142 @@
+"""The one Redis key schema. Every key the gateway reads or writes is named here.
+
+Ids are validated before they reach these functions (`[A-Za-z0-9._-]{1,64}`), so a key
+can never be forged by an id containing `:`. TTLs set on these keys are garbage
+collection only; validity is always decided by the Clock against stored timestamps.
+"""
+
+from __future__ import annotations
+
+P = "gw:"
+
+
+# --- accounts -------------------------------------------------------------------------
+def staff(staff_id: str) -> str:
+    return f"{P}staff:{staff_id}"
+
+
+def staff_index() -> str:
+    return f"{P}staff"
+
+
+def org(org_id: str) -> str:
+    return f"{P}org:{org_id}"
+
+
+def org_index() -> str:
+    return f"{P}orgs"
+
+
+def member(org_id: str, member_id: str) -> str:
+    return f"{P}org:{org_id}:member:{member_id}"
+
+
+def org_members(org_id: str) -> str:
+    return f"{P}org:{org_id}:members"
+
+
+def org_approvers(org_id: str) -> str:
+    return f"{P}org:{org_id}:approvers"
+
+
+def account_by_email(email: str) -> str:
+    return f"{P}email:{email.lower()}"
+
+
+def totp_last_step(principal_key: str) -> str:
+    return f"{P}totp-step:{principal_key}"
+
+
+def password_failures_account(principal_or_email: str) -> str:
+    return f"{P}throttle:pw:acct:{principal_or_email}"
+
+
+def password_failures_address(address: str) -> str:
+    return f"{P}throttle:pw:addr:{address}"
+
+
+def totp_failures(principal_key: str) -> str:
+    return f"{P}throttle:totp:{principal_key}"
+
+
+def enrolment(token_hash: str) -> str:
+    return f"{P}enrol:{token_hash}"
+
+
+# --- sessions -------------------------------------------------------------------------
+def console_session(session_id: str) -> str:
+    return f"{P}session:{session_id}"
+
+
+def principal_sessions(principal_key: str) -> str:
+    return f"{P}sessions-of:{principal_key}"
+
+
+def app_session(app_session_id: str) -> str:
+    return f"{P}app-session:{app_session_id}"
+
+
+def app_sessions_of(console_session_id: str) -> str:
+    return f"{P}app-sessions-of:{console_session_id}"
+
+
+def handoff_code(code_hash: str) -> str:
+    return f"{P}handoff:{code_hash}"
+
+
+# --- access workflow ------------------------------------------------------------------
+def access_request(request_id: str) -> str:
+    return f"{P}request:{request_id}"
+
+
+def request_history(request_id: str) -> str:
+    return f"{P}request:{request_id}:history"
+
+
+def org_requests(org_id: str) -> str:
+    return f"{P}org:{org_id}:requests"
+
+
+def staff_requests(staff_id: str) -> str:
+    return f"{P}staff:{staff_id}:requests"
+
+
+def pending_requests() -> str:
+    return f"{P}requests:pending"
+
+
+def live_grants() -> str:
+    return f"{P}grants:live"
+
+
+def live_grant(actor_key: str, org_id: str) -> str:
+    return f"{P}live-grant:{actor_key}:{org_id}"
+
+
+def grant_events_channel() -> str:
+    return f"{P}events:grants"
+
+
+def session_events_channel() -> str:
+    return f"{P}events:sessions"
+
+
+def mail_queue() -> str:
+    return f"{P}mail:queue"
+
+
+def mail_message(message_id: str) -> str:
+    return f"{P}mail:{message_id}"
+
+
+def mail_undelivered() -> str:
+    return f"{P}mail:undelivered"
+
+
+# --- audit ----------------------------------------------------------------------------
+def audit_stream() -> str:
+    return f"{P}audit:frames"
+
+
+def audit_last_checkpoint() -> str:
+    return f"{P}audit:last-checkpoint"
