@@ -9,6 +9,10 @@ told by the kernel (PR_SET_PDEATHSIG) if the gateway is killed outright.
     server.start()          # blocks until it answers PING
     url = server.url        # unix:///.../redis.sock
     server.stop()
+
+Start it from the event loop's own thread (not `asyncio.to_thread`): the kernel's
+parent-death signal follows the thread that spawned the child, so a server started from a
+worker thread would be killed when that thread retires.
 """
 
 from __future__ import annotations
@@ -112,16 +116,13 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = (
-                    self._process.stderr.read().decode(errors="replace")
-                    if self._process.stderr
-                    else ""
-                )
+                process, self._process = self._process, None
+                _, err = process.communicate()
                 log = self.directory / "redis.log"
-                detail = err or (log.read_text(errors="replace")[-2000:] if log.exists() else "")
-                raise RedisStartError(
-                    f"redis-server exited with {self._process.returncode}: {detail}"
+                detail = err.decode(errors="replace") or (
+                    log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 )
+                raise RedisStartError(f"redis-server exited with {process.returncode}: {detail}")
             if self._answers_ping():
                 return
             time.sleep(0.02)

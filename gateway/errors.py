@@ -2,7 +2,9 @@
 
 GatewayError
  ├── ConfigError      configuration could not be loaded; carries every problem at once
- └── RedisStartError  the embedded redis-server could not be started
+ ├── RedisStartError  the embedded redis-server could not be started
+ ├── KeyMaterialError a key or certificate is missing, unreadable, invalid or not 0600
+ └── AssertionRefused no identity assertion may be signed for this grant (e.g. it has ended)
 """
 
 from __future__ import annotations
@@ -23,4 +25,12 @@ class ConfigError(GatewayError):
 
 
 class RedisStartError(GatewayError):
+    pass
+
+
+class KeyMaterialError(GatewayError):
+    pass
+
+
+class AssertionRefused(GatewayError):
     pass

@@ -121,6 +121,26 @@ def session_events_channel() -> str:
     return f"{P}events:sessions"
 
 
+def request_approvals(request_id: str) -> str:
+    """Set of member ids that approved a pending request (each approver counts once)."""
+    return f"{P}request:{request_id}:approvals"
+
+
+def org_live_grants(org_id: str) -> str:
+    """Set of live grant ids of one org (for revoke-all)."""
+    return f"{P}org:{org_id}:live-grants"
+
+
+def org_settings(org_id: str) -> str:
+    """Hash of an org's access-workflow settings (missing fields take the defaults)."""
+    return f"{P}org:{org_id}:settings"
+
+
+def access_outbox() -> str:
+    """Stream of workflow events written by the transition scripts, for notices and audit."""
+    return f"{P}access:outbox"
+
+
 def mail_queue() -> str:
     return f"{P}mail:queue"
 

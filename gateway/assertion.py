@@ -1,0 +1,298 @@
+"""The identity assertion: the JWT the gateway hands the upstream as `X-Gateway-Assertion`.
+
+This module owns the ES256 signing keys (each with a `kid`), their storage, their
+rotation, the published key set (`/.gateway/jwks.json` on the console origin) and the
+claims of every assertion:
+
+    signer = load_signer(config.data_dir / "keys", issuer=config.console_url)
+    token = signer.sign(grant, audience="https://acme.localhost:8443", now=clock.now())
+    claims = verify(token, signer.jwks(), audience="https://acme.localhost:8443",
+                    issuer=config.console_url)
+    # {"iss": ..., "aud": ..., "sub": "bob", "act": {"sub": "sam"}, "org": "acme",
+    #  "grant": "r-1", "scope": "read", "iat": ..., "nbf": ..., "exp": ..., "jti": ...}
+
+Keys live as PEM files, mode 0600, in a 0700 directory (`<data_dir>/keys/assertion/`),
+named `<created>-<kid>.pem`: the newest signs, every kept key is published so that tokens
+signed just before a rotation still verify. `rotate()` adds a key and prunes the oldest.
+Alternatively GATEWAY_ASSERTION_KEYS holds one or more PEM private keys (the last signs)
+and nothing is read from or written to disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from gateway.errors import AssertionRefused, KeyMaterialError
+from gateway.identity import ActingGrant
+
+ALGORITHM = "ES256"
+MAX_LIFETIME_S = 300  # DESIGN: an assertion lives at most 5 minutes
+KEEP_KEYS = 3  # published keys after a rotation: the new one and the two before it
+ENV_KEYS = "GATEWAY_ASSERTION_KEYS"
+JWKS_MAX_AGE_S = 300
+
+_KEY_FILE = re.compile(r"^(\d{10,})-([A-Za-z0-9_-]{16,64})\.pem$")
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN (?:EC )?PRIVATE KEY-----.+?-----END (?:EC )?PRIVATE KEY-----", re.S
+)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def public_jwk(self) -> dict[str, Any]:
+        jwk = ECAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        assert isinstance(jwk, dict)  # to_jwk(as_dict=True) always returns a dict
+        return {**jwk, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}
+
+
+def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The RFC 7638 thumbprint of the public key, base64url: stable across restarts."""
+    jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
+    assert isinstance(jwk, dict)
+    canonical = json.dumps(
+        {name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":")
+    )
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _signing_key(private_key: ec.EllipticCurvePrivateKey) -> SigningKey:
+    if not isinstance(private_key.curve, ec.SECP256R1):
+        raise KeyMaterialError(f"assertion key must be P-256 for ES256, not {private_key.curve}")
+    return SigningKey(key_id(private_key.public_key()), private_key)
+
+
+def _load_pem(data: bytes, where: str) -> SigningKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyMaterialError(f"{where}: not a PEM private key without password: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise KeyMaterialError(f"{where}: not an EC private key")
+    return _signing_key(key)
+
+
+class AssertionSigner:
+    """Signs assertions with the newest key; publishes every key it holds."""
+
+    def __init__(self, keys: Sequence[SigningKey], *, issuer: str) -> None:
+        if not keys:
+            raise KeyMaterialError("an assertion signer needs at least one key")
+        self.keys = tuple(keys)
+        self.issuer = issuer
+        self.current = self.keys[-1]
+        self._jwks = {"keys": [key.public_jwk for key in self.keys]}
+
+    def sign(self, grant: ActingGrant, audience: str, now: float) -> str:
+        """One assertion for one forwarded request of `grant` to the origin `audience`."""
+        # SECURITY: an assertion never outlives the grant it speaks for, nor 5 minutes.
+        expires = min(math.floor(now) + MAX_LIFETIME_S, math.floor(grant.expires_at))
+        issued = math.floor(now)
+        if expires <= issued or now < grant.starts_at:
+            raise AssertionRefused(
+                f"grant {grant.grant_id} is not live at {now} "
+                f"(from {grant.starts_at} to {grant.expires_at})"
+            )
+        claims = {
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": grant.member_id,
+            "act": {"sub": grant.actor.id},
+            "org": grant.org,
+            "grant": grant.grant_id,
+            "scope": grant.scope.value,
+            "iat": issued,
+            "nbf": issued,
+            "exp": expires,
+            "jti": secrets.token_urlsafe(16),
+        }
+        return jwt.encode(
+            claims,
+            self.current.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self.current.kid, "typ": "JWT"},
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set of every published public key (a fresh copy)."""
+        return json.loads(json.dumps(self._jwks))  # type: ignore[no-any-return]
+
+
+def verify(
+    token: str,
+    jwks: Mapping[str, Any],
+    *,
+    audience: str,
+    issuer: str,
+    now: float | None = None,
+    leeway_s: float = 0.0,
+) -> dict[str, Any]:
+    """Verify an assertion against a JWK Set, as an upstream does; raises jwt.InvalidTokenError.
+
+    The key is chosen by `kid`; only ES256 is accepted (never `none` or an HMAC confusion).
+    `now` lets tests judge expiry on a manual clock.
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise
+    kid = header.get("kid")
+    # SECURITY: the algorithm is fixed by us, never taken from the token's header.
+    if header.get("alg") != ALGORITHM or not isinstance(kid, str):
+        raise jwt.InvalidAlgorithmError(f"assertion header must be ES256 with a kid: {header}")
+    keys = [k for k in jwks.get("keys", ()) if isinstance(k, Mapping) and k.get("kid") == kid]
+    if len(keys) != 1:
+        raise jwt.InvalidKeyError(f"no single published key with kid {kid!r}")
+    public_key = ECAlgorithm.from_jwk(json.dumps(dict(keys[0])))
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise jwt.InvalidKeyError(f"published key {kid!r} is not an EC public key")
+    options: dict[str, Any] = {"require": ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]}
+    if now is not None:
+        # PyJWT judges time by the wall clock; a manual clock is applied below instead.
+        options.update(verify_exp=False, verify_nbf=False, verify_iat=False)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        public_key,
+        algorithms=[ALGORITHM],
+        audience=audience,
+        issuer=issuer,
+        leeway=leeway_s,
+        options=options,  # type: ignore[arg-type]
+    )
+    if now is not None:
+        if not claims["nbf"] - leeway_s <= now:
+            raise jwt.ImmatureSignatureError("the assertion is not yet valid")
+        if not now < claims["exp"] + leeway_s:
+            raise jwt.ExpiredSignatureError("the assertion has expired")
+    return claims
+
+
+# --- key storage ----------------------------------------------------------------------
+def _check_private(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    # SECURITY: a signing key others can read lets them forge identities; refuse to use it.
+    if mode & 0o077:
+        raise KeyMaterialError(f"{path}: mode {mode:04o}; private keys must be 0600")
+
+
+def _stored_keys(directory: Path) -> list[tuple[str, Path]]:
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _KEY_FILE.match(path.name)
+        if match:
+            found.append((path.name, path))
+    return sorted(found)
+
+
+def _write_new_key(directory: Path, created: float) -> SigningKey:
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # SECURITY: only the gateway's user lists or reads its keys
+    key = _signing_key(ec.generate_private_key(ec.SECP256R1()))
+    pem = key.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    final = directory / f"{int(created):010d}-{key.kid}.pem"
+    partial = directory / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    # SECURITY: created 0600 from the first byte, then renamed into place whole.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, final)
+    return key
+
+
+def _read_directory(directory: Path) -> list[SigningKey]:
+    keys = []
+    for _, path in _stored_keys(directory):
+        _check_private(path)
+        keys.append(_load_pem(path.read_bytes(), str(path)))
+    return keys
+
+
+def load_signer(
+    directory: Path,
+    *,
+    issuer: str,
+    environ: Mapping[str, str] | None = None,
+    create: bool = True,
+) -> AssertionSigner:
+    """The signer from GATEWAY_ASSERTION_KEYS, else from `directory` (a key made if none)."""
+    env = os.environ if environ is None else environ
+    pems = env.get(ENV_KEYS)
+    if pems:
+        blocks = _PEM_BLOCK.findall(pems.encode())
+        if not blocks:
+            raise KeyMaterialError(f"{ENV_KEYS} holds no PEM private key")
+        return AssertionSigner(
+            [_load_pem(block, f"{ENV_KEYS}[{i}]") for i, block in enumerate(blocks)],
+            issuer=issuer,
+        )
+    keys = _read_directory(directory)
+    if not keys:
+        if not create:
+            raise KeyMaterialError(f"{directory}: no assertion signing key")
+        keys = [_write_new_key(directory, time.time())]
+    return AssertionSigner(keys, issuer=issuer)
+
+
+def rotate(directory: Path, *, keep: int = KEEP_KEYS, now: float | None = None) -> SigningKey:
+    """Add a new signing key and delete all but the newest `keep` (which stay published).
+
+    Running gateways pick the new key up when they next load their signer (restart).
+    """
+    if keep < 2:
+        # SECURITY-adjacent: keeping only the new key would break tokens signed moments ago.
+        raise ValueError(f"keep={keep}: keep at least the new key and the previous one")
+    stored = _stored_keys(directory)
+    created = time.time() if now is None else now
+    if stored:
+        newest = int(_KEY_FILE.match(stored[-1][0]).group(1))  # type: ignore[union-attr]
+        created = max(created, newest + 1)  # file names order keys; never tie or go back
+    key = _write_new_key(directory, created)
+    for _, path in _stored_keys(directory)[:-keep]:
+        path.unlink()
+    return key
+
+
+# --- the published key set --------------------------------------------------------------
+def jwks_handler(signer: AssertionSigner) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler for the console's `GET /.gateway/jwks.json`."""
+    body = json.dumps(signer.jwks(), separators=(",", ":"))
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(
+            text=body,
+            content_type="application/jwk-set+json",
+            headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE_S}"},
+        )
+
+    return handle
