@@ -60,7 +60,9 @@ def test_no_orphan_redis_after_owner_ends(tmp_path: Path, how: signal.Signals) -
             assert _alive(redis_pid)
             os.kill(owner.pid, how)
             owner.wait(10)
-            assert _wait_gone(redis_pid), f"redis-server {redis_pid} outlived its owner ({how.name})"
+            assert _wait_gone(redis_pid), (
+                f"redis-server {redis_pid} outlived its owner ({how.name})"
+            )
         finally:
             if owner.poll() is None:
                 owner.kill()
