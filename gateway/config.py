@@ -156,8 +156,12 @@ def _https_url(value: object, line: int, key: str, problems: Problems) -> Any:
     if not isinstance(value, str):
         problems.add(line, key, value, "an https:// URL")
         return None
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        hostname = None
+    if not hostname or parts.scheme != "https" or parts.path not in ("", "/"):
         problems.add(line, key, value, "an https:// URL with a host and no path")
         return None
     return value.rstrip("/")
@@ -258,7 +262,11 @@ def _nested(cls: type, readers: Mapping[str, _Reader]) -> _Reader:
 def _optional_url(value: object, line: int, key: str, problems: Problems) -> Any:
     if value is None:
         return None
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+    try:
+        scheme = urlsplit(value).scheme if isinstance(value, str) else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        scheme = None
+    if scheme not in ("redis", "rediss", "unix"):
         problems.add(line, key, value, "null (embedded) or a redis://, rediss:// or unix:// URL")
         return None
     return value

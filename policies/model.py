@@ -32,7 +32,13 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @dataclass(frozen=True)
 class Rule:
-    """One ordered allow/deny entry. `methods` empty means every method."""
+    """One ordered allow/deny entry. `methods` empty means every method.
+
+    `pattern` is the path as written; `key` is what is matched against a path's match key
+    (case folded when the route is case-insensitive). `regex` is an equivalent regular
+    expression for tools and display; matching itself uses `matches`, which runs globs as
+    a linear-time automaton so that no request path can make a pattern backtrack.
+    """
 
     effect: Effect
     methods: frozenset[str]
@@ -40,6 +46,109 @@ class Rule:
     pattern: str
     source: str  # "file:line", for explain and audit
     regex: re.Pattern[str] = field(compare=False, repr=False)
+    key: str = ""
+    glob: tuple[str, ...] = field(default=(), compare=False, repr=False)  # compiled tokens
+
+    def applies_to(self, method: str) -> bool:
+        return not self.methods or method.upper() in self.methods
+
+    def matches(self, match_key: str) -> bool:
+        """Does this rule's path cover `match_key` (a `NormalisedPath` reading)?"""
+        key = self.key or self.pattern
+        # A trailing slash never matters: most upstreams serve /x and /x/ alike, so a deny
+        # rule for one must cover the other (patterns lose theirs at load).
+        full = match_key
+        if len(match_key) > 1 and match_key.endswith("/"):
+            match_key = match_key[:-1]
+        if self.match is PathMatch.EXACT:
+            return match_key == key
+        if self.match is PathMatch.PREFIX:
+            # Segment-aware: /admin covers /admin and /admin/x, never /administrator.
+            boundary = key if key.endswith("/") else key + "/"
+            return match_key == key or match_key.startswith(boundary)
+        # A Rule built by hand without compiled tokens still matches (never silently not).
+        tokens = self.glob or compile_glob(key)
+        # With its slash, /admin/ is matched by /admin/* too (an empty last segment).
+        return glob_matches(tokens, match_key) or glob_matches(tokens, full)
+
+    def describe(self) -> str:
+        methods = ",".join(sorted(self.methods)) if self.methods else "any method"
+        return f"{self.effect} {self.match} {self.pattern} ({methods})"
+
+
+GLOB_ANY_SEGMENT_RUN = "*"  # zero or more characters other than "/"
+GLOB_ANY_RUN = "**"  # zero or more characters, "/" included
+GLOB_ANY_DIRS = "**/"  # zero or more whole segments: "" or anything ending in "/"
+GLOB_ONE = "?"  # exactly one character other than "/"
+_GLOB_SKIPPABLE = (GLOB_ANY_SEGMENT_RUN, GLOB_ANY_RUN, GLOB_ANY_DIRS)
+
+
+def glob_matches(tokens: tuple[str, ...], text: str) -> bool:
+    """Run a compiled glob (one token per literal character or wildcard) over `text`.
+
+    A set-of-states automaton: time is len(text) x live states, never exponential. State
+    `i` means "tokens before i matched"; state `-(i + 1)` means "inside the `**/` at i",
+    which may only be left through a "/".
+    """
+    end = len(tokens)
+
+    def closure(states: set[int]) -> set[int]:
+        pending = [s for s in states if s >= 0]
+        while pending:
+            state = pending.pop()
+            wildcard = state < end and tokens[state] in _GLOB_SKIPPABLE
+            if wildcard and state + 1 not in states:
+                states.add(state + 1)
+                pending.append(state + 1)
+        return states
+
+    states = closure({0})
+    for char in text:
+        following: set[int] = set()
+        for state in states:
+            if state < 0:
+                following.add(state)
+                if char == "/":
+                    following.add(-state)
+                continue
+            if state == end:
+                continue
+            token = tokens[state]
+            if token == GLOB_ANY_RUN or (token == GLOB_ANY_SEGMENT_RUN and char != "/"):
+                following.add(state)
+            elif token == GLOB_ANY_DIRS:
+                following.add(-(state + 1))
+                if char == "/":
+                    following.add(state + 1)
+            elif (token == GLOB_ONE and char != "/") or token == "=" + char:
+                following.add(state + 1)
+        if not following:
+            return False
+        states = closure(following)
+    return end in states
+
+
+def compile_glob(text: str) -> tuple[str, ...]:
+    """Glob text -> tokens for `glob_matches`: wildcards as themselves, literals as "=c"."""
+    tokens: list[str] = []
+    index = 0
+    while index < len(text):
+        if text.startswith("**/", index):
+            tokens.append(GLOB_ANY_DIRS)
+            index += 3
+        elif text.startswith("**", index):
+            tokens.append(GLOB_ANY_RUN)
+            index += 2
+        elif text[index] == "*":
+            tokens.append(GLOB_ANY_SEGMENT_RUN)
+            index += 1
+        elif text[index] == "?":
+            tokens.append(GLOB_ONE)
+            index += 1
+        else:
+            tokens.append("=" + text[index])
+            index += 1
+    return tuple(tokens)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""`gateway policy check|explain`: validate policy files; show how one request is judged.
+
+    gateway policy check config/policies/*.yaml
+    gateway policy explain --host acme.localhost --scope read GET /api/contacts
+
+`check` exits 0 when every file is valid, 1 with every problem on stderr as
+`file:line: key: expected (got value)`. `explain` exits 0 when the request would be
+allowed, 3 when denied or its path refused, 1 when the policy or config cannot be loaded
+or no route serves the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from policies.decide import decide
+from policies.errors import PathRejected, PolicyError
+from policies.load import load_policy_files
+from policies.model import PolicySet, Scope
+from policies.paths import normalise
+
+EXIT_DENIED = 3
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    policy = commands.add_parser("policy", help="routing-policy files")
+    sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    check = sub.add_parser("check", help="validate policy files; exit 0 valid, 1 invalid")
+    check.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    check.set_defaults(handler=_check)
+    explain = sub.add_parser(
+        "explain", help="show the route, normalised path, matching rule and decision"
+    )
+    explain.add_argument("--host", required=True, help="the Host the request is sent to")
+    explain.add_argument("--scope", choices=[s.value for s in Scope], default=Scope.WRITE.value)
+    explain.add_argument(
+        "--policy",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="policy file (repeat for several); default: policy_files of --config",
+    )
+    explain.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config/gateway.yaml"),
+        help="gateway config naming the policy files (default: config/gateway.yaml)",
+    )
+    explain.add_argument("method", metavar="METHOD")
+    explain.add_argument("path", metavar="PATH", help="the raw request path, without query")
+    explain.set_defaults(handler=_explain)
+
+
+def _load(files: list[Path]) -> PolicySet | None:
+    try:
+        return load_policy_files(files)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} error(s)", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    policy_set = _load(args.files)
+    if policy_set is None:
+        return 1
+    rules = sum(len(r.rules) for r in policy_set.routes)
+    print(
+        f"ok: {len(policy_set.files)} file(s), {len(policy_set.routes)} route(s), "
+        f"{len(policy_set.by_host)} host(s), {rules} rule(s)"
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    files: list[Path] | None = args.policy
+    if not files:
+        try:
+            files = list(load_config(args.config).policy_files)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        if not files:
+            print(f"{args.config}: names no policy_files; pass --policy FILE", file=sys.stderr)
+            return 1
+    policy_set = _load(files)
+    if policy_set is None:
+        return 1
+    route = policy_set.route_for(args.host)
+    if route is None:
+        print(f"no route serves host {args.host!r} (the gateway answers 404)", file=sys.stderr)
+        return 1
+    print(f"route:    {route.name} ({route.source}) -> {route.upstream.url}, org {route.org}")
+    try:
+        path = normalise(
+            args.path,
+            allow_encoded_slashes=route.allow_encoded_slashes,
+            case_insensitive=route.case_insensitive,
+        )
+    except PathRejected as exc:
+        print(f"path:     refused: {exc.reason} (the gateway answers 400)")
+        print("decision: deny")
+        return EXIT_DENIED
+    print(f"path:     {path.forwarded} (forwarded and judged)")
+    if len(path.match_keys) > 1 or path.match_key != path.forwarded:
+        print(f"readings: {', '.join(path.match_keys)}")
+    decision = decide(route, args.method, path, Scope(args.scope))
+    if decision.rule is not None:
+        print(f"rule:     {decision.rule.describe()} at {decision.rule.source}")
+    else:
+        print("rule:     none")
+    verdict = "allow" if decision.allowed else "deny"
+    print(f"decision: {verdict} ({args.method} with a {args.scope} grant): {decision.reason}")
+    return 0 if decision.allowed else EXIT_DENIED
