@@ -1,0 +1,421 @@
+"""The auditor's commands, runnable without a gateway: `python -m audit …` or `gateway audit …`.
+
+    verify PATH... --keyring FILE [--strict]        exit 0 clean, 1 on any error finding
+    replay PATH... [filters] [--bodies]             a timeline; --follow watches Redis
+    export PATH... --format har|jsonl|ocsf [-o F]   with a progress bar on a terminal
+    collect --redis-url URL --segment-dir DIR       Redis stream -> segment files
+    keys rotate --dir DIR | keys show --dir DIR     checkpoint signing keys
+
+Filters: --grant ID --actor ID|EMAIL --member ID --org ID --session ID --since T --until T
+(T in RFC 3339, e.g. 2026-11-29T09:00:00Z). `add_commands(subparsers, defaults)` puts
+these under any argparse tree; `main(argv)` is the stand-alone entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from audit.collector import Collector
+from audit.errors import AuditError, SigningKeyError
+from audit.export import har_document, jsonl_lines, ocsf_lines
+from audit.frame import decode_frame
+from audit.keys import KeyDirectory, Keyring
+from audit.reader import (
+    INTERNAL_KINDS,
+    REQUEST_KINDS,
+    RecordFilter,
+    get,
+    merge_outcome,
+    merge_requests,
+    parse_time,
+    read_records,
+    record_of,
+)
+from audit.record import RecordKind
+from audit.replay import format_bodies, format_line
+from audit.segment import segment_paths
+from audit.verify import verify
+from audit.writer import FRAME_FIELD
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Where things are when the caller (the gateway's CLI) knows its layout."""
+
+    stream: str = "gw:audit:frames"
+    segment_dir: Path = Path("var/audit")
+    key_dir: Path = Path("var/audit-keys")
+    redis_url: str | None = None
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal or when asked."""
+
+    def __init__(self, total: int, out: TextIO, enabled: bool) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.records = 0
+        self.out = out
+        self.enabled = enabled
+        self._drawn = -1
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        self.records += 1
+        percent = min(100, self.done * 100 // self.total)
+        if self.enabled and percent != self._drawn:
+            self._drawn = percent
+            bar = "#" * (percent // 4) + "." * (25 - percent // 4)
+            self.out.write(f"\r[{bar}] {percent:3d}% {self.records} records")
+            self.out.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.out.write(f"\r[{'#' * 25}] 100% {self.records} records\n")
+            self.out.flush()
+
+
+def add_commands(commands: argparse._SubParsersAction[Any], defaults: Defaults) -> None:
+    verify_p = commands.add_parser("verify", help="check segment files; exit 1 on tampering")
+    verify_p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    verify_p.add_argument("--keyring", type=Path, required=True, help="keyring.json")
+    verify_p.add_argument("--strict", action="store_true", help="warnings fail too")
+    verify_p.add_argument("--quiet", action="store_true", help="print only the summary")
+    verify_p.set_defaults(handler=_verify)
+
+    replay_p = commands.add_parser("replay", help="a readable timeline of a grant or session")
+    replay_p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    _filters(replay_p)
+    replay_p.add_argument("--bodies", action="store_true", help="show captured bodies")
+    replay_p.add_argument("--follow", action="store_true", help="watch the live Redis stream")
+    replay_p.add_argument("--from-start", action="store_true", help="with --follow: from 0")
+    replay_p.add_argument("--redis-url", default=defaults.redis_url)
+    replay_p.add_argument("--stream", default=defaults.stream, help="the Redis stream key")
+    replay_p.set_defaults(handler=_replay)
+
+    export_p = commands.add_parser("export", help="HAR 1.2, JSON Lines (ECS) or OCSF 6003")
+    export_p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    export_p.add_argument("--format", choices=("har", "jsonl", "ocsf"), required=True)
+    export_p.add_argument("-o", "--output", type=Path, help="file to write (default stdout)")
+    export_p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    _filters(export_p)
+    export_p.set_defaults(handler=_export)
+
+    collect_p = commands.add_parser("collect", help="move frames from Redis to segment files")
+    collect_p.add_argument("--redis-url", default=defaults.redis_url)
+    collect_p.add_argument("--stream", default=defaults.stream, help="the Redis stream key")
+    collect_p.add_argument("--segment-dir", type=Path, default=defaults.segment_dir)
+    collect_p.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}")
+    collect_p.add_argument("--once", action="store_true", help="collect what is there, exit")
+    collect_p.add_argument("--batch", type=_positive, default=1000)
+    collect_p.add_argument("--claim-idle-ms", type=_non_negative, default=30_000)
+    collect_p.add_argument("--max-segment-bytes", type=_positive, default=64 * 1024 * 1024)
+    collect_p.add_argument("--max-segment-age-s", type=_positive, default=3600)
+    collect_p.add_argument("--no-trim", action="store_true", help="never XTRIM the stream")
+    collect_p.set_defaults(handler=_collect)
+
+    keys_p = commands.add_parser("keys", help="checkpoint signing keys")
+    keys_sub = keys_p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = keys_sub.add_parser("rotate", help="new signing key; the old one's window ends")
+    rotate.add_argument("--dir", type=Path, default=defaults.key_dir)
+    rotate.add_argument("--keep-old-private", action="store_true")
+    rotate.set_defaults(handler=_keys_rotate)
+    show = keys_sub.add_parser("show", help="print the public keyring (give it to auditors)")
+    show.add_argument("--dir", type=Path, default=defaults.key_dir)
+    show.set_defaults(handler=_keys_show)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _time(text: str) -> float:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an RFC 3339 time: {exc}") from exc
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grant")
+    parser.add_argument("--actor", help="actor id or email")
+    parser.add_argument("--member", help="customer member acted as")
+    parser.add_argument("--org")
+    parser.add_argument("--session", help="console session id or its reference")
+    parser.add_argument("--since", type=_time)
+    parser.add_argument("--until", type=_time)
+
+
+def _filter_of(args: argparse.Namespace) -> RecordFilter:
+    return RecordFilter(
+        grant=args.grant,
+        actor=args.actor,
+        member=args.member,
+        org=args.org,
+        session=args.session,
+        since=args.since,
+        until=args.until,
+    )
+
+
+def _missing(paths: Sequence[Path]) -> list[Path]:
+    return [p for p in paths if not p.exists()]
+
+
+# -- verify --------------------------------------------------------------------------------
+def _verify(args: argparse.Namespace) -> int:
+    if missing := _missing(args.paths):
+        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    try:
+        keyring = Keyring.load(args.keyring)
+    except SigningKeyError as exc:
+        print(f"verify: {exc}", file=sys.stderr)
+        return 2
+    if not segment_paths(args.paths):
+        print(
+            f"verify: no segment files (*.seg) in {', '.join(map(str, args.paths))}",
+            file=sys.stderr,
+        )
+        return 2
+    report = verify(args.paths, keyring)
+    if not args.quiet:
+        for finding in report.findings:
+            print(finding)
+    print(report.summary())
+    return 0 if report.ok(strict=args.strict) else 1
+
+
+# -- replay --------------------------------------------------------------------------------
+def _replay(args: argparse.Namespace) -> int:
+    wanted = _filter_of(args)
+    if args.follow:
+        if not args.redis_url:
+            print("replay --follow needs --redis-url", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(_follow(args.redis_url, args.stream, wanted, args.bodies, args.from_start))
+        except KeyboardInterrupt:
+            return 0
+        except (RedisError, OSError) as exc:
+            print(f"replay: the audit stream is unreachable: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.paths:
+        print("replay: give segment files or directories, or --follow", file=sys.stderr)
+        return 2
+    if missing := _missing(args.paths):
+        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    shown = 0
+    for body in merge_requests(read_records(args.paths)):
+        if wanted.matches(body):
+            _show(body, args.bodies)
+            shown += 1
+    print(f"{shown} record(s)", file=sys.stderr)
+    return 0
+
+
+def _show(body: dict[str, Any], bodies: bool) -> None:
+    print(format_line(body))
+    if bodies:
+        for line in format_bodies(body):
+            print(line)
+    sys.stdout.flush()
+
+
+async def _follow(url: str, key: str, wanted: RecordFilter, bodies: bool, from_start: bool) -> None:
+    client: aioredis.Redis = aioredis.Redis.from_url(url)
+    attempts: dict[str, dict[str, Any]] = {}
+    last = "0-0"
+    if not from_start:
+        # "$" would skip whatever arrives between two XREADs: start after the newest id.
+        newest: Any = await client.xrevrange(key, count=1)
+        if newest:
+            last = _text(newest[0][0])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        while not stop.is_set():
+            reply: Any = await client.xread({key: last}, count=500, block=1000)
+            for _key, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = _text(entry_id)
+                    data = fields.get(FRAME_FIELD)
+                    if not isinstance(data, bytes):
+                        continue
+                    try:
+                        record = record_of(decode_frame(data))
+                    except AuditError:
+                        continue
+                    if record is None or record.kind in INTERNAL_KINDS:
+                        continue
+                    body = record.body
+                    request_id = get(body, "event.id")
+                    if record.kind in REQUEST_KINDS and isinstance(request_id, str):
+                        if record.kind == RecordKind.HTTP_ATTEMPT:
+                            attempts[request_id] = body
+                            continue
+                        attempt = attempts.pop(request_id, None)
+                        body = merge_outcome(attempt, body) if attempt is not None else body
+                    if wanted.matches(body):
+                        _show(body, bodies)
+    finally:
+        await client.aclose()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- export --------------------------------------------------------------------------------
+def _export(args: argparse.Namespace) -> int:
+    if missing := _missing(args.paths):
+        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    wanted = _filter_of(args)
+    total = sum(p.stat().st_size for p in segment_paths(args.paths))
+    enabled = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = Progress(total, sys.stderr, enabled)
+    bodies = (
+        b for b in merge_requests(read_records(args.paths, progress=progress)) if wanted.matches(b)
+    )
+    out: TextIO
+    with contextlib.ExitStack() as stack:
+        if args.output is not None:
+            out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
+        else:
+            out = sys.stdout
+        count = 0
+        if args.format == "har":
+            document = har_document(bodies)
+            json.dump(document, out, indent=1, ensure_ascii=False)
+            out.write("\n")
+            count = len(document["log"]["entries"])
+        else:
+            lines = jsonl_lines(bodies) if args.format == "jsonl" else ocsf_lines(bodies)
+            for line in lines:
+                out.write(line)
+                count += 1
+    progress.finish()
+    print(f"exported {count} {args.format} record(s)", file=sys.stderr)
+    return 0
+
+
+# -- collect -------------------------------------------------------------------------------
+def _collect(args: argparse.Namespace) -> int:
+    if not args.redis_url:
+        print(
+            "collect needs --redis-url (the gateway's is unix://<data_dir>/redis/redis.sock)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return asyncio.run(_collect_async(args))
+    except (RedisError, OSError) as exc:
+        print(f"collect: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _collect_async(args: argparse.Namespace) -> int:
+    client: aioredis.Redis = aioredis.Redis.from_url(args.redis_url)
+    collector = Collector(
+        client,
+        stream=args.stream,
+        segment_dir=args.segment_dir,
+        consumer=args.consumer,
+        now=time.time,
+        batch=args.batch,
+        claim_idle_ms=args.claim_idle_ms,
+        max_segment_bytes=args.max_segment_bytes,
+        max_segment_age_s=float(args.max_segment_age_s),
+        trim=not args.no_trim,
+    )
+    try:
+        if args.once:
+            written = await collector.run_once()
+            print(
+                f"collected {written} frame(s), skipped {collector.skipped} already stored",
+                file=sys.stderr,
+            )
+        else:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            await collector.run(stop)
+    finally:
+        await client.aclose()
+    for stream, start, end in collector.gaps():
+        print(f"gap: stream {stream} lacks seq {start}..{end}", file=sys.stderr)
+    return 0
+
+
+# -- keys ----------------------------------------------------------------------------------
+def _keys_rotate(args: argparse.Namespace) -> int:
+    try:
+        key = KeyDirectory(args.dir).rotate(time.time(), keep_old_private=args.keep_old_private)
+    except (SigningKeyError, OSError) as exc:
+        print(f"keys rotate: {exc}", file=sys.stderr)
+        return 1
+    print(f"new signing key {key.key_id}; public keyring: {args.dir / 'keyring.json'}")
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    try:
+        ring = KeyDirectory(args.dir).keyring()
+    except SigningKeyError as exc:
+        print(f"keys show: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(ring.to_json())
+    return 0
+
+
+def build_parser(defaults: Defaults | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m audit", description=__doc__.split("\n")[0])
+    add_commands(
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+        defaults or Defaults(),
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)

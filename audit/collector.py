@@ -1,0 +1,315 @@
+"""The collector: moves frames from the Redis stream into segment files, durably, once.
+
+    collector = Collector(redis, stream=key, segment_dir=Path("var/audit"), consumer="c1",
+                          now=time.time)
+    await collector.run(stop)          # or: await collector.run_once()
+
+Each round: read a batch with XREADGROUP (group `collectors`), append the frames not
+yet on disk to the current segment, fsync, and only then XACK. A crash anywhere before
+the XACK leaves the entries pending: a restarted collector re-reads its own pending
+entries first, and any collector claims entries left pending by a dead one with
+XAUTOCLAIM (Redis 6.2: the reply is `[next_id, entries]`). Writing is idempotent on
+(stream, seq): the collector knows every (stream, seq) in its segment directory (read
+at start, kept as ranges), so redelivered frames are acknowledged without being
+written twice.
+
+Gaps (a stream whose seqs this directory holds with holes, or that does not start at
+0) are reported through `gaps()` and logged at each round where they change.
+
+Trimming: XTRIM MINID with the smallest id any consumer group still needs (its oldest
+pending entry, or the entry after its last delivered one), so that no frame any group
+has not acknowledged is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from audit.errors import FrameError
+from audit.frame import decode_frame
+from audit.segment import SegmentWriter, read_segment, repair_tail, segment_paths
+from audit.writer import FRAME_FIELD
+
+GROUP = "collectors"
+# Fault injection for the crash test: when set, the collector creates this file after
+# the first batch is durable and then hangs before acknowledging it.
+PAUSE_BEFORE_ACK_ENV = "GATEWAY_AUDIT_COLLECTOR_PAUSE_BEFORE_ACK"
+
+
+class SeqRanges:
+    """A set of seqs kept as sorted, disjoint [start, end] ranges (frames come in runs)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect.bisect_right(self.starts, seq) - 1
+        return i >= 0 and seq <= self.ends[i]
+
+    def add(self, seq: int) -> None:
+        if seq in self:
+            return
+        i = bisect.bisect_right(self.starts, seq)
+        joins_left = i > 0 and self.ends[i - 1] == seq - 1
+        joins_right = i < len(self.starts) and self.starts[i] == seq + 1
+        if joins_left and joins_right:
+            self.ends[i - 1] = self.ends[i]
+            del self.starts[i], self.ends[i]
+        elif joins_left:
+            self.ends[i - 1] = seq
+        elif joins_right:
+            self.starts[i] = seq
+        else:
+            self.starts.insert(i, seq)
+            self.ends.insert(i, seq)
+
+    def holes(self) -> list[tuple[int, int]]:
+        out = [(0, self.starts[0] - 1)] if self.starts and self.starts[0] > 0 else []
+        out.extend((self.ends[i] + 1, self.starts[i + 1] - 1) for i in range(len(self.starts) - 1))
+        return out
+
+
+def _next_id(entry_id: str) -> str:
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Collector:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        stream: str,
+        segment_dir: Path,
+        consumer: str,
+        now: Callable[[], float],
+        batch: int = 1000,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_segment_bytes: int = 64 * 1024 * 1024,
+        max_segment_age_s: float = 3600.0,
+        trim: bool = True,
+        log: TextIO | None = None,
+    ) -> None:
+        self._redis = redis
+        self._key = stream
+        self._dir = segment_dir
+        self._consumer = consumer
+        self._batch = batch
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._trim = trim
+        self._log = log if log is not None else sys.stderr
+        self._seen: dict[str, SeqRanges] = {}
+        self._out = SegmentWriter(
+            segment_dir,
+            consumer,
+            now=now,
+            max_bytes=max_segment_bytes,
+            max_age_s=max_segment_age_s,
+        )
+        self._pause_file = os.environ.get(PAUSE_BEFORE_ACK_ENV)
+        self._reported_gaps: list[tuple[str, int, int]] = []
+        self.written = 0
+        self.skipped = 0
+        self.acked = 0
+
+    # -- start-up ----------------------------------------------------------------------
+    def load_index(self) -> None:
+        """Learn every (stream, seq) already in the segment directory; cut partial tails."""
+        if not self._dir.exists():
+            return
+        for path in segment_paths([self._dir]):
+            removed = repair_tail(path)
+            if removed:
+                self._say(f"cut a partial record ({removed} bytes) from the end of {path}")
+            for item in read_segment(path):
+                if item.data is None:
+                    continue
+                with contextlib.suppress(FrameError):
+                    frame = decode_frame(item.data)
+                    self._seen.setdefault(frame.stream, SeqRanges()).add(frame.seq)
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Collect until `stop` is set."""
+        await self._start()
+        while not stop.is_set():
+            await self._round(block=True)
+        self._out.close()
+
+    async def run_once(self) -> int:
+        """Collect everything available now (own pending, claimable, new); frames written."""
+        await self._start()
+        before = self.written
+        while await self._round(block=False):
+            pass
+        self._out.close()
+        return self.written - before
+
+    async def _start(self) -> None:
+        self.load_index()
+        await self.ensure_group()
+        # Entries delivered to this consumer before a crash and never acknowledged.
+        start = "0-0"
+        while True:
+            reply: Any = await self._redis.xreadgroup(
+                GROUP, self._consumer, {self._key: start}, count=self._batch
+            )
+            entries = _entries(reply)
+            if not entries:
+                break
+            await self._store(entries)
+            start = _entry_id(entries[-1][0])
+
+    async def _round(self, *, block: bool) -> int:
+        handled = await self._claim()
+        reply: Any = await self._redis.xreadgroup(
+            GROUP,
+            self._consumer,
+            {self._key: ">"},
+            count=self._batch,
+            block=self._block_ms if block else None,
+        )
+        entries = _entries(reply)
+        if entries:
+            await self._store(entries)
+            handled += len(entries)
+        if self._trim and handled:
+            await trim_stream(self._redis, self._key)
+        self._report_gaps()
+        return handled
+
+    async def _claim(self) -> int:
+        """Take over entries another (dead) consumer left pending for too long."""
+        handled = 0
+        start = "0-0"
+        while True:
+            reply: Any = await self._redis.xautoclaim(
+                self._key,
+                GROUP,
+                self._consumer,
+                min_idle_time=self._claim_idle_ms,
+                start_id=start,
+                count=self._batch,
+            )
+            start = _entry_id(reply[0])
+            entries = [e for e in reply[1] if e is not None and e[1] is not None]
+            if entries:
+                await self._store(entries)
+                handled += len(entries)
+            if start == "0-0" or not reply[1]:
+                return handled
+
+    async def _store(self, entries: list[Any]) -> None:
+        ids: list[str] = []
+        frames: list[bytes] = []
+        for entry_id, fields in entries:
+            ids.append(_entry_id(entry_id))
+            data = fields.get(FRAME_FIELD) if fields else None
+            if not isinstance(data, bytes):
+                self._say(f"entry {_entry_id(entry_id)} holds no frame; acknowledged, not stored")
+                continue
+            try:
+                frame = decode_frame(data)
+            except FrameError as exc:
+                # Stored anyway: judging frames is verify's job, losing them is not ours.
+                self._say(f"entry {_entry_id(entry_id)}: {exc}; stored for verify to report")
+                frames.append(data)
+                continue
+            seen = self._seen.setdefault(frame.stream, SeqRanges())
+            if frame.seq in seen:
+                self.skipped += 1  # redelivered after a crash: already durable on disk
+                continue
+            seen.add(frame.seq)
+            frames.append(data)
+        if frames:
+            self._out.write(frames)
+            self._out.sync()  # durable before acknowledged
+            self.written += len(frames)
+        if self._pause_file:
+            _announce_pause(Path(self._pause_file))
+            await asyncio.Event().wait()  # killed here by the crash test
+        if ids:
+            self.acked += await self._redis.xack(self._key, GROUP, *ids)
+
+    # -- gaps --------------------------------------------------------------------------
+    def gaps(self) -> list[tuple[str, int, int]]:
+        """(stream, first missing seq, last missing seq) for every hole in this directory."""
+        return [
+            (stream, start, end)
+            for stream, ranges in sorted(self._seen.items())
+            for start, end in ranges.holes()
+        ]
+
+    def _report_gaps(self) -> None:
+        gaps = self.gaps()
+        if gaps != self._reported_gaps:
+            for stream, start, end in gaps:
+                if (stream, start, end) not in self._reported_gaps:
+                    self._say(f"gap: stream {stream} lacks seq {start}..{end}")
+            self._reported_gaps = gaps
+
+    def _say(self, message: str) -> None:
+        print(f"audit collect: {message}", file=self._log, flush=True)
+
+
+def _announce_pause(path: Path) -> None:
+    path.write_text(str(os.getpid()))
+
+
+def _entries(reply: Any) -> list[Any]:
+    """The entries of a one-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values())))
+    return list(reply[0][1])
+
+
+def _entry_id(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def trim_stream(redis: aioredis.Redis, key: str) -> int:
+    """XTRIM MINID below what every consumer group still needs; entries removed."""
+    groups = await redis.xinfo_groups(key)
+    if not groups:
+        return 0  # nobody has read anything: nothing may go
+    needed: list[str] = []
+    for group in groups:
+        name = _entry_id(group["name"])
+        after_delivered = _next_id(_entry_id(group["last-delivered-id"]))
+        if int(group["pending"]) > 0:
+            summary: Any = await redis.xpending(key, name)
+            oldest = summary.get("min") if isinstance(summary, dict) else None
+            # None: acknowledged meanwhile; the stale last-delivered id is still safe.
+            needed.append(_entry_id(oldest) if oldest is not None else after_delivered)
+        else:
+            needed.append(after_delivered)
+    minid = min(needed, key=_id_key)
+    removed: Any = await redis.xtrim(key, minid=minid, approximate=False)
+    return int(removed)

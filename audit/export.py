@@ -1,0 +1,289 @@
+"""Exports for auditors' tools: HAR 1.2, JSON Lines (ECS names), OCSF API Activity (6003).
+
+All three read merged request views (`reader.merge_requests`): one entry per proxied
+request, attempt and outcome folded together.
+
+- HAR 1.2 (`har_document`): `log.pages` is empty and entries carry no `pageref`, so
+  Chrome and Firefox devtools open the file as a plain request list; every timing the
+  record lacks is -1 (optional) or 0 (send/wait/receive, required). Gateway facts
+  (actor, member, grant, decision) ride in `_gateway` (HAR allows `_`-prefixed fields).
+- JSON Lines (`jsonl_lines`): one ECS document per request or event, bytes as base64.
+- OCSF (`ocsf_event`): class 6003 API Activity, OCSF 1.1; `actor.user` is the actor,
+  the member acted as is a `resources` entry of type "user". Only proxied requests are
+  API activity; account and workflow events are not part of this export.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Iterator
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+from audit.reader import REQUEST_KINDS, get, parse_time
+
+CREATOR = {"name": "impersonation-gateway audit export", "version": "1"}
+OCSF_VERSION = "1.1.0"
+_ACTIVITY = {  # OCSF API Activity activity_id by HTTP method
+    "POST": (1, "Create"),
+    "GET": (2, "Read"),
+    "HEAD": (2, "Read"),
+    "OPTIONS": (2, "Read"),
+    "PUT": (3, "Update"),
+    "PATCH": (3, "Update"),
+    "DELETE": (4, "Delete"),
+}
+
+
+def _is_request(body: dict[str, Any]) -> bool:
+    return body.get("record") in REQUEST_KINDS
+
+
+def _url(body: dict[str, Any]) -> str:
+    scheme = get(body, "url.scheme") or "https"
+    query = get(body, "url.query")
+    return f"{scheme}://{get(body, 'url.domain') or ''}{get(body, 'url.path') or '/'}" + (
+        f"?{query}" if query else ""
+    )
+
+
+def _started(body: dict[str, Any]) -> str:
+    start = get(body, "event.start") or body.get("@timestamp")
+    return start if isinstance(start, str) else "1970-01-01T00:00:00.000Z"
+
+
+def _headers(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        return []
+    return [
+        {"name": str(pair[0]), "value": str(pair[1])}
+        for pair in value
+        if isinstance(pair, list) and len(pair) == 2
+    ]
+
+
+def _ms(value: Any, default: float) -> float:
+    return round(float(value), 3) if isinstance(value, int | float) and value >= 0 else default
+
+
+# -- HAR ---------------------------------------------------------------------------------
+def har_entry(body: dict[str, Any]) -> dict[str, Any]:
+    timings_in = get(body, "gateway.timings") or {}
+    timings = {
+        "blocked": _ms(timings_in.get("blocked"), -1),
+        "dns": -1,
+        "connect": _ms(timings_in.get("connect"), -1),
+        "send": _ms(timings_in.get("send"), 0),
+        "wait": _ms(timings_in.get("wait"), 0),
+        "receive": _ms(timings_in.get("receive"), 0),
+        "ssl": _ms(timings_in.get("ssl"), -1),
+    }
+    duration = get(body, "event.duration")
+    total = _ms(timings_in.get("total"), -1)
+    if total < 0:
+        total = round(duration / 1e6, 3) if isinstance(duration, int) else 0.0
+    # HAR: `time` is the sum of the phases (ssl is inside connect); time the record knows
+    # only as part of the total (the gateway's own work) is counted as `blocked`.
+    parts = _phase_sum(timings)
+    if total > parts:
+        timings["blocked"] = round(max(timings["blocked"], 0) + total - parts, 3)
+    query = get(body, "url.query") or ""
+    request: dict[str, Any] = {
+        "method": get(body, "http.request.method") or "GET",
+        "url": _url(body),
+        "httpVersion": "HTTP/1.1",
+        "cookies": [],
+        "headers": _headers(get(body, "http.request.headers")),
+        "queryString": [
+            {"name": n, "value": v} for n, v in parse_qsl(str(query), keep_blank_values=True)
+        ],
+        "headersSize": -1,
+        "bodySize": _size(get(body, "http.request.bytes")),
+    }
+    request_body = get(body, "http.request.body")
+    if isinstance(request_body, dict) and isinstance(request_body.get("content"), str):
+        request["postData"] = {
+            "mimeType": str(request_body.get("mime_type") or "application/octet-stream"),
+            "text": request_body["content"],
+        }
+    status = get(body, "http.response.status_code")
+    status = status if isinstance(status, int) else 0
+    try:
+        status_text = HTTPStatus(status).phrase if status else ""
+    except ValueError:
+        status_text = ""
+    response_headers = _headers(get(body, "http.response.headers"))
+    content: dict[str, Any] = {"size": max(_size(get(body, "http.response.bytes")), 0)}
+    response_body = get(body, "http.response.body")
+    mime = ""
+    if isinstance(response_body, dict):
+        mime = str(response_body.get("mime_type") or "")
+        if isinstance(response_body.get("content"), str):
+            content["text"] = response_body["content"]
+            if response_body.get("encoding") == "base64":
+                content["encoding"] = "base64"
+    content["mimeType"] = mime or next(
+        (h["value"] for h in response_headers if h["name"].lower() == "content-type"), ""
+    )
+    redirect = next((h["value"] for h in response_headers if h["name"].lower() == "location"), "")
+    return {
+        "startedDateTime": _started(body),
+        "time": round(max(total, sum(v for k, v in timings.items() if v > 0 and k != "ssl")), 3),
+        "request": request,
+        "response": {
+            "status": status,
+            "statusText": status_text,
+            "httpVersion": "HTTP/1.1",
+            "cookies": [],
+            "headers": response_headers,
+            "content": content,
+            "redirectURL": redirect,
+            "headersSize": -1,
+            "bodySize": _size(get(body, "http.response.bytes")),
+        },
+        "cache": {},
+        "timings": timings,
+        "_gateway": {
+            k: v
+            for k, v in {
+                "request_id": get(body, "event.id"),
+                "actor": get(body, "user.id"),
+                "member": get(body, "user.effective.id"),
+                "org": get(body, "organization.id"),
+                "grant": get(body, "gateway.grant.id"),
+                "decision": get(body, "gateway.decision"),
+                "error": get(body, "error.code"),
+                "redactions": get(body, "gateway.redactions"),
+            }.items()
+            if v is not None
+        },
+    }
+
+
+def _phase_sum(timings: dict[str, float]) -> float:
+    return round(sum(v for k, v in timings.items() if v > 0 and k != "ssl"), 3)
+
+
+def _size(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
+
+
+def har_document(bodies: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    entries = [har_entry(b) for b in bodies if _is_request(b)]
+    entries.sort(key=lambda e: e["startedDateTime"])
+    return {"log": {"version": "1.2", "creator": CREATOR, "pages": [], "entries": entries}}
+
+
+# -- JSON Lines ----------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def jsonl_lines(bodies: Iterable[dict[str, Any]]) -> Iterator[str]:
+    for body in bodies:
+        yield json.dumps(body, default=_jsonable, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+# -- OCSF ----------------------------------------------------------------------------------
+def ocsf_event(body: dict[str, Any]) -> dict[str, Any]:
+    method = str(get(body, "http.request.method") or "GET").upper()
+    activity_id, activity = _ACTIVITY.get(method, (99, "Other"))
+    status = get(body, "http.response.status_code")
+    failed = body.get("record") == "http.denial" or (isinstance(status, int) and status >= 400)
+    stamp = body.get("@timestamp")
+    time_ms = int(parse_time(stamp) * 1000) if isinstance(stamp, str) else 0
+    user: dict[str, Any] = {"uid": get(body, "user.id") or "unknown"}
+    if get(body, "user.full_name"):
+        user["name"] = get(body, "user.full_name")
+    if get(body, "user.email"):
+        user["email_addr"] = get(body, "user.email")
+    actor: dict[str, Any] = {"user": user}
+    if get(body, "gateway.session.ref"):
+        actor["session"] = {"uid": get(body, "gateway.session.ref")}
+    url: dict[str, Any] = {
+        "url_string": _url(body),
+        "scheme": get(body, "url.scheme") or "https",
+        "hostname": get(body, "url.domain") or "",
+        "path": get(body, "url.path") or "/",
+    }
+    if get(body, "url.query"):
+        url["query_string"] = get(body, "url.query")
+    http_request: dict[str, Any] = {"http_method": method, "url": url}
+    if get(body, "user_agent.original"):
+        http_request["user_agent"] = get(body, "user_agent.original")
+    event: dict[str, Any] = {
+        "class_uid": 6003,
+        "class_name": "API Activity",
+        "category_uid": 6,
+        "category_name": "Application Activity",
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": 600300 + activity_id,
+        "type_name": f"API Activity: {activity}",
+        "time": time_ms,
+        "severity_id": 1,
+        "severity": "Informational",
+        "status_id": 2 if failed else 1,
+        "status": "Failure" if failed else "Success",
+        "metadata": {
+            "version": OCSF_VERSION,
+            "product": {"name": "Impersonation Gateway", "vendor_name": "impersonation-gateway"},
+            "uid": get(body, "event.id") or "",
+        },
+        "actor": actor,
+        "api": {
+            "operation": f"{method} {get(body, 'url.path') or '/'}",
+            "request": {"uid": get(body, "event.id") or ""},
+        },
+        "http_request": http_request,
+        "src_endpoint": {"ip": get(body, "source.ip")} if get(body, "source.ip") else {},
+        "dst_endpoint": {"hostname": get(body, "url.domain") or ""},
+        "unmapped": {
+            k: v
+            for k, v in {
+                "organization.id": get(body, "organization.id"),
+                "gateway.grant.id": get(body, "gateway.grant.id"),
+                "gateway.grant.scope": get(body, "gateway.grant.scope"),
+                "gateway.route": get(body, "gateway.route"),
+                "gateway.decision": get(body, "gateway.decision"),
+            }.items()
+            if v is not None
+        },
+    }
+    if isinstance(status, int):
+        event["status_code"] = str(status)
+        event["http_response"] = {"code": status}
+        event["api"]["response"] = {"code": status}
+    reason = get(body, "error.message") or get(body, "gateway.decision.reason")
+    if reason:
+        event["status_detail"] = reason
+    if get(body, "error.code"):
+        event["api"]["response"] = {
+            **event["api"].get("response", {}),
+            "error": get(body, "error.code"),
+        }
+    if get(body, "gateway.grant.id"):
+        event["metadata"]["correlation_uid"] = get(body, "gateway.grant.id")
+    if get(body, "user.effective.id"):
+        event["resources"] = [
+            {
+                "type": "user",
+                "uid": get(body, "user.effective.id"),
+                **(
+                    {"group": {"uid": get(body, "organization.id")}}
+                    if get(body, "organization.id")
+                    else {}
+                ),
+            }
+        ]
+    return event
+
+
+def ocsf_lines(bodies: Iterable[dict[str, Any]]) -> Iterator[str]:
+    for body in bodies:
+        if _is_request(body):
+            yield json.dumps(ocsf_event(body), default=_jsonable, sort_keys=True) + "\n"

@@ -1,0 +1,348 @@
+"""Redaction: secrets in a record become keyed hashes before the record is chained.
+
+What is redacted, wherever it appears in a body:
+- header values of `Authorization`, `Cookie` (each cookie's value), `Set-Cookie` (the
+  cookie's value), `Proxy-Authorization`, `X-Api-Key` and configured header names;
+- JSON and form fields whose name is on the denylist (password, secret, token, api_key,
+  …; a name matches when, lower-cased with `-` read as `_`, it equals an entry or
+  starts/ends with `entry_` / `_entry`), in captured bodies, in `url.query`, and in any
+  map of the body (e.g. `gateway.details`);
+- bearer tokens and JWTs found in any string value.
+
+A redacted value becomes `[redacted:hmac-sha256:<key id>:<32 hex>]`, an HMAC of the
+secret under the redaction key, so equal secrets still correlate across records made
+with the same key while nothing about the secret is revealed. Every redaction is listed
+in `gateway.redactions` as `{"field": ..., "kind": ...}`.
+
+`find_plaintext_secrets(body)` is the verifier's side: it reports every place where a
+denylisted value survived in plain text.
+
+    redactor = Redactor(key=os.urandom(32), key_id="r1", headers={"x-tenant-secret"})
+    clean = redactor.scrub(body)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import unquote_plus
+
+DEFAULT_HEADERS = frozenset(
+    {"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"}
+)
+DEFAULT_FIELDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "access_key",
+        "private_key",
+        "client_secret",
+        "credentials",
+        "totp",
+        "otp",
+        "ssn",
+        "card_number",
+        "cvv",
+    }
+)
+
+MARKER = re.compile(r"\[redacted:hmac-sha256:[A-Za-z0-9._-]{1,64}:[0-9a-f]{32}\]")
+JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+([A-Za-z0-9._~+/=-]{8,})")
+# Keys of JSON text that a truncated (unparseable) body may still contain.
+_JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.){1,128})"\s*:\s*"((?:[^"\\]|\\.)*)"?')
+
+Report = Callable[[str, str], None]
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def _is_redacted(value: str) -> bool:
+    return MARKER.fullmatch(value) is not None
+
+
+class Denylist:
+    """Field and header names whose values are secrets."""
+
+    def __init__(
+        self, fields: Iterable[str] = DEFAULT_FIELDS, headers: Iterable[str] = DEFAULT_HEADERS
+    ) -> None:
+        self.fields = frozenset(_norm(f) for f in fields)
+        self.headers = frozenset(h.strip().lower() for h in headers)
+        names = "|".join(sorted((re.escape(f) for f in self.fields), key=len, reverse=True))
+        self._pattern = re.compile(rf"(?:{names})(?:_.*)?|.*_(?:{names})", re.DOTALL)
+        self._known: dict[str, bool] = {}  # record field names repeat: judge each once
+
+    def field(self, name: str) -> bool:
+        known = self._known.get(name)
+        if known is None:
+            known = self._pattern.fullmatch(_norm(name)) is not None
+            if len(self._known) < 4096:
+                self._known[name] = known
+        return known
+
+    def header(self, name: str) -> bool:
+        return name.strip().lower() in self.headers
+
+
+class Redactor:
+    """Replaces secrets in record bodies by keyed hashes and lists each replacement."""
+
+    def __init__(
+        self,
+        key: bytes,
+        key_id: str = "default",
+        *,
+        fields: Iterable[str] = (),
+        headers: Iterable[str] = (),
+    ) -> None:
+        if len(key) < 16:
+            raise ValueError("a redaction key needs at least 16 bytes")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key_id):
+            raise ValueError(f"bad redaction key id {key_id!r}")
+        self._key = key
+        self.key_id = key_id
+        self.denylist = Denylist(DEFAULT_FIELDS | set(fields), DEFAULT_HEADERS | set(headers))
+
+    def hash(self, secret: str) -> str:
+        digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return f"[redacted:hmac-sha256:{self.key_id}:{digest.hexdigest()[:32]}]"
+
+    def scrub(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A redacted deep copy of `body`, with `gateway.redactions` listing each redaction."""
+        listed: list[dict[str, str]] = []
+
+        def note(field: str, kind: str) -> None:
+            listed.append({"field": field, "kind": kind})
+
+        # The parts with structure of their own first, on copies of just those parts ...
+        out: dict[str, Any] = dict(body)
+        http = out.get("http")
+        if isinstance(http, dict):
+            out["http"] = http = dict(http)
+            for side in ("request", "response"):
+                part = http.get(side)
+                if not isinstance(part, dict):
+                    continue
+                http[side] = part = dict(part)
+                if isinstance(part.get("headers"), list):
+                    part["headers"] = self._headers(part["headers"], f"http.{side}.headers", note)
+                if isinstance(part.get("body"), dict):
+                    part["body"] = dict(part["body"])
+                    self._body(part["body"], f"http.{side}.body.content", note)
+        url = out.get("url")
+        if isinstance(url, dict) and isinstance(url.get("query"), str):
+            out["url"] = url = dict(url)
+            url["query"] = self._query(url["query"], "url.query", note)
+        # ... then every map, list and string, copying as it goes: the input stays intact.
+        out = {key: self._walk(item, "", key, note) for key, item in out.items()}
+        if listed:
+            gateway = out.setdefault("gateway", {})
+            if isinstance(gateway, dict):
+                gateway["redactions"] = listed
+        return out
+
+    # -- the parts ---------------------------------------------------------------------
+    def _headers(self, headers: list[Any], where: str, note: Report) -> list[Any]:
+        out = []
+        for pair in headers:
+            if not (
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+            ):
+                out.append(pair)
+                continue
+            name, value = pair
+            lower = name.lower()
+            if lower == "cookie":
+                value = "; ".join(self._cookie(c) for c in value.split(";"))
+            elif lower == "set-cookie":
+                first, sep, attrs = value.partition(";")
+                value = self._cookie(first) + sep + attrs
+            elif self.denylist.header(name) and not _is_redacted(value):
+                value = self.hash(value)
+            else:
+                out.append([name, value])
+                continue
+            note(f"{where}.{lower}", "header")
+            out.append([name, value])
+        return out
+
+    def _cookie(self, item: str) -> str:
+        name, sep, value = item.strip().partition("=")
+        if not sep:
+            return item.strip()
+        return f"{name}={value if _is_redacted(value) else self.hash(value)}"
+
+    def _query(self, query: str, where: str, note: Report) -> str:
+        parts = []
+        for item in query.split("&"):
+            name, sep, value = item.partition("=")
+            if sep and self.denylist.field(unquote_plus(name)) and not _is_redacted(value):
+                parts.append(f"{name}={self.hash(unquote_plus(value))}")
+                note(f"{where}:{unquote_plus(name)}", "field")
+            else:
+                parts.append(item)
+        return "&".join(parts)
+
+    def _body(self, body: dict[str, Any], where: str, note: Report) -> None:
+        content = body.get("content")
+        if not isinstance(content, str) or body.get("encoding") == "base64":
+            return
+        mime = str(body.get("mime_type", "")).split(";")[0].strip().lower()
+        if mime == "application/json" or mime.endswith("+json"):
+            try:
+                doc = json.loads(content)
+            except ValueError:
+                body["content"] = self._json_text(content, where, note)
+                return
+            body["content"] = json.dumps(
+                self._walk(doc, "", where, note), ensure_ascii=False, separators=(",", ":")
+            )
+        elif mime == "application/x-www-form-urlencoded":
+            body["content"] = self._query(content, where, note)
+        else:
+            # Unknown text: JSON-looking pairs are still redacted, tokens by the walk.
+            body["content"] = self._json_text(content, where, note)
+
+    def _json_text(self, text: str, where: str, note: Report) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, value = match.group(1), match.group(2)
+            if not self.denylist.field(name) or _is_redacted(value):
+                return match.group(0)
+            note(f"{where}:{name}", "field")
+            closed = match.group(0).endswith('"') and len(match.group(0)) > 1
+            return f'"{name}":"{self.hash(value)}' + ('"' if closed else "")
+
+        return _JSON_PAIR.sub(replace, text)
+
+    def _walk(self, value: Any, parent: str, name: object, note: Report) -> Any:
+        """A copy of `value` (found at `parent`.`name`) with secrets replaced."""
+        if isinstance(value, str):
+            if "eyJ" not in value and not BEARER.search(value):
+                return value  # the common case: nothing token-like, no path string built
+            return self._tokens(value, f"{parent}.{name}" if parent else str(name), note)
+        if isinstance(value, dict):
+            where = f"{parent}.{name}" if parent else str(name)
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                if (
+                    isinstance(key, str)
+                    and item is not None
+                    and not isinstance(item, bool)
+                    and self.denylist.field(key)
+                    and not (isinstance(item, str) and _is_redacted(item))
+                ):
+                    text = item if isinstance(item, str) else json.dumps(item, default=str)
+                    out[key] = self.hash(text)
+                    note(f"{where}.{key}" if where else str(key), "field")
+                else:
+                    out[key] = self._walk(item, where, key, note)
+            return out
+        if isinstance(value, list | tuple):
+            return [self._walk(item, parent, name, note) for item in value]
+        return value
+
+    def _tokens(self, text: str, where: str, note: Report) -> str:
+        if "eyJ" not in text and not BEARER.search(text):
+            return text
+
+        def jwt(match: re.Match[str]) -> str:
+            note(where, "jwt")
+            return self.hash(match.group(0))
+
+        def bearer(match: re.Match[str]) -> str:
+            if _is_redacted(match.group(2)) or match.group(2).startswith("[redacted"):
+                return match.group(0)
+            note(where, "bearer")
+            return f"{match.group(1)} {self.hash(match.group(2))}"
+
+        return BEARER.sub(bearer, JWT.sub(jwt, text))
+
+
+def find_plaintext_secrets(body: Any, denylist: Denylist | None = None) -> list[str]:
+    """Every field of a stored body where a denylisted secret survived in plain text."""
+    rules = denylist or Denylist()
+    found: list[str] = []
+
+    def text_ok(text: str) -> bool:
+        stripped = MARKER.sub("", text)
+        if JWT.search(stripped):
+            return False
+        return not any(not _is_redacted(m.group(2)) for m in BEARER.finditer(text))
+
+    def json_pairs(text: str, where: str) -> None:
+        for match in _JSON_PAIR.finditer(text):
+            if rules.field(match.group(1)) and not _is_redacted(match.group(2)):
+                found.append(f"{where}:{match.group(1)}")
+
+    def query(text: str, where: str) -> None:
+        for item in text.split("&"):
+            name, sep, value = item.partition("=")
+            if sep and rules.field(unquote_plus(name)) and not _is_redacted(value):
+                found.append(f"{where}:{unquote_plus(name)}")
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                if (
+                    isinstance(key, str)
+                    and rules.field(key)
+                    and item is not None
+                    and not isinstance(item, bool)
+                    and not (isinstance(item, str) and _is_redacted(item))
+                ):
+                    found.append(path)
+                else:
+                    walk(item, path)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, where)
+        elif isinstance(value, str) and not text_ok(value):
+            found.append(where)
+
+    walk(body, "")
+    if not isinstance(body, dict):
+        return found
+    http = body.get("http")
+    if isinstance(http, dict):
+        for side in ("request", "response"):
+            part = http.get(side)
+            if not isinstance(part, dict):
+                continue
+            for pair in part.get("headers") or []:
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    continue
+                name, value = str(pair[0]).lower(), str(pair[1])
+                if name in ("cookie", "set-cookie"):
+                    cookies = value.split(";") if name == "cookie" else value.split(";")[:1]
+                    for cookie in cookies:
+                        _, sep, val = cookie.strip().partition("=")
+                        if sep and not _is_redacted(val):
+                            found.append(f"http.{side}.headers.{name}")
+                elif rules.header(name) and not _is_redacted(value):
+                    found.append(f"http.{side}.headers.{name}")
+            content = (
+                part.get("body", {}).get("content") if isinstance(part.get("body"), dict) else None
+            )
+            if isinstance(content, str) and part["body"].get("encoding") != "base64":
+                where = f"http.{side}.body.content"
+                json_pairs(content, where)
+                mime = str(part["body"].get("mime_type", "")).split(";")[0].strip().lower()
+                if mime == "application/x-www-form-urlencoded":
+                    query(content, where)
+    url = body.get("url")
+    if isinstance(url, dict) and isinstance(url.get("query"), str):
+        query(url["query"], "url.query")
+    return sorted(set(found))

@@ -1,0 +1,313 @@
+"""`verify`: checks segment files and reports every finding with its file and frame.
+
+Per frame: it decodes, its version is known, `h` recomputes over the stored bytes.
+Per stream: seqs are contiguous from the genesis frame (a hole is a deletion; the same
+seq with other bytes is a fork), each `prev` is the previous frame's `h`, frames of a
+stream appear in seq order within a file, the genesis frame is well-formed and its
+citation of the previous stream's checkpoint matches (a cited checkpoint beyond the
+cited stream's last frame means that stream was truncated). Per checkpoint: the
+signature verifies against the keyring, the key was valid at the checkpoint's time,
+the signed range and head match the recomputed chain, and checkpoints link. Frames
+after the last checkpoint are an unsealed tail (a warning: a live or crashed writer
+leaves one). No denylisted secret may appear in plain text.
+
+Findings (code: meaning):
+    unreadable          a segment file cannot be opened or is not a segment
+    decode_error        a record that does not decode as a frame (or a partial record)
+    unknown_version     a frame of a format version this verifier does not know
+    hash_mismatch       `h` does not recompute: the frame was modified
+    prev_mismatch       `prev` is not the previous frame's `h`: inserted or replaced frames
+    seq_gap             seqs missing: deleted frames
+    seq_fork            two different frames with one (stream, seq)
+    out_of_order        a frame after a later frame of its stream in the same file
+    no_genesis          a stream without its seq-0 frame
+    bad_genesis         a seq-0 frame that is not a stream start with a zero `prev`
+    body_error          a body that does not decode
+    bad_checkpoint      a checkpoint body that cannot be read
+    unknown_key         a checkpoint signed with a key not in the keyring
+    bad_signature       a checkpoint whose signature does not verify
+    key_outside_window  a checkpoint made outside its key's validity window
+    checkpoint_mismatch a checkpoint whose stream, range or head disagrees with the chain
+    checkpoint_link     a checkpoint that does not cite the previous checkpoint
+    truncated           a later stream cites a checkpoint past this stream's last frame
+    citation_mismatch   a genesis cites a checkpoint that is not what the files hold
+    plaintext_secret    a denylisted secret in plain text
+    unsealed_tail       (warning) frames after the stream's last checkpoint
+    cited_stream_absent (warning) a genesis cites a stream not in the files given
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.checkpoint import NO_CHECKPOINT, SIGNATURE_DOMAIN, read_checkpoint
+from audit.errors import FrameError, SegmentError, UnknownFrameVersion
+from audit.frame import GENESIS_PREV, Frame, decode_frame, frame_hash
+from audit.keys import Keyring
+from audit.record import RecordKind, kind_of
+from audit.redact import Denylist, find_plaintext_secrets
+from audit.segment import read_segment, segment_paths
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+    file: str = ""
+    frame: int | None = None  # 0-based record index in the file
+    stream: str | None = None
+    seq: int | None = None
+    severity: str = ERROR
+
+    def __str__(self) -> str:
+        where = self.file + (f"#{self.frame}" if self.frame is not None else "")
+        who = f"stream {self.stream} seq {self.seq}: " if self.stream is not None else ""
+        return f"{where}: {self.severity}: {self.code}: {who}{self.message}"
+
+
+@dataclass(frozen=True)
+class _Seen:
+    frame: Frame
+    file: str
+    index: int
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    frames: int = 0
+    streams: int = 0
+    checkpoints: int = 0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == WARNING]
+
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+    def ok(self, *, strict: bool = False) -> bool:
+        return not (self.findings if strict else self.errors)
+
+    def summary(self) -> str:
+        return (
+            f"{self.frames} frame(s) in {self.streams} stream(s), {self.checkpoints} "
+            f"checkpoint(s) verified; {len(self.errors)} error(s), "
+            f"{len(self.warnings)} warning(s)"
+        )
+
+
+def verify(paths: Iterable[Path], keyring: Keyring, denylist: Denylist | None = None) -> Report:
+    report = Report()
+    streams: dict[str, dict[int, _Seen]] = {}
+    for path in segment_paths(paths):
+        _read_file(path, report, streams)
+    report.streams = len(streams)
+    cited: list[tuple[_Seen, dict[str, Any]]] = []
+    for stream_id, frames in sorted(streams.items()):
+        citation = _check_stream(stream_id, frames, keyring, denylist or Denylist(), report)
+        if citation is not None:
+            cited.append(citation)
+    for genesis, previous in cited:
+        _check_citation(genesis, previous, streams, report)
+    return report
+
+
+def _read_file(path: Path, report: Report, streams: dict[str, dict[int, _Seen]]) -> None:
+    name = str(path)
+    last_in_file: dict[str, int] = {}
+    try:
+        items = list(read_segment(path))
+    except SegmentError as exc:
+        report.findings.append(Finding("unreadable", str(exc), name))
+        return
+    for item in items:
+        if item.data is None:
+            report.findings.append(
+                Finding("decode_error", item.error or "unreadable record", name, item.index)
+            )
+            continue
+        try:
+            frame = decode_frame(item.data)
+        except UnknownFrameVersion as exc:
+            report.findings.append(Finding("unknown_version", str(exc), name, item.index))
+            continue
+        except FrameError as exc:
+            report.findings.append(Finding("decode_error", str(exc), name, item.index))
+            continue
+        report.frames += 1
+        seen = _Seen(frame, name, item.index)
+
+        def add(code: str, message: str, seen: _Seen = seen, frame: Frame = frame) -> None:
+            report.findings.append(
+                Finding(code, message, seen.file, seen.index, frame.stream, frame.seq)
+            )
+
+        if not frame.hash_ok():
+            add("hash_mismatch", "h does not recompute over the stored bytes")
+        frames = streams.setdefault(frame.stream, {})
+        earlier = frames.get(frame.seq)
+        if earlier is not None:
+            if earlier.frame != frame:
+                add("seq_fork", f"differs from the frame at {earlier.file}#{earlier.index}")
+            continue  # an identical copy (redelivered to two collectors) is harmless
+        previous = last_in_file.get(frame.stream)
+        if previous is not None and frame.seq < previous:
+            add("out_of_order", f"comes after seq {previous} of its stream in this file")
+        last_in_file[frame.stream] = max(frame.seq, previous if previous is not None else -1)
+        frames[frame.seq] = seen
+
+
+def _check_stream(
+    stream: str,
+    frames: dict[int, _Seen],
+    keyring: Keyring,
+    denylist: Denylist,
+    report: Report,
+) -> tuple[_Seen, dict[str, Any]] | None:
+    def add(code: str, message: str, seen: _Seen | None, severity: str = ERROR) -> None:
+        report.findings.append(
+            Finding(
+                code,
+                message,
+                seen.file if seen else "",
+                seen.index if seen else None,
+                stream,
+                seen.frame.seq if seen else None,
+                severity,
+            )
+        )
+
+    seqs = sorted(frames)
+    recomputed = {
+        seq: frame_hash(s.frame.version, s.frame.stream, s.frame.seq, s.frame.prev, s.frame.body)
+        for seq, s in frames.items()
+    }
+    citation: tuple[_Seen, dict[str, Any]] | None = None
+    last_cp_seq = -1
+    last_cp_h = NO_CHECKPOINT
+    if seqs[0] != 0:
+        add("no_genesis", f"the stream's first frame here is seq {seqs[0]}", frames[seqs[0]])
+    for before, after in itertools.pairwise(seqs):
+        if after != before + 1:
+            add("seq_gap", f"frames {before + 1}..{after - 1} are missing", frames[after])
+    for seq in seqs:
+        seen = frames[seq]
+        frame = seen.frame
+        if seq > 0 and seq - 1 in frames and frame.prev != recomputed[seq - 1]:
+            add("prev_mismatch", "prev is not the hash of the previous frame", seen)
+        try:
+            body = frame.decode_body()
+        except FrameError as exc:
+            add("body_error", str(exc), seen)
+            continue
+        kind = kind_of(body)
+        if seq == 0:
+            if kind != RecordKind.STREAM_START or frame.prev != GENESIS_PREV:
+                add("bad_genesis", "seq 0 is not a stream start with a zero prev", seen)
+            previous = body.get("previous")
+            if isinstance(previous, dict):
+                citation = (seen, previous)
+                if isinstance(previous.get("h"), bytes):
+                    last_cp_h = previous["h"]
+            continue
+        if kind == RecordKind.CHECKPOINT:
+            report.checkpoints += 1
+            _check_checkpoint(seen, body, keyring, frames, recomputed, last_cp_seq, last_cp_h, add)
+            last_cp_seq, last_cp_h = seq, recomputed[seq]
+            continue
+        for where in find_plaintext_secrets(body, denylist):
+            add("plaintext_secret", f"a denylisted secret in plain text at {where}", seen)
+    if seqs[-1] != last_cp_seq:
+        first = last_cp_seq + 1
+        add(
+            "unsealed_tail",
+            f"frames {first}..{seqs[-1]} are not covered by a signed checkpoint",
+            frames[seqs[-1]],
+            WARNING,
+        )
+    return citation
+
+
+def _check_checkpoint(
+    seen: _Seen,
+    body: dict[str, Any],
+    keyring: Keyring,
+    frames: dict[int, _Seen],
+    recomputed: dict[int, bytes],
+    last_cp_seq: int,
+    last_cp_h: bytes,
+    add: Callable[..., None],
+) -> None:
+    try:
+        signed = read_checkpoint(body)
+    except FrameError as exc:
+        add("bad_checkpoint", str(exc), seen)
+        return
+    cp = signed.checkpoint
+    key = keyring.get(cp.key_id)
+    if key is None:
+        add("unknown_key", f"key {cp.key_id!r} is not in the keyring", seen)
+    elif not key.verify(signed.signature, SIGNATURE_DOMAIN + signed.signed):
+        add("bad_signature", f"the signature does not verify with key {cp.key_id!r}", seen)
+    elif not key.valid_at(cp.time):
+        window = f"[{key.not_before}, {key.not_after if key.not_after is not None else '…'})"
+        add("key_outside_window", f"made at {cp.time} outside key {cp.key_id}'s {window}", seen)
+    seq = seen.frame.seq
+    expected_first = max(last_cp_seq, 0)
+    problems = []
+    if cp.stream != seen.frame.stream:
+        problems.append(f"names stream {cp.stream}")
+    if cp.last_seq != seq - 1 or cp.first_seq != expected_first:
+        problems.append(
+            f"covers {cp.first_seq}..{cp.last_seq}, expected {expected_first}..{seq - 1}"
+        )
+    elif cp.last_seq in recomputed and cp.head != recomputed[cp.last_seq]:
+        problems.append(f"head differs from the recomputed hash of seq {cp.last_seq}")
+    if problems:
+        add("checkpoint_mismatch", "; ".join(problems), seen)
+    if cp.prev_checkpoint != last_cp_h:
+        add("checkpoint_link", "does not cite the previous checkpoint", seen)
+
+
+def _check_citation(
+    genesis: _Seen,
+    previous: dict[str, Any],
+    streams: dict[str, dict[int, _Seen]],
+    report: Report,
+) -> None:
+    stream, seq, h = previous.get("stream"), previous.get("seq"), previous.get("h")
+
+    def add(code: str, message: str, severity: str = ERROR) -> None:
+        report.findings.append(
+            Finding(code, message, genesis.file, genesis.index, genesis.frame.stream, 0, severity)
+        )
+
+    if not isinstance(stream, str) or not isinstance(seq, int) or not isinstance(h, bytes):
+        add("bad_genesis", "the citation of the previous checkpoint is malformed")
+        return
+    frames = streams.get(stream)
+    if frames is None:
+        add("cited_stream_absent", f"cites stream {stream} seq {seq}, not in these files", WARNING)
+        return
+    if seq > max(frames):
+        add(
+            "truncated",
+            f"cites checkpoint seq {seq} of stream {stream}, whose frames here end at "
+            f"seq {max(frames)}",
+        )
+        return
+    cited = frames.get(seq)
+    if cited is None or cited.frame.h != h:
+        add("citation_mismatch", f"stream {stream} seq {seq} is not the checkpoint cited")

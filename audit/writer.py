@@ -1,0 +1,316 @@
+"""The writer: chains record bodies into frames and appends them to a Redis stream.
+
+    writer = AuditWriter(redis, signer, stream=keys.audit_stream(), now=clock.now,
+                         checkpoint_every_frames=1000, checkpoint_every_s=10.0,
+                         redactor=redactor, last_checkpoint_key=keys.audit_last_checkpoint())
+    await writer.open()                      # genesis frame, citing the last checkpoint
+    seq = await writer.append(body)          # returns once Redis accepted the frame
+    await writer.close()                     # final signed checkpoint
+
+Signature:
+    AuditWriter(redis: redis.asyncio.Redis, signer: SigningKey, *, stream: str,
+                now: Callable[[], float], checkpoint_every_frames: int = 1000,
+                checkpoint_every_s: float = 10.0, redactor: Redactor | None = None,
+                last_checkpoint_key: str | None = None, timeout_s: float = 2.0)
+    await open() -> None; await append(body: Mapping[str, Any]) -> int;
+    await checkpoint() -> int | None; await close() -> None; .stream_id: str
+
+`append` redacts the body, gives it the next seq and chains it at once (so seq order is
+call order), then waits for the group commit: every frame queued while no pipeline is in
+flight goes out in ONE pipeline of XADDs, started on the next event-loop tick. A request's
+cost is thus one Redis round trip shared with the other requests of that tick.
+
+Failure: if Redis does not accept a pipeline (error or `timeout_s`), every append in it
+and every append queued behind it raises AuditUnavailable, and the stream ends there
+(its tail stays unsealed). The next append starts a new stream whose genesis cites the
+last checkpoint Redis accepted, so that no stream ever has a seq that Redis refused
+followed by one it kept.
+
+Durability is Redis's: with `appendfsync always` an accepted frame is on disk before the
+reply; with `everysec` up to a second of accepted frames can be lost in a Redis crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from audit.checkpoint import NO_CHECKPOINT, Checkpoint, genesis_body
+from audit.errors import AuditUnavailable, RecordError
+from audit.frame import GENESIS_PREV, Frame, encode_body
+from audit.keys import SigningKey
+from audit.redact import Redactor
+
+FRAME_FIELD = b"f"  # the one field of each Redis stream entry: the frame's bytes
+
+
+def new_stream_id(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(8)
+
+
+class _Pending:
+    """One frame waiting for the group commit; `mark` is set on checkpoint frames."""
+
+    __slots__ = ("data", "done", "mark")
+
+    def __init__(
+        self, data: bytes, done: asyncio.Future[None], mark: dict[str, Any] | None
+    ) -> None:
+        self.data = data
+        self.done = done
+        self.mark = mark
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        signer: SigningKey,
+        *,
+        stream: str,
+        now: Callable[[], float],
+        checkpoint_every_frames: int = 1000,
+        checkpoint_every_s: float = 10.0,
+        redactor: Redactor | None = None,
+        last_checkpoint_key: str | None = None,
+        timeout_s: float = 2.0,
+    ) -> None:
+        if checkpoint_every_frames < 1:
+            raise ValueError(f"checkpoint_every_frames must be >= 1, got {checkpoint_every_frames}")
+        if checkpoint_every_s <= 0:
+            raise ValueError(f"checkpoint_every_s must be > 0, got {checkpoint_every_s}")
+        self._redis = redis
+        self._signer = signer
+        self._key = stream
+        self._checkpoint_key = last_checkpoint_key or f"{stream}:last-checkpoint"
+        self._now = now
+        self._every_frames = checkpoint_every_frames
+        self._every_s = checkpoint_every_s
+        # Without a configured key, equal secrets correlate only within this process.
+        self._redactor = redactor or Redactor(os.urandom(32), "ephemeral")
+        self._timeout_s = timeout_s
+        self.stream_id = ""
+        self._seq = 0
+        self._head = GENESIS_PREV
+        self._last_cp_seq = -1  # seq of the last checkpoint frame in this stream
+        self._last_cp_h = NO_CHECKPOINT
+        self._last_cp_at = 0.0
+        self._frames_since_cp = 0
+        self._accepted_cp: dict[str, Any] | None = None  # last checkpoint Redis accepted
+        self._queue: list[_Pending] = []
+        self._flushing = False
+        self._broken = True  # no stream until open()
+        self._opened = False
+        self._closed = False
+        self._timer: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self.pipelines = 0  # pipelines sent: with group commit, far fewer than frames
+        self.frames = 0  # frames Redis accepted
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        """Start a stream (genesis frame citing the last checkpoint) and the checkpoint timer."""
+        if self._opened:
+            raise RuntimeError("AuditWriter.open() called twice")
+        self._opened = True
+        try:
+            raw = await asyncio.wait_for(self._redis.get(self._checkpoint_key), self._timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise AuditUnavailable(f"audit stream unreachable: {exc}") from exc
+        self._accepted_cp = _read_cited(raw)
+        await self._begin_stream()
+        self._timer = asyncio.create_task(self._tick(), name="audit-checkpoint-timer")
+
+    async def close(self) -> None:
+        """Write the final signed checkpoint and stop; appends after this fail."""
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        if self._opened and not self._broken:
+            with contextlib.suppress(AuditUnavailable):
+                await self._queue_checkpoint(final=True)
+        self._closed = True
+        if self._flush_task is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_task
+
+    # -- appending ---------------------------------------------------------------------
+    async def append(self, body: Mapping[str, Any]) -> int:
+        """Chain one record body; returns its seq once Redis accepted the frame.
+
+        Raises RecordError for a body that cannot be stored (nothing is chained) and
+        AuditUnavailable when Redis did not accept it: the caller must fail closed.
+        """
+        if self._closed or not self._opened:
+            raise AuditUnavailable("the audit writer is not open")
+        if not isinstance(body, Mapping):
+            raise RecordError(f"a record body is a mapping, got {type(body).__name__}")
+        data = encode_body(self._redactor.scrub(dict(body)))
+        if self._broken:
+            # The previous stream ended at a refused pipeline: continue in a fresh one.
+            self._begin_stream()
+        seq, done = self._queue_frame(data)
+        self._frames_since_cp += 1
+        if (
+            self._frames_since_cp >= self._every_frames
+            or self._now() - self._last_cp_at >= self._every_s
+        ):
+            self._queue_checkpoint(final=False)
+        await done
+        return seq
+
+    async def checkpoint(self) -> int | None:
+        """Seal what was appended since the last checkpoint; the checkpoint's seq, or None."""
+        if self._closed or self._broken or self._frames_since_cp == 0:
+            return None
+        done = self._queue_checkpoint(final=False)
+        seq = self._last_cp_seq
+        await done
+        return seq
+
+    @property
+    def seq(self) -> int:
+        """The seq the next frame will get."""
+        return self._seq
+
+    # -- internals ---------------------------------------------------------------------
+    def _begin_stream(self) -> asyncio.Future[None]:
+        at = self._now()
+        self.stream_id = new_stream_id(at)
+        self._seq = 0
+        self._head = GENESIS_PREV
+        self._last_cp_seq = -1
+        self._last_cp_at = at
+        self._frames_since_cp = 0
+        cited = self._accepted_cp
+        self._last_cp_h = cited["h"] if cited else NO_CHECKPOINT
+        self._broken = False
+        _, done = self._queue_frame(encode_body(genesis_body(at, cited)))
+        return done
+
+    def _queue_frame(
+        self, data: bytes, mark: dict[str, Any] | None = None
+    ) -> tuple[int, asyncio.Future[None]]:
+        seq = self._seq
+        frame = Frame.seal(self.stream_id, seq, self._head, data)
+        self._head = frame.h
+        self._seq += 1
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Genesis and checkpoint futures may have no awaiter: retrieve their failure here
+        # so that it is not reported as "never retrieved" (awaiters still get it raised).
+        done.add_done_callback(_retrieve)
+        if mark is not None:
+            mark = {**mark, "seq": seq, "h": frame.h}
+        self._queue.append(_Pending(frame.encode(), done, mark))
+        if not self._flushing:
+            self._flushing = True
+            # Group commit: everything queued during this tick goes out in one pipeline.
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return seq, done
+
+    def _queue_checkpoint(self, *, final: bool) -> asyncio.Future[None]:
+        at = self._now()
+        signer = self._signer.current()
+        cp = Checkpoint(
+            stream=self.stream_id,
+            first_seq=max(self._last_cp_seq, 0),
+            last_seq=self._seq - 1,
+            head=self._head,
+            time=at,
+            key_id=signer.key_id,
+            prev_checkpoint=self._last_cp_h,
+            final=final,
+        )
+        seq, done = self._queue_frame(encode_body(cp.body(signer)), mark={"stream": self.stream_id})
+        self._last_cp_seq = seq
+        self._last_cp_h = self._head
+        self._last_cp_at = at
+        self._frames_since_cp = 0
+        return done
+
+    def _start_flush(self) -> None:
+        self._flush_task = asyncio.create_task(self._flush(), name="audit-flush")
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            failure: BaseException | None = None
+            marks = [item.mark for item in batch if item.mark is not None]
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    if len(batch) == 1 and not marks:
+                        # A lone frame: a plain XADD costs less than a pipeline of one.
+                        await self._redis.xadd(self._key, {FRAME_FIELD: batch[0].data})
+                    else:
+                        pipe = self._redis.pipeline(transaction=False)
+                        for item in batch:
+                            pipe.xadd(self._key, {FRAME_FIELD: item.data})
+                        if marks:
+                            mark = msgpack.packb(marks[-1], use_bin_type=True)
+                            pipe.set(self._checkpoint_key, mark)
+                        await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as exc:
+                failure = exc
+            if failure is None:
+                self.pipelines += 1
+                self.frames += len(batch)
+                if marks:
+                    self._accepted_cp = marks[-1]
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_result(None)
+                continue
+            # SECURITY: fail closed. Frames queued behind a refused batch chain onto frames
+            # Redis may not hold, so they are refused too and the stream ends here.
+            self._broken = True
+            refused = [*batch, *self._queue]
+            self._queue = []
+            error = AuditUnavailable(f"the audit stream did not accept the frames: {failure}")
+            for item in refused:
+                if not item.done.done():
+                    item.done.set_exception(error)
+        self._flushing = False
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._every_s)
+            if self._broken or self._frames_since_cp == 0:
+                continue
+            with contextlib.suppress(AuditUnavailable):
+                await self._queue_checkpoint(final=False)
+
+
+def _retrieve(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+def _read_cited(raw: object) -> dict[str, Any] | None:
+    """The last checkpoint stored in Redis, or None when absent or unreadable."""
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        value = msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("stream"), str)
+        and isinstance(value.get("seq"), int)
+        and isinstance(value.get("h"), bytes)
+        and len(value["h"]) == 32
+    ):
+        return {"stream": value["stream"], "seq": value["seq"], "h": value["h"]}
+    return None

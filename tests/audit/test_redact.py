@@ -1,0 +1,203 @@
+"""Redaction: no denylisted value survives anywhere in a record, and equal secrets correlate."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audit.frame import encode_body
+from audit.record import BodyCapture, Person, event_record, http_record
+from audit.redact import MARKER, Denylist, Redactor, find_plaintext_secrets
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLXZhbHVl"
+SECRETS = ["hunter2-pw", "tok-123456789", "sk_live_abcdef", "sessionsecret99", JWT, "s3cr3t-q"]
+
+
+def leaky_record() -> dict[str, Any]:
+    return http_record(
+        "outcome",
+        at=1.8e9,
+        request_id="r1",
+        method="POST",
+        host="acme.example",
+        path="/login",
+        query="next=%2F&access_token=s3cr3t-q&x=1",
+        user_agent=f"curl with Bearer {SECRETS[1]}",
+        actor=Person("sam", kind="staff"),
+        status=200,
+        request_headers=[
+            ("Authorization", f"Bearer {SECRETS[1]}"),
+            ("Cookie", f"sid={SECRETS[3]}; theme=dark"),
+            ("X-Api-Key", SECRETS[2]),
+            ("X-Tenant-Secret", "tenant-xyz-1"),
+            ("Accept", "application/json"),
+        ],
+        response_headers=[("Set-Cookie", f"sid={SECRETS[3]}; Path=/; HttpOnly")],
+        request_body=BodyCapture(
+            json.dumps(
+                {
+                    "user": "bob",
+                    "Password": SECRETS[0],
+                    "nested": {"api-key": SECRETS[2]},
+                    "list": [{"client_secret": SECRETS[2]}],
+                    "note": f"token {JWT}",
+                }
+            ).encode(),
+            "application/json; charset=utf-8",
+            200,
+        ),
+        response_body=BodyCapture(
+            f"password={SECRETS[0]}&name=bob".encode(), "application/x-www-form-urlencoded", 30
+        ),
+    )
+
+
+def test_no_denylisted_value_survives_anywhere() -> None:
+    redactor = Redactor(b"r" * 32, "r1", headers={"x-tenant-secret"})
+    clean = redactor.scrub(leaky_record())
+    stored = encode_body(clean)
+    for secret in [*SECRETS, "tenant-xyz-1"]:
+        assert secret.encode() not in stored, secret
+    assert find_plaintext_secrets(clean, redactor.denylist) == []
+    listed = {r["field"] for r in clean["gateway"]["redactions"]}
+    assert {
+        "http.request.headers.authorization",
+        "http.request.headers.cookie",
+        "http.request.headers.x-api-key",
+        "http.request.headers.x-tenant-secret",
+        "http.response.headers.set-cookie",
+        "url.query:access_token",
+        "http.request.body.content.Password",
+        "http.response.body.content:password",
+        "user_agent.original",
+    } <= listed
+    # What is not secret is kept as it was.
+    assert ["Accept", "application/json"] in clean["http"]["request"]["headers"]
+    assert "theme=[redacted" in str(clean)
+    assert "Path=/; HttpOnly" in str(clean)
+    assert clean["url"]["query"].startswith("next=%2F&access_token=[redacted:")
+
+
+def test_equal_secrets_correlate_and_keys_separate() -> None:
+    one, two = Redactor(b"a" * 32, "a"), Redactor(b"b" * 32, "b")
+    assert one.hash("x") == one.hash("x")
+    assert one.hash("x") != one.hash("y")
+    assert one.hash("x").split(":")[-1] != two.hash("x").split(":")[-1]
+    assert MARKER.fullmatch(one.hash("x"))
+
+
+def test_scrub_leaves_the_input_alone_and_is_idempotent() -> None:
+    redactor = Redactor(b"r" * 32)
+    record = leaky_record()
+    before = json.dumps(record, sort_keys=True)
+    once = redactor.scrub(record)
+    assert json.dumps(record, sort_keys=True) == before
+    twice = redactor.scrub(once)
+    assert twice["http"] == once["http"]
+    assert twice["url"] == once["url"]
+
+
+def test_truncated_json_body_is_still_redacted() -> None:
+    cut = b'{"a": 1, "password": "hunter2-pw", "token": "abc'
+    record = http_record(
+        "attempt",
+        at=1.0,
+        request_id="r",
+        method="POST",
+        host="h",
+        path="/",
+        request_body=BodyCapture(cut, "application/json", 4000),
+    )
+    clean = Redactor(b"r" * 32).scrub(record)
+    assert b"hunter2" not in encode_body(clean)
+    assert b'"abc' not in encode_body(clean)
+    assert clean["http"]["request"]["body"]["truncated"] is True
+
+
+def test_event_details_are_redacted() -> None:
+    record = event_record(
+        "enrolment.created",
+        at=1.0,
+        category="account",
+        details={"enrolment_token": "tok-zzz", "count": 2, "verified": True},
+    )
+    clean = Redactor(b"r" * 32).scrub(record)
+    assert "tok-zzz" not in str(clean)
+    assert clean["gateway"]["details"]["count"] == 2
+    assert clean["gateway"]["details"]["verified"] is True
+
+
+def test_binary_bodies_are_base64_and_not_parsed() -> None:
+    record = http_record(
+        "attempt",
+        at=1.0,
+        request_id="r",
+        method="POST",
+        host="h",
+        path="/",
+        request_body=BodyCapture(b"\xff\xfe\x00password=1", "application/octet-stream", 12),
+    )
+    clean = Redactor(b"r" * 32).scrub(record)
+    assert clean["http"]["request"]["body"]["encoding"] == "base64"
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("password", True),
+        ("new-password", True),
+        ("password_confirm", True),
+        ("csrf_token", True),
+        ("API_KEY", True),
+        ("tokens", False),
+        ("passwordless", False),
+        ("name", False),
+    ],
+)
+def test_denylist_matching(name: str, secret: bool) -> None:
+    assert Denylist().field(name) is secret
+
+
+def test_a_short_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        Redactor(b"short")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["password", "token", "a", "b", "api_key"]), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(doc=json_values, secret=st.text(min_size=6, max_size=16, alphabet="abcdefXYZ0123"))
+def test_hostile_json_bodies_never_leak_the_secret(doc: Any, secret: str) -> None:
+    wrapped = {"keep": doc, "password": secret, "deep": [{"token": secret}]}
+    record = http_record(
+        "attempt",
+        at=1.0,
+        request_id="r",
+        method="POST",
+        host="h",
+        path="/",
+        request_body=BodyCapture(json.dumps(wrapped).encode(), "application/json", 10),
+    )
+    clean = Redactor(b"r" * 32).scrub(record)
+    content = json.loads(clean["http"]["request"]["body"]["content"])
+    assert MARKER.fullmatch(content["password"])
+    assert MARKER.fullmatch(content["deep"][0]["token"])
+    # The secret survives only where the document itself holds it under a harmless name.
+    assert json.dumps(content).count(secret) <= json.dumps(doc).count(secret)
+    assert find_plaintext_secrets(clean) == []
+    msgpack.packb(clean)
