@@ -11,9 +11,10 @@ claims of every assertion:
     # {"iss": ..., "aud": ..., "sub": "bob", "act": {"sub": "sam"}, "org": "acme",
     #  "grant": "r-1", "scope": "read", "iat": ..., "nbf": ..., "exp": ..., "jti": ...}
 
-Keys live as PEM files, mode 0600, in a 0700 directory (`<data_dir>/keys/assertion/`),
-named `<created>-<kid>.pem`: the newest signs, every kept key is published so that tokens
-signed just before a rotation still verify. `rotate()` adds a key and prunes the oldest.
+Keys live as PEM files, mode 0600, in a 0700 directory (the gateway uses
+`<data_dir>/keys/`), named `<created>-<kid>.pem` (other files there are not keys and are
+left alone): the newest signs, every kept key is published so that tokens signed just
+before a rotation still verify. `rotate()` adds a key and prunes the oldest.
 Alternatively GATEWAY_ASSERTION_KEYS holds one or more PEM private keys (the last signs)
 and nothing is read from or written to disk.
 """
@@ -62,15 +63,24 @@ class SigningKey:
 
     @property
     def public_jwk(self) -> dict[str, Any]:
-        jwk = ECAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
-        assert isinstance(jwk, dict)  # to_jwk(as_dict=True) always returns a dict
-        return {**jwk, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}
+        return {
+            **_jwk(self.private_key.public_key()),
+            "kid": self.kid,
+            "alg": ALGORITHM,
+            "use": "sig",
+        }
+
+
+def _jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
+    if not isinstance(jwk, dict):
+        raise KeyMaterialError(f"cannot express {public_key} as a JWK")
+    return dict(jwk)
 
 
 def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
     """The RFC 7638 thumbprint of the public key, base64url: stable across restarts."""
-    jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
-    assert isinstance(jwk, dict)
+    jwk = _jwk(public_key)
     canonical = json.dumps(
         {name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":")
     )
@@ -154,20 +164,20 @@ def verify(
     The key is chosen by `kid`; only ES256 is accepted (never `none` or an HMAC confusion).
     `now` lets tests judge expiry on a manual clock.
     """
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise
+    header = jwt.get_unverified_header(token)
     kid = header.get("kid")
     # SECURITY: the algorithm is fixed by us, never taken from the token's header.
     if header.get("alg") != ALGORITHM or not isinstance(kid, str):
         raise jwt.InvalidAlgorithmError(f"assertion header must be ES256 with a kid: {header}")
     keys = [k for k in jwks.get("keys", ()) if isinstance(k, Mapping) and k.get("kid") == kid]
     if len(keys) != 1:
-        raise jwt.InvalidKeyError(f"no single published key with kid {kid!r}")
-    public_key = ECAlgorithm.from_jwk(json.dumps(dict(keys[0])))
+        raise jwt.InvalidTokenError(f"no single published key with kid {kid!r}")
+    try:
+        public_key = ECAlgorithm.from_jwk(json.dumps(dict(keys[0])))
+    except jwt.PyJWTError as exc:
+        raise jwt.InvalidTokenError(f"published key {kid!r} is unusable: {exc}") from exc
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise jwt.InvalidKeyError(f"published key {kid!r} is not an EC public key")
+        raise jwt.InvalidTokenError(f"published key {kid!r} is not an EC public key")
     options: dict[str, Any] = {"require": ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]}
     if now is not None:
         # PyJWT judges time by the wall clock; a manual clock is applied below instead.
@@ -272,10 +282,9 @@ def rotate(directory: Path, *, keep: int = KEEP_KEYS, now: float | None = None) 
     if keep < 2:
         # SECURITY-adjacent: keeping only the new key would break tokens signed moments ago.
         raise ValueError(f"keep={keep}: keep at least the new key and the previous one")
-    stored = _stored_keys(directory)
     created = time.time() if now is None else now
-    if stored:
-        newest = int(_KEY_FILE.match(stored[-1][0]).group(1))  # type: ignore[union-attr]
+    for name, _ in _stored_keys(directory)[-1:]:
+        newest = int(name.split("-", 1)[0])
         created = max(created, newest + 1)  # file names order keys; never tie or go back
     key = _write_new_key(directory, created)
     for _, path in _stored_keys(directory)[:-keep]:

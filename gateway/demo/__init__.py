@@ -1,0 +1,1 @@
+"""The demo: Acme CRM (a customer application), a mail catcher, and `gateway demo` wiring."""

@@ -1,0 +1,172 @@
+"""One proxied request's facts and outcome: the `Flow` every pipeline stage reads and fills.
+
+A flow is created by the app for each request on a routed host and handed to the stages
+in order (see `gateway.pipeline`). A stage ends the flow by setting `denial` (or, for
+the gateway's own endpoints and the forwarder, `response`); later stages see that.
+
+In-flight flows of a grant can be ended at once (grant revoked or expired): the grant
+watcher calls `InFlightFlows.abort_grant(grant_id, reason)`, which calls `Flow.abort`
+on each; the forwarder stops copying, closes the upstream exchange and the client's
+connection (websockets get close code 1008), and the audit outcome records `aborted`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.denials import Denial
+from gateway.identity import ActingGrant, Principal
+from policies.model import Decision, Route
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Flow:
+    """One request on a routed host, from arrival to its single audit outcome."""
+
+    # --- set when the flow is created, from the request as received -------------------
+    request_id: str  # random, per request; in X-Request-Id, denials and the audit
+    request: web.Request  # the client's request (body still unread: it is streamed)
+    started_at: float  # Clock time (epoch seconds) at arrival; audit timestamps use it
+    started_monotonic: float  # loop.time() at arrival; durations are measured from it
+    client_ip: str  # the TCP peer (the real client once trusted proxies are resolved)
+    host: str  # Host header, lower-case, without port or trailing dot
+    method: str  # request method, upper-case as received
+    raw_target: str  # the request-target exactly as received (origin or absolute form)
+    raw_path: str  # the target's path, percent-encoding untouched
+    query: str  # the target's query string as received ("" when none), never re-encoded
+
+    # --- route stage ----------------------------------------------------------------------
+    route: Route | None = None  # the policy route for `host`
+    path: str | None = None  # normalised path: exactly what is judged AND forwarded
+    match_path: str | None = None  # `path` as compared with rules (case-folded if the route says)
+    match_paths: tuple[str, ...] = ()  # every reading an upstream might give `path`; all judged
+
+    # --- session and mfa stages -----------------------------------------------------------
+    principal: Principal | None = None  # who logged in, from the host-only app-session cookie
+    console_session_id: str | None = None  # the console login the app session belongs to
+    mfa_verified_at: float | None = None  # Clock time of that login's last TOTP check
+
+    # --- grant and policy stages ----------------------------------------------------------
+    grant: ActingGrant | None = None  # the live grant, checked against Redis for this request
+    decision: Decision | None = None  # the policy decision (rule + reason) for method and path
+
+    # --- outcome ----------------------------------------------------------------------------
+    denial: Denial | None = None  # set by the stage that refused the flow
+    error: BaseException | None = None  # the unexpected exception that ended the flow
+    response: web.StreamResponse | None = None  # the response sent (or prepared) to the client
+    forwarded: bool = False  # True once the request was handed to the upstream
+    status: int | None = None  # status sent to the client
+    upstream_status: int | None = None  # status the upstream answered with
+    request_bytes: int = 0  # request body bytes read from the client and forwarded
+    response_bytes: int = 0  # response body bytes sent to the client
+    upstream_connect_s: float | None = None  # until the upstream's response headers arrived
+    duration_s: float | None = None  # arrival until the last byte was sent
+    interrupted: str | None = None  # why the exchange stopped before its end (peer gone, ...)
+    websocket: bool = False  # the flow was upgraded to a proxied websocket
+    websocket_close_code: int | None = None  # the close code passed on to the client
+
+    # --- audit ------------------------------------------------------------------------------
+    audit_attempt_seq: int | None = None  # seq of the accepted attempt record (audit-in)
+    audit_outcome_seq: int | None = None  # seq of the outcome record (audit-out)
+    outcome_attempted: bool = False  # audit-out has begun its one write (never a second)
+    outcome_recorded: bool = False  # the outcome record was accepted (or is being written)
+    captured_request: bytearray | None = None  # first `capture.max_bytes` of the request body
+    captured_response: bytearray | None = None  # first `capture.max_bytes` of the response
+    request_truncated: bool = False  # the request body was longer than the capture cap
+    response_truncated: bool = False  # the response body was longer than the capture cap
+    upstream_request_headers: list[tuple[str, str]] = field(default_factory=list)
+    upstream_response_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    # --- ending a flow from outside (grant revoked) -----------------------------------------
+    aborted: str | None = None  # why the flow was ended from outside, if it was
+    _on_abort: list[Callable[[str], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def ended(self) -> bool:
+        """A stage has decided the outcome (later ordinary stages are skipped)."""
+        return self.denial is not None or self.response is not None
+
+    def deny(self, denial: Denial) -> None:
+        """End the flow with `denial`; the first denial wins."""
+        if self.denial is None:
+            self.denial = denial
+
+    def cut_connection(self) -> None:
+        """Break the client's connection now: a started response must not look complete."""
+        if self.response is not None:
+            self.response.force_close()
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
+
+    def on_abort(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Run `callback(reason)` if the flow is aborted; returns a function that unregisters.
+
+        A callback added after the abort runs at once.
+        """
+        if self.aborted is not None:
+            callback(self.aborted)
+            return lambda: None
+        self._on_abort.append(callback)
+
+        def remove() -> None:
+            if callback in self._on_abort:
+                self._on_abort.remove(callback)
+
+        return remove
+
+    def abort(self, reason: str) -> None:
+        """End this flow from outside now (e.g. its grant was revoked). Idempotent."""
+        if self.aborted is not None:
+            return
+        self.aborted = reason
+        callbacks, self._on_abort = self._on_abort, []
+        for callback in callbacks:
+            try:
+                callback(reason)
+            except Exception:
+                # One failing callback must not keep the others from cutting the flow off.
+                log.exception("abort callback failed for flow %s", self.request_id)
+
+
+class InFlightFlows:
+    """The flows of this process currently forwarding under a grant, by grant id.
+
+    The forwarder adds a flow before it contacts the upstream and discards it when done,
+    so that revoking a grant can end its open responses and websockets at once.
+    """
+
+    def __init__(self) -> None:
+        self._by_grant: dict[str, set[Flow]] = {}
+
+    def add(self, flow: Flow) -> None:
+        if flow.grant is not None:
+            self._by_grant.setdefault(flow.grant.grant_id, set()).add(flow)
+
+    def discard(self, flow: Flow) -> None:
+        if flow.grant is None:
+            return
+        flows = self._by_grant.get(flow.grant.grant_id)
+        if flows is not None:
+            flows.discard(flow)
+            if not flows:
+                del self._by_grant[flow.grant.grant_id]
+
+    def of_grant(self, grant_id: str) -> frozenset[Flow]:
+        return frozenset(self._by_grant.get(grant_id, ()))
+
+    def abort_grant(self, grant_id: str, reason: str) -> int:
+        """Abort every in-flight flow of `grant_id`; returns how many were aborted."""
+        flows = self._by_grant.pop(grant_id, set())
+        for flow in flows:
+            flow.abort(reason)
+        return len(flows)
+
+    def __len__(self) -> int:
+        return sum(len(flows) for flows in self._by_grant.values())

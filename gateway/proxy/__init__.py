@@ -1,0 +1,1 @@
+"""Proxying mechanics: header rules, streamed HTTP bodies and websockets."""

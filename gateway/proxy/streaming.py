@@ -1,0 +1,187 @@
+"""Streaming one HTTP exchange between client and upstream; bodies are never read whole.
+
+The request body is handed to the upstream chunk by chunk as the client sends it, with
+the client's framing (Content-Length kept, else chunked); the response body is written
+to the client as each chunk arrives (server-sent events pass event by event). Nothing
+is decompressed. Only the first `capture.max_bytes` of each body is kept for the audit.
+
+Failures before the upstream's response headers become denials (refused or reset ->
+502, timeout -> 504); failures after the response started cut the client's connection
+so a truncated body is never mistaken for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.denials import Denial
+from gateway.flow import Flow
+from gateway.proxy.headers import downstream_response_headers
+from policies.model import Upstream
+
+CHUNK_LIMIT = 256 * 1024  # largest single read handed on; memory per flow stays bounded
+
+# Headers aiohttp would otherwise invent for the upstream request.
+SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+def upstream_url(upstream: Upstream, path: str, query: str) -> URL:
+    """The upstream URL for the judged path, taken as already encoded (no re-encoding)."""
+    port = (
+        "" if upstream.port == (443 if upstream.scheme == "https" else 80) else f":{upstream.port}"
+    )
+    host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+    target = f"{upstream.scheme}://{host}{port}{upstream.base_path}{path}"
+    if query:
+        target += "?" + query
+    return URL(target, encoded=True)
+
+
+def upstream_origin(upstream: Upstream) -> str:
+    host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+    return f"{upstream.scheme}://{host}:{upstream.port}"
+
+
+def public_origin(request: web.BaseRequest) -> str:
+    """The origin the client addressed: scheme and Host as received."""
+    scheme = "https" if request.secure else "http"
+    return f"{scheme}://{request.headers.get('Host', '').strip().lower()}"
+
+
+class _Capture:
+    """Tee of the first `limit` bytes of a stream (None when the route captures nothing)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.data: bytearray | None = bytearray() if limit is not None else None
+        self.limit = limit or 0
+        self.truncated = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.data is None:
+            return
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        if len(chunk) > room:
+            self.truncated = True
+
+
+async def _request_body(flow: Flow, capture: _Capture) -> AsyncIterator[bytes]:
+    async for chunk in flow.request.content.iter_chunked(CHUNK_LIMIT):
+        flow.request_bytes += len(chunk)
+        capture.feed(chunk)
+        yield chunk
+
+
+def _has_body(request: web.BaseRequest) -> bool:
+    length = request.headers.get("Content-Length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "Transfer-Encoding" in request.headers
+
+
+def received_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Headers as received, names in the sender's own case; values kept byte for byte when
+    they are ASCII or UTF-8 (other bytes become U+FFFD rather than break the response)."""
+    return [(name.decode("latin-1"), value.decode("utf-8", "replace")) for name, value in raw]
+
+
+def upstream_failure(exc: BaseException) -> Denial:
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return Denial(504, "upstream_timeout", "The application did not answer in time.")
+    return Denial(502, "upstream_unavailable", "The application could not be reached.")
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` only once the flow is authorised and about to read."""
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def exchange(
+    flow: Flow,
+    client: aiohttp.ClientSession,
+    url: URL,
+    headers: Sequence[tuple[str, str]],
+) -> None:
+    """Forward the flow's request to `url` and stream the answer back to the client."""
+    route = flow.route
+    if route is None:
+        raise RuntimeError("exchange() needs a routed flow")
+    request = flow.request
+    loop = asyncio.get_running_loop()
+    cap = route.capture.max_bytes if route.capture.bodies else None
+    request_capture, response_capture = _Capture(cap), _Capture(cap)
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=route.timeouts.connect_s,
+        sock_read=route.timeouts.read_s,
+    )
+    data = None
+    if _has_body(request):
+        await send_continue(request)
+        data = _request_body(flow, request_capture)
+    flow.forwarded = True
+    try:
+        upstream = await client.request(
+            flow.method,
+            url,
+            headers=CIMultiDict(headers),
+            data=data,
+            allow_redirects=False,
+            timeout=timeout,
+            ssl=route.upstream.verify_tls,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+            auto_decompress=False,
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        flow.deny(upstream_failure(exc))
+        flow.interrupted = type(exc).__name__
+        return
+    finally:
+        flow.captured_request = request_capture.data
+        flow.request_truncated = request_capture.truncated
+    completed = False
+    try:
+        flow.upstream_connect_s = loop.time() - flow.started_monotonic
+        flow.upstream_status = upstream.status
+        flow.upstream_response_headers = received_headers(upstream.raw_headers)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in downstream_response_headers(
+            flow.upstream_response_headers,
+            route.response_headers,
+            upstream_origin=upstream_origin(route.upstream),
+            public_origin=public_origin(request),
+        ):
+            response.headers.add(name, value)
+        # The upstream may have its own X-Request-Id; the gateway's travels beside it.
+        response.headers["X-Gateway-Request-Id"] = flow.request_id
+        flow.response = response
+        flow.status = upstream.status
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                response_capture.feed(chunk)
+                flow.response_bytes += len(chunk)
+                await response.write(chunk)
+            await response.write_eof()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # Mid-body failure on either side: the client must see a broken response.
+            flow.interrupted = f"{type(exc).__name__}: {exc}"[:500]
+            flow.cut_connection()
+            return
+        completed = True
+    finally:
+        flow.captured_response = response_capture.data
+        flow.response_truncated = response_capture.truncated
+        if completed:
+            upstream.release()  # back to the keep-alive pool
+        else:
+            upstream.close()  # a half-read answer must never be reused
+        flow.duration_s = loop.time() - flow.started_monotonic

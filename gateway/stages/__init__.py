@@ -1,0 +1,1 @@
+"""The pipeline's stages, one module each; `gateway.pipeline.default_stages` orders them."""

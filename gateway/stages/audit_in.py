@@ -1,0 +1,42 @@
+"""The audit-in stage: the attempt is accepted by the audit stream before anything is forwarded.
+
+If the stream does not accept the record (Redis down, timeout, writer closed, or any
+other failure) the flow is denied with 503 and nothing reaches the upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from audit.record import http_record
+from gateway.appkeys import AUDIT, CLOCK
+from gateway.denials import Denial
+from gateway.flow import Flow
+from gateway.stages.audit_fields import http_fields
+
+log = logging.getLogger(__name__)
+
+AUDIT_UNAVAILABLE = Denial(
+    503,
+    "audit_unavailable",
+    "The audit trail is not accepting records; nothing was forwarded. Try again shortly.",
+    {"Retry-After": "5"},
+)
+
+
+class AuditIn:
+    name = "audit_in"
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    async def __call__(self, flow: Flow) -> None:
+        try:
+            body = http_record("attempt", at=self.app[CLOCK].now(), **http_fields(flow))
+            flow.audit_attempt_seq = await self.app[AUDIT].append(body)
+        except Exception:
+            # SECURITY: no record, no forwarding (AuditUnavailable or anything else).
+            log.exception("flow %s: audit attempt not accepted", flow.request_id)
+            flow.deny(AUDIT_UNAVAILABLE)

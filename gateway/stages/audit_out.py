@@ -1,0 +1,106 @@
+"""The audit-out stage: the flow's one outcome record, forwarded or not.
+
+It runs after every flow (`always_runs`): status, bytes, duration and timings, the
+headers exchanged with the upstream, captured (capped) bodies where the route asks, and
+for a denial its machine code and reason. The writer redacts secrets before chaining.
+A failure here cannot undo what was sent; it is logged and counted as a lost outcome.
+When the answer has already been sent (forwarded flows) the write is not awaited: the
+connection is free for its next request at once, and the app waits for pending outcome
+writes (`OUTCOME_WRITES`) before it closes the audit writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from audit.record import http_record
+from gateway.appkeys import AUDIT, CLOCK, OUTCOME_WRITES
+from gateway.flow import Flow
+from gateway.pipeline import AUDIT_OUTCOME_LOST
+from gateway.stages.audit_fields import capture, headers, http_fields
+
+log = logging.getLogger(__name__)
+
+
+class AuditOut:
+    name = "audit_out"
+    always_runs = True
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    async def __call__(self, flow: Flow) -> None:
+        if flow.outcome_attempted:
+            return  # exactly one outcome per flow, even when the runner is re-entered
+        flow.outcome_attempted = True
+        if flow.duration_s is None:
+            flow.duration_s = asyncio.get_running_loop().time() - flow.started_monotonic
+        fields = http_fields(flow)
+        error: str | None = None
+        if flow.denial is not None:
+            error = flow.denial.error
+            fields["reason"] = flow.denial.reason[:8192]
+        elif flow.aborted is not None:
+            error = "aborted"
+            fields["reason"] = flow.aborted[:8192]
+        elif flow.error is not None:
+            error = "internal_error"
+        timings: dict[str, float] = {}
+        if flow.duration_s is not None:
+            timings["total"] = round(flow.duration_s * 1000, 3)
+        if flow.upstream_connect_s is not None:
+            timings["wait"] = round(flow.upstream_connect_s * 1000, 3)
+            if flow.duration_s is not None:
+                timings["receive"] = round(
+                    max(0.0, flow.duration_s - flow.upstream_connect_s) * 1000, 3
+                )
+        request_type = flow.request.headers.get("Content-Type")
+        response_type = None
+        for name, value in flow.upstream_response_headers:
+            if name.lower() == "content-type":
+                response_type = value
+        body = http_record(
+            "outcome",
+            at=self.app[CLOCK].now(),
+            error=error,
+            status=flow.status,
+            request_bytes=flow.request_bytes,
+            response_bytes=flow.response_bytes,
+            timings=timings,
+            request_headers=headers(flow.upstream_request_headers) if flow.forwarded else None,
+            response_headers=headers(flow.upstream_response_headers) if flow.forwarded else None,
+            request_body=capture(flow.captured_request, flow.request_bytes, request_type),
+            response_body=capture(flow.captured_response, flow.response_bytes, response_type),
+            **fields,
+        )
+        pending = asyncio.ensure_future(self.app[AUDIT].append(body))
+        writes = self.app[OUTCOME_WRITES]
+        writes.add(pending)
+        pending.add_done_callback(writes.discard)
+        if flow.response is not None and flow.response.prepared:
+            # The answer is out already: the connection need not wait for the audit stream
+            # before its next request. The app waits for these writes when it stops.
+            pending.add_done_callback(lambda done: _late_result(flow, done))
+            flow.outcome_recorded = True
+            return
+        try:
+            # Shielded: a client leaving mid-write must not leave the outcome half-done.
+            flow.audit_outcome_seq = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(lambda done: _late_result(flow, done))
+            flow.outcome_recorded = True  # the write goes on; a failure is reported then
+            raise
+        flow.outcome_recorded = True
+
+
+def _late_result(flow: Flow, done: asyncio.Future[int]) -> None:
+    """Report an outcome write that ended after its flow: a failure is counted and logged."""
+    failure = "cancelled" if done.cancelled() else done.exception()
+    if failure is None:
+        flow.audit_outcome_seq = done.result()
+        return
+    AUDIT_OUTCOME_LOST.inc()
+    log.critical("AUDIT OUTCOME LOST: flow %s: %r", flow.request_id, failure)

@@ -1,0 +1,185 @@
+"""The route stage: the request as received -> the route, and the one path judged and forwarded.
+
+It refuses, before anything else looks at the request:
+- header sections over the gateway's limits (431) and over-long request lines (414);
+- `CONNECT` (405, `Allow`), asterisk-form and absolute-form targets for another
+  authority than `Host` or an unrouted one (400: no open proxy);
+- missing, repeated or malformed `Host` (400), SNI naming another host (421);
+- Content-Length / Transfer-Encoding conflicts (400: request smuggling);
+- unknown hosts (404), paths the normaliser refuses (400);
+- every `/.gateway/*` path but the routed endpoints (404); `auth` and `logout` are
+  answered here by their handlers and never forwarded.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from gateway.appkeys import CONFIG, POLICIES, ROUTED_ENDPOINTS
+from gateway.denials import (
+    Denial,
+    bad_request,
+    headers_too_large,
+    method_not_allowed,
+    misdirected,
+    not_found,
+)
+from gateway.flow import Flow
+from gateway.proxy.sni import sni_of
+from policies.errors import PathRejected
+from policies.paths import normalise
+
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+GATEWAY_PREFIX = "/.gateway"
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_IPV6_CHARS = frozenset("0123456789abcdef:.")
+
+
+def split_host(value: str) -> tuple[str, str] | None:
+    """`Host` -> (name, port) with the name lower-case and without a trailing dot."""
+    value = value.strip().lower()
+    if not value or len(value) > 255:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[: end + 1], value[end + 1 :]
+        if len(name) <= 2 or not set(name[1:-1]) <= _IPV6_CHARS:
+            return None
+        port = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+        if port is None:
+            return None
+    else:
+        name, _, port = value.partition(":")
+        name = name.rstrip(".")
+        if not name or not set(name) <= _HOST_CHARS:
+            return None
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        return None
+    return name, port
+
+
+def header_limit_denial(flow: Flow) -> Denial | None:
+    """The gateway's own limits; aiohttp's parser limits are set above them."""
+    limits = flow.request.app[CONFIG].limits
+    request_line = len(flow.method) + len(flow.raw_target) + len(" HTTP/1.1")
+    if request_line > limits.max_request_line_bytes:
+        return Denial(
+            414, "uri_too_long", f"The request line is over {limits.max_request_line_bytes} bytes."
+        )
+    raw = flow.request.raw_headers
+    if len(raw) > limits.max_headers:
+        return headers_too_large(f"More than {limits.max_headers} header fields.")
+    total = 0
+    for name, value in raw:
+        total += len(name) + len(value) + 4  # ": " and CRLF
+    if total > limits.max_header_bytes:
+        return headers_too_large(f"The header section is over {limits.max_header_bytes} bytes.")
+    return None
+
+
+def framing_denial(request: web.Request) -> Denial | None:
+    """Refuse ambiguous body framing (the parser refuses most; this is the second lock)."""
+    lengths = request.headers.getall("Content-Length", [])
+    encodings = request.headers.getall("Transfer-Encoding", [])
+    # SECURITY: two framings, two lengths or an encoding other than chunked could let the
+    # upstream see a different request boundary than the gateway judged (smuggling).
+    if lengths and encodings:
+        return bad_request("Content-Length and Transfer-Encoding together.", "bad_framing")
+    if len(set(lengths)) > 1 or any(not v.strip().isdigit() for v in lengths):
+        return bad_request("Conflicting or malformed Content-Length.", "bad_framing")
+    if encodings and [e.strip().lower() for e in ",".join(encodings).split(",")] != ["chunked"]:
+        return bad_request("Only Transfer-Encoding: chunked is accepted.", "bad_framing")
+    return None
+
+
+class RouteLookup:
+    name = "route"
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    async def __call__(self, flow: Flow) -> None:
+        denial = self._judge(flow)
+        if denial is not None:
+            flow.deny(denial)
+            return
+        if flow.path is not None and (
+            flow.path == GATEWAY_PREFIX or flow.path.startswith(GATEWAY_PREFIX + "/")
+        ):
+            await self._gateway_endpoint(flow)
+
+    def _judge(self, flow: Flow) -> Denial | None:
+        request = flow.request
+        limit = header_limit_denial(flow)
+        if limit is not None:
+            return limit
+        if flow.method == "CONNECT":
+            # SECURITY: no tunnels: the gateway is not an open proxy.
+            return method_not_allowed("CONNECT", ALLOWED_METHODS)
+        hosts = request.headers.getall("Host", [])
+        if len(hosts) != 1:
+            return bad_request("Exactly one Host header is required.", "bad_host")
+        parsed = split_host(hosts[0])
+        if parsed is None:
+            return bad_request("The Host header is malformed.", "bad_host")
+        host = parsed[0]
+        flow.host = host
+        if not flow.raw_target.startswith("/"):
+            denial = self._absolute_form(flow, host)
+            if denial is not None:
+                return denial
+        framing = framing_denial(request)
+        if framing is not None:
+            return framing
+        sni = sni_of(request)
+        if sni is not None and sni != host:
+            # SECURITY: a connection opened for one host must not carry another's requests.
+            return misdirected(f"This connection was opened for {sni}, not {host}.")
+        route = self.app[POLICIES].current.route_for(host)
+        if route is None:
+            return not_found(f"No application is routed at {host}.", "unknown_host")
+        flow.route = route
+        try:
+            normalised = normalise(
+                flow.raw_path,
+                allow_encoded_slashes=route.allow_encoded_slashes,
+                case_insensitive=route.case_insensitive,
+            )
+        except PathRejected as exc:
+            return bad_request(f"The path is refused: {exc.reason}", "bad_path")
+        flow.path = normalised.forwarded
+        flow.match_path = normalised.match_key
+        flow.match_paths = normalised.match_keys
+        return None
+
+    def _absolute_form(self, flow: Flow, host: str) -> Denial | None:
+        if flow.raw_target == "*":
+            return bad_request("Asterisk-form targets are not served.", "bad_target")
+        try:
+            target = urlsplit(flow.raw_target)
+            authority = split_host(target.netloc) if target.netloc else None
+        except ValueError:
+            authority = None
+        if authority is None or target.scheme.lower() not in ("http", "https"):
+            return bad_request("The request target is malformed.", "bad_target")
+        # SECURITY: absolute-form is accepted only for a routed authority that is the Host.
+        if authority[0] != host or self.app[POLICIES].current.route_for(authority[0]) is None:
+            return bad_request(
+                "An absolute-form target must name this routed host.", "unrouted_authority"
+            )
+        return None
+
+    async def _gateway_endpoint(self, flow: Flow) -> None:
+        # SECURITY: nothing under /.gateway/ is ever forwarded to the customer application.
+        name = (flow.path or "")[len(GATEWAY_PREFIX) + 1 :]
+        handler = self.app[ROUTED_ENDPOINTS].get(name)
+        if handler is None:
+            flow.deny(not_found("No such gateway endpoint on this host."))
+            return
+        response = await handler(flow.request)
+        flow.response = response
+        flow.status = response.status
