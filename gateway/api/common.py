@@ -1,0 +1,212 @@
+"""The JSON API's plumbing, shared by every `/.gateway/api/v1/` handler on the console.
+
+- `install(console_app)`: the console-session middleware and the error middleware
+  (idempotent; `gateway.api.add_routes` and `gateway.console.add_routes` both call it).
+- `ApiError(denial)`: raise it anywhere in a handler; the middleware answers with
+  `gateway.denials.denial_response` (`{error, reason, request_id}`; HTML only if asked).
+  Any other exception becomes a 500 `internal_error` (fail closed, logged).
+- `await json_body(request)`: the body as a JSON object. 415 unless
+  `Content-Type: application/json` (so a cross-site HTML form can never post one),
+  413 over `limits.max_json_bytes`, 400 if malformed, 422 if not an object.
+- `text_field(body, "name", max_length=…)`, `int_field(…)`, `choice_field(…)`: one field,
+  or 422 `invalid_field` naming it.
+- `client_ip(request)`: the client's address, believing only configured trusted proxies.
+- `await caller(request)`: the logged-in `Caller` (console login + principal). 401
+  `login_required` without a live session, 401 `mfa_required` when TOTP is older than
+  `sessions.mfa_max_age_s`, 403 `csrf_failed` when a state-changing call lacks the
+  session's token in `X-CSRF-Token`, 403 `account_disabled`.
+
+    async def handler(request: web.Request) -> web.Response:
+        who = await caller(request)
+        body = await json_body(request)
+        org = text_field(body, "org", max_length=64)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.appkeys import CLOCK, CONFIG
+from gateway.denials import Denial, denial_response, internal_error
+from gateway.identity import Principal
+from gateway.proxy.headers import client_address
+from gateway.sessions.console import (
+    ConsoleLogin,
+    csrf_ok,
+    current_login,
+    end,
+    get_session,
+    session_middleware,
+)
+from gateway.sessions.logins import logins_of
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/.gateway/api/v1"
+CSRF_HEADER = "X-CSRF-Token"
+LOGIN_CHALLENGE = 'Cookie realm="gateway"'
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_INSTALLED = web.AppKey("gateway_console_plumbing", bool)
+
+
+class ApiError(Exception):
+    """A refusal of an API call; carries the Denial that answers it."""
+
+    def __init__(self, denial: Denial) -> None:
+        super().__init__(f"{denial.status} {denial.error}: {denial.reason}")
+        self.denial = denial
+
+
+def unauthorized(error: str, reason: str) -> ApiError:
+    return ApiError(Denial(401, error, reason, {"WWW-Authenticate": LOGIN_CHALLENGE}))
+
+
+def invalid_field(name: str, expected: str) -> ApiError:
+    return ApiError(Denial(422, "invalid_field", f"{name}: expected {expected}"))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return denial_response(exc.denial, request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        # SECURITY: fail closed; the exception's text never reaches the client.
+        log.exception("console request %s %s failed", request.method, request.path)
+        return denial_response(internal_error(), request)
+
+
+def install(console_app: web.Application) -> None:
+    """Add the error and console-session middlewares to the console app, once."""
+    if console_app.get(_INSTALLED):
+        return
+    console_app[_INSTALLED] = True
+    console_app.middlewares.append(error_middleware)
+    console_app.middlewares.append(session_middleware)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole (small) body, or 413 past `limit` bytes, without reading more than that."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(Denial(413, "body_too_large", f"the body is over {limit} bytes"))
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(Denial(413, "body_too_large", f"the body is over {limit} bytes"))
+    return data
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise ApiError(Denial(415, "unsupported_media_type", "send the body as application/json"))
+    data = await read_body(request, request.config_dict[CONFIG].limits.max_json_bytes)
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(Denial(400, "malformed_json", "the body is not valid JSON")) from exc
+    if not isinstance(body, dict):
+        raise ApiError(Denial(422, "invalid_body", "the body must be a JSON object"))
+    return body
+
+
+def text_field(
+    body: Mapping[str, Any],
+    name: str,
+    *,
+    max_length: int,
+    required: bool = True,
+    min_length: int = 1,
+) -> str:
+    """A string field ('' when optional and absent), or 422 naming it."""
+    value = body.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not min_length <= len(value) <= max_length:
+        raise invalid_field(name, f"a string of {min_length} to {max_length} characters")
+    if any(ord(c) < 0x20 and c not in "\t\n\r" for c in value):
+        raise invalid_field(name, "no control characters")
+    return value
+
+
+def int_field(
+    body: Mapping[str, Any], name: str, *, low: int, high: int, required: bool = True
+) -> int | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise invalid_field(name, f"an integer from {low} to {high}")
+    return value
+
+
+def choice_field(
+    body: Mapping[str, Any], name: str, options: tuple[str, ...], *, required: bool = True
+) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if value not in options:
+        raise invalid_field(name, "one of " + ", ".join(options))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: their console login and principal, checked for this request."""
+
+    login: ConsoleLogin
+    principal: Principal
+
+
+def client_ip(request: web.Request) -> str:
+    """The client's address (through trusted proxies only): throttling and audit use it."""
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+    trusted = request.config_dict[CONFIG].trusted_proxies
+    return client_address(request.remote or "", headers, trusted)
+
+
+def mfa_fresh(request: web.Request, mfa_at: float) -> bool:
+    limit = request.config_dict[CONFIG].sessions.mfa_max_age_s
+    return request.config_dict[CLOCK].now() - mfa_at <= limit
+
+
+async def caller(request: web.Request, *, fresh_mfa: bool = True) -> Caller:
+    session = await get_session(request)
+    login = current_login(session)
+    if login is None:
+        raise unauthorized("login_required", "log in on the console first")
+    # SECURITY: state-changing calls carry the session's CSRF token.
+    if request.method not in SAFE_METHODS and not csrf_ok(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        raise ApiError(Denial(403, "csrf_failed", f"missing or wrong {CSRF_HEADER} header"))
+    if fresh_mfa and not mfa_fresh(request, login.mfa_at):
+        raise unauthorized("mfa_required", "enter a TOTP code again (step-up) to continue")
+    account = await logins_of(request.config_dict).accounts.store.get(login.principal_key)
+    if account is None or account.disabled:
+        # SECURITY: a disabled (or deleted) account's session ends at its next request.
+        await end(request)
+        raise unauthorized("login_required", "this session has ended")
+    return Caller(login, account.principal)
+
+
+def principal_json(principal: Principal) -> dict[str, Any]:
+    return {
+        "kind": principal.kind.value,
+        "id": principal.id,
+        "key": principal.key,
+        "email": principal.email,
+        "name": principal.name,
+        "org": principal.org,
+        "role": principal.role,
+    }

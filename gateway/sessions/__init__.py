@@ -1,0 +1,13 @@
+"""Sessions: console logins, the hand-off to routed hosts and their app sessions.
+
+    records       console-session records and the Clock's verdict on them
+    console       aiohttp-session storage (Redis, Clock), CSRF, rotate at login, logout
+    handoff       signed return addresses and one-time, host-bound hand-off codes
+    app_sessions  host-only app sessions that live and die with their console session
+    ending        ending a console session with all its app sessions (logout, disable)
+    routed        `/.gateway/auth` and `/.gateway/logout` on routed hosts
+    logins        `logins_of(config_dict)`: the one bundle of all of these per app
+
+Modules are imported by name (this package re-exports nothing, so the account store
+can end sessions without importing the login machinery).
+"""

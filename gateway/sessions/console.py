@@ -1,0 +1,229 @@
+"""Console sessions: aiohttp-session with a Redis storage judged by the gateway's Clock.
+
+The cookie (`__Host-gw_console`: Secure, HttpOnly, SameSite=Lax, Path=/, no Domain)
+carries a random 256-bit token; Redis holds the session under the token's SHA-256. The
+session maps:
+
+    csrf       the CSRF token for forms (hidden field) and API calls (X-CSRF-Token)
+    principal  the principal key once password AND TOTP were verified
+    mfa_at     Clock time of the last TOTP check (step-up renews it)
+    login_at   Clock time of the login
+    pending    {principal, at}: password verified, TOTP still to come
+    enrol      {principal, token_hash, at}: enrolment under way
+    return     signed return address to a routed host; next: a console path
+
+`rotate` gives a fresh id at login (the old session and its cookie die). A save never
+resurrects a session ended meanwhile (SET XX). Idle timeout and absolute lifetime come
+from config (`sessions:`) and are decided by the Clock on every load.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp_session import AbstractStorage, Session, SessionData
+
+from gateway import keys
+from gateway.appkeys import CLOCK, CONFIG, REDIS
+from gateway.clock import Clock
+from gateway.config import Sessions
+from gateway.cookies import CONSOLE_SESSION
+from gateway.sessions.ending import end_console_session
+from gateway.sessions.records import live_record, sid_of, valid_token
+
+PENDING_TTL_S = 300.0  # a verified password waits this long for its TOTP code
+
+
+@dataclass(frozen=True)
+class ConsoleLogin:
+    """A fully logged-in console session (password and TOTP)."""
+
+    principal_key: str
+    session_id: str  # the sid (hash of the cookie token)
+    mfa_at: float
+    csrf: str
+
+
+class ClockedRedisStorage(AbstractStorage):
+    """The storage installed on the console app; Redis, Clock and limits come from the app."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            cookie_name=CONSOLE_SESSION,
+            domain=None,  # SECURITY: __Host- cookies are host-only ...
+            path="/",  # ... for the whole origin ...
+            secure=True,  # ... and only over HTTPS
+            httponly=True,
+            samesite="Lax",
+        )
+
+    def save_cookie(
+        self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None
+    ) -> None:
+        if cookie_data:
+            super().save_cookie(response, cookie_data, max_age=max_age)
+            return
+        # A browser ignores a __Host- cookie (even its deletion) without these attributes.
+        response.del_cookie(self.cookie_name, path="/", secure=True, httponly=True, samesite="Lax")
+
+    @staticmethod
+    def parts(request: web.Request) -> tuple[aioredis.Redis, Clock, Sessions]:
+        config = request.config_dict[CONFIG]
+        return request.config_dict[REDIS], request.config_dict[CLOCK], config.sessions
+
+    async def load_session(self, request: web.Request) -> Session:
+        token = self.load_cookie(request)
+        if token is None or not valid_token(token):
+            return Session(None, data=None, new=True)
+        redis, clock, limits = self.parts(request)
+        record = await live_record(redis, sid_of(token), clock, limits)
+        if record is None:
+            return Session(None, data=None, new=True)
+        data: SessionData = {"created": int(record["created_at"]), "session": record}
+        return Session(token, data=data, new=False)
+
+    async def save_session(
+        self, request: web.Request, response: web.StreamResponse, session: Session
+    ) -> None:
+        redis, clock, limits = self.parts(request)
+        if session.empty:
+            if session.identity is not None:
+                principal = session.get("principal") or "-"
+                await end_console_session(redis, sid_of(session.identity), principal)
+            self.save_cookie(response, "", max_age=None)
+            return
+        now = clock.now()
+        record: dict[str, Any] = dict(session)
+        record.setdefault("created_at", now)
+        record["last_seen"] = now
+        # Garbage collection only: a pre-login session (a login form's CSRF token) is kept
+        # no longer than the idle timeout, so page views alone cannot fill Redis for hours.
+        anonymous = not isinstance(record.get("principal"), str)
+        ttl = int(limits.idle_timeout_s if anonymous else limits.absolute_lifetime_s) + 60
+        if session.new or session.identity is None:
+            # `rotate` names the new session up front, so a hand-off can refer to it.
+            token = session.identity if valid_token(session.identity) else None
+            if token is None:
+                token = secrets.token_urlsafe(32)
+                session.set_new_identity(token)
+            written = await redis.set(
+                keys.console_session(sid_of(token)), json.dumps(record), ex=ttl, nx=True
+            )
+        else:
+            token = str(session.identity)
+            written = await redis.set(
+                keys.console_session(sid_of(token)), json.dumps(record), xx=True, keepttl=True
+            )
+        if not written:
+            # Ended by someone else meanwhile (logout elsewhere, disable): stay ended.
+            self.save_cookie(response, "", max_age=None)
+            return
+        principal = record.get("principal")
+        if isinstance(principal, str):
+            await redis.sadd(keys.principal_sessions(principal), sid_of(token))
+        self.save_cookie(response, token, max_age=limits.absolute_lifetime_s)
+
+
+STORAGE = ClockedRedisStorage()
+SESSION: web.RequestKey[Session] = web.RequestKey("gateway_console_session", Session)
+
+
+async def get_session(request: web.Request) -> Session:
+    """This request's console session (loaded once, saved by `session_middleware`)."""
+    session = request.get(SESSION)
+    if session is None:
+        session = await STORAGE.load_session(request)
+        request[SESSION] = session
+    return session
+
+
+async def new_session(request: web.Request) -> Session:
+    session = await STORAGE.new_session()
+    request[SESSION] = session
+    return session
+
+
+@web.middleware
+async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp-session's middleware, keyed by a typed `web.RequestKey`."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        session = request.get(SESSION)
+        if session is not None and session._changed:
+            await STORAGE.save_session(request, exc, session)
+        raise
+    session = request.get(SESSION)
+    if session is not None and session._changed and isinstance(response, web.Response):
+        if response.prepared:
+            raise RuntimeError("cannot save the console session into a prepared response")
+        await STORAGE.save_session(request, response, session)
+    return response
+
+
+def csrf_token(session: Session) -> str:
+    """The session's CSRF token, made on first use."""
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def csrf_ok(session: Session, presented: str | None) -> bool:
+    expected = session.get("csrf")
+    if not isinstance(expected, str) or not presented:
+        return False
+    # SECURITY: constant-time comparison of the anti-CSRF token.
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "replace"))
+
+
+def current_login(session: Session) -> ConsoleLogin | None:
+    principal = session.get("principal")
+    mfa_at = session.get("mfa_at")
+    if session.identity is None or not isinstance(principal, str):
+        return None
+    if not isinstance(mfa_at, int | float):
+        return None
+    return ConsoleLogin(
+        principal, sid_of(str(session.identity)), float(mfa_at), csrf_token(session)
+    )
+
+
+async def rotate(request: web.Request, principal_key: str, now: float) -> Session:
+    """Log in: a new session id replaces the old one, keeping only where to go next."""
+    old = await get_session(request)
+    carried = {k: old[k] for k in ("return", "next") if k in old}
+    if old.identity is not None:
+        await end_console_session(
+            request.config_dict[REDIS], sid_of(str(old.identity)), str(old.get("principal") or "-")
+        )
+    session = await new_session(request)
+    session.set_new_identity(secrets.token_urlsafe(32))
+    session.update(carried)
+    session["principal"] = principal_key
+    session["login_at"] = now
+    session["mfa_at"] = now
+    session["created_at"] = now
+    csrf_token(session)
+    return session
+
+
+async def end(request: web.Request) -> str | None:
+    """Log out: the session and all its app sessions end now. Returns the ended sid."""
+    session = await get_session(request)
+    sid = sid_of(str(session.identity)) if session.identity is not None else None
+    if sid is not None:
+        principal = session.get("principal")
+        await end_console_session(
+            request.config_dict[REDIS], sid, principal if isinstance(principal, str) else "-"
+        )
+    session.invalidate()  # the middleware's save then drops the cookie
+    return sid

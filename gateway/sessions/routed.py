@@ -1,0 +1,105 @@
+"""The hand-off's routed-host side: `/.gateway/auth` and `/.gateway/logout`, and the way
+back to the console for a flow that has no (or a stale) login.
+
+    GET /.gateway/auth?code=…   redeem a one-time hand-off code made for THIS host, set the
+                                host-only app-session cookie, 303 to where the user was going
+    GET|POST /.gateway/logout   end this host's app session, 303 to the console's logout
+
+Nothing here ever reaches the customer application (the route stage answers these
+paths itself).
+"""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import quote
+
+from aiohttp import web
+
+from gateway.appkeys import RoutedEndpoint
+from gateway.cookies import APP_SESSION
+from gateway.denials import Denial, denial_response, method_not_allowed, wants_html
+from gateway.flow import Flow
+from gateway.sessions.logins import Logins, logins_of
+from gateway.stages.route import split_host
+
+CHALLENGE = 'Cookie realm="gateway"'
+
+
+def _host(request: web.Request) -> str:
+    parsed = split_host(request.headers.get("Host", ""))
+    return parsed[0] if parsed else ""
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(
+        status=303,
+        headers={
+            "Location": location,
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+async def auth(request: web.Request) -> web.StreamResponse:
+    if request.method not in ("GET", "HEAD"):
+        return denial_response(method_not_allowed(request.method, "GET, HEAD"), request)
+    logins = logins_of(request.config_dict)
+    host = _host(request)
+    code = request.query.get("code", "")
+    grant = await logins.codes.redeem(code, host)
+    if grant is None:
+        return denial_response(
+            Denial(
+                403,
+                "invalid_handoff",
+                "This sign-in link was already used, has expired or belongs to another site. "
+                "Go back to the page you wanted and try again.",
+            ),
+            request,
+        )
+    token = secrets.token_urlsafe(32)
+    if not await logins.app_sessions.create(token, grant.session_id, grant.principal_key, host):
+        return denial_response(
+            Denial(403, "session_ended", "Your gateway login has ended; log in again."), request
+        )
+    response = _redirect(grant.target)
+    # SECURITY: host-only (__Host-, no Domain), HTTPS-only, invisible to the app's scripts.
+    response.set_cookie(
+        APP_SESSION,
+        token,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+        max_age=logins.config.sessions.absolute_lifetime_s,
+    )
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    logins = logins_of(request.config_dict)
+    await logins.app_sessions.end(request.cookies.get(APP_SESSION))
+    response = _redirect(f"{logins.config.console_url}/logout")
+    response.del_cookie(APP_SESSION, path="/", secure=True, httponly=True, samesite="Lax")
+    return response
+
+
+def endpoints() -> dict[str, RoutedEndpoint]:
+    return {"auth": auth, "logout": logout}
+
+
+def to_console(flow: Flow, logins: Logins, page: str, error: str, reason: str) -> Denial:
+    """Send a browser to a console page (and back here afterwards); API clients get 401."""
+    if not wants_html(flow.request.headers.get("Accept", "")):
+        return Denial(401, error, reason, {"WWW-Authenticate": CHALLENGE})
+    target = flow.raw_path + (f"?{flow.query}" if flow.query else "")
+    if not target.startswith("/"):
+        target = "/"
+    parsed = split_host(flow.request.headers.get("Host", ""))
+    port = parsed[1] if parsed else ""
+    netloc = flow.host + (f":{port}" if port.isdigit() else "")
+    signed = logins.addresses.sign(f"https://{netloc}{target}")
+    location = f"{logins.config.console_url}/{page}?return={quote(signed, safe='')}"
+    return Denial(303, error, reason, {"Location": location, "Cache-Control": "no-store"})

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.accounts import AccountNotFound, Accounts
+from gateway.accounts.totp import code_at
+from gateway.clock import ManualClock
+
+
+@pytest.fixture
+async def bob(accounts: Accounts) -> str:
+    await accounts.store.put_org("acme", "Acme")
+    account = await accounts.store.put_member("acme", "bob", "bob@acme.example", "Bob", "member")
+    await accounts.store.set_password(account.key, "bob-password-1")
+    return await accounts.enrolment.issue(account.key)
+
+
+async def test_enrol_with_token_and_one_code(
+    accounts: Accounts, bob: str, clock: ManualClock
+) -> None:
+    key = "member:acme:bob"
+    started = await accounts.enrolment.begin(bob, key)
+    assert started is not None
+    digest, secret = started
+    assert not (await accounts.store.require(key)).enrolled
+    assert await accounts.enrolment.complete(digest, key, code_at(secret, clock.now()))
+    account = await accounts.store.require(key)
+    assert accounts.store.totp_secret(account) == secret
+    assert not await accounts.enrolment.has_live_token(key)
+    # The token is spent.
+    assert await accounts.enrolment.begin(bob, key) is None
+    # The code that proved the secret cannot log in again.
+    clock.advance(0)
+    with pytest.raises(Exception, match="invalid_totp"):
+        await accounts.login.totp(key, code_at(secret, clock.now()))
+
+
+async def test_wrong_code_keeps_secret_inactive(
+    accounts: Accounts, bob: str, clock: ManualClock
+) -> None:
+    key = "member:acme:bob"
+    started = await accounts.enrolment.begin(bob, key)
+    assert started is not None
+    digest, secret = started
+    other = "000000" if code_at(secret, clock.now()) != "000000" else "111111"
+    assert not await accounts.enrolment.complete(digest, key, other)
+    assert not (await accounts.store.require(key)).enrolled
+
+
+async def test_token_of_another_account_refused(accounts: Accounts, bob: str) -> None:
+    await accounts.store.put_member("acme", "carol", "carol@acme.example", "Carol", "member")
+    assert await accounts.enrolment.begin(bob, "member:acme:carol") is None
+    assert await accounts.enrolment.begin("forged-token", "member:acme:bob") is None
+    assert await accounts.enrolment.begin("x" * 10_000, "member:acme:bob") is None
+
+
+async def test_token_expires_after_24h(accounts: Accounts, bob: str, clock: ManualClock) -> None:
+    clock.advance(24 * 3600 + 1)
+    assert await accounts.enrolment.begin(bob, "member:acme:bob") is None
+
+
+async def test_reissue_kills_old_token(accounts: Accounts, bob: str) -> None:
+    newer = await accounts.enrolment.issue("member:acme:bob")
+    assert await accounts.enrolment.begin(bob, "member:acme:bob") is None
+    assert await accounts.enrolment.begin(newer, "member:acme:bob") is not None
+
+
+async def test_only_latest_qr_completes(accounts: Accounts, bob: str, clock: ManualClock) -> None:
+    key = "member:acme:bob"
+    first = await accounts.enrolment.begin(bob, key)
+    second = await accounts.enrolment.begin(bob, key)
+    assert first is not None
+    assert second is not None
+    if code_at(first[1], clock.now()) != code_at(second[1], clock.now()):
+        assert not await accounts.enrolment.complete(first[0], key, code_at(first[1], clock.now()))
+    assert await accounts.enrolment.complete(second[0], key, code_at(second[1], clock.now()))
+
+
+async def test_concurrent_completions_spend_token_once(
+    accounts: Accounts, bob: str, clock: ManualClock
+) -> None:
+    key = "member:acme:bob"
+    started = await accounts.enrolment.begin(bob, key)
+    assert started is not None
+    digest, secret = started
+    code = code_at(secret, clock.now())
+    results = await asyncio.gather(
+        *(accounts.enrolment.complete(digest, key, code) for _ in range(8))
+    )
+    assert results.count(True) == 1
+
+
+async def test_reset_removes_secret(accounts: Accounts, alice: str) -> None:
+    await accounts.enrolment.issue("member:acme:alice")
+    assert not (await accounts.store.require("member:acme:alice")).enrolled
+    with pytest.raises(AccountNotFound):
+        await accounts.enrolment.issue("member:acme:nobody")

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway import keys
+from gateway.accounts import (
+    AccountConflict,
+    AccountNotFound,
+    Accounts,
+    InvalidAccountInput,
+)
+from gateway.identity import PrincipalKind
+
+
+async def test_create_and_read_back(accounts: Accounts) -> None:
+    await accounts.store.put_org("acme", "Acme Corp", {"approvals_required": 1})
+    staff = await accounts.store.put_staff("sam", "Sam@Vendor.example", "Sam")
+    member = await accounts.store.put_member(
+        "acme", "bob", "bob@acme.example", "Bob", "member", impersonable=False
+    )
+    assert staff.principal.kind is PrincipalKind.STAFF
+    assert staff.principal.email == "sam@vendor.example"
+    assert member.key == "member:acme:bob"
+    assert member.impersonable is False
+    assert member.principal.role == "member"
+    found = await accounts.store.by_email("SAM@vendor.example")
+    assert found is not None
+    assert found.key == "staff:sam"
+    org = await accounts.store.org("acme")
+    assert org is not None
+    assert org.settings == {"approvals_required": 1}
+    assert await accounts.store.member_ids("acme") == ["bob"]
+    assert await accounts.store.staff_ids() == ["sam"]
+
+
+@pytest.mark.parametrize(
+    ("ident", "email", "name"),
+    [
+        ("a:b", "a@b.example", "A"),
+        ("", "a@b.example", "A"),
+        ("x" * 65, "a@b.example", "A"),
+        ("ok", "not-an-email", "A"),
+        ("ok", "a@b.example", ""),
+        ("ok", "a@b.example", "bad\nname"),
+        ("ok", "a" * 250 + "@b.example", "A"),
+    ],
+)
+async def test_bad_fields_refused_and_nothing_written(
+    accounts: Accounts, redis: aioredis.Redis, ident: str, email: str, name: str
+) -> None:
+    with pytest.raises(InvalidAccountInput):
+        await accounts.store.put_staff(ident, email, name)
+    assert await redis.dbsize() == 0
+
+
+async def test_member_needs_existing_org_and_valid_role(accounts: Accounts) -> None:
+    with pytest.raises(AccountNotFound):
+        await accounts.store.put_member("nope", "bob", "bob@x.example", "Bob", "member")
+    await accounts.store.put_org("acme", "Acme")
+    with pytest.raises(InvalidAccountInput):
+        await accounts.store.put_member("acme", "bob", "bob@x.example", "Bob", "owner")
+
+
+async def test_email_unique_across_accounts(accounts: Accounts) -> None:
+    await accounts.store.put_staff("sam", "sam@vendor.example", "Sam")
+    with pytest.raises(AccountConflict):
+        await accounts.store.put_staff("sam2", "SAM@vendor.example", "Sam again")
+    with pytest.raises(AccountConflict):
+        await accounts.store.put_staff("sam", "other@vendor.example", "Sam")
+    assert await accounts.store.staff_ids() == ["sam"]
+
+
+async def test_concurrent_creations_for_one_email_end_with_one_owner(
+    accounts: Accounts, redis_url: str
+) -> None:
+    results = await asyncio.gather(
+        *(accounts.store.put_staff(f"s{i}", "same@vendor.example", "S") for i in range(10)),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, AccountConflict) for r in results if isinstance(r, BaseException))
+    owner = await accounts.store.by_email("same@vendor.example")
+    assert owner is not None
+    assert owner.key == winners[0].key
+
+
+async def test_email_change_moves_the_index(accounts: Accounts) -> None:
+    await accounts.store.put_staff("sam", "sam@vendor.example", "Sam")
+    await accounts.store.put_staff("sam", "samuel@vendor.example", "Sam", create=False)
+    assert await accounts.store.by_email("sam@vendor.example") is None
+    moved = await accounts.store.by_email("samuel@vendor.example")
+    assert moved is not None
+    assert moved.key == "staff:sam"
+
+
+async def test_profile_update_keeps_secrets(accounts: Accounts, alice: str) -> None:
+    before = await accounts.store.require("member:acme:alice")
+    await accounts.store.put_member(
+        "acme", "alice", "alice@acme.example", "Alice A.", "admin", create=False
+    )
+    after = await accounts.store.require("member:acme:alice")
+    assert after.principal.name == "Alice A."
+    assert after.password_hash == before.password_hash
+    assert accounts.store.totp_secret(after) == alice
+
+
+async def test_weak_or_oversized_password_refused(accounts: Accounts, alice: str) -> None:
+    for bad in ("short", "x" * 5000):
+        with pytest.raises(InvalidAccountInput):
+            await accounts.store.set_password("member:acme:alice", bad)
+
+
+async def test_bad_totp_secret_refused(accounts: Accounts, alice: str) -> None:
+    with pytest.raises(InvalidAccountInput):
+        await accounts.store.set_totp_secret("member:acme:alice", "lowercase-not-base32")
+    account = await accounts.store.require("member:acme:alice")
+    assert accounts.store.totp_secret(account) == alice
+
+
+async def test_disable_ends_every_session(
+    accounts: Accounts, alice: str, redis: aioredis.Redis
+) -> None:
+    key = "member:acme:alice"
+    for sid in ("s1", "s2"):
+        await redis.set(keys.console_session(sid), "{}")
+        await redis.sadd(keys.principal_sessions(key), sid)
+        await redis.set(keys.app_session(f"{sid}-app"), "{}")
+        await redis.sadd(keys.app_sessions_of(sid), f"{sid}-app")
+    ended = await accounts.store.set_disabled(key, True)
+    assert ended == 2
+    for sid in ("s1", "s2"):
+        assert not await redis.exists(keys.console_session(sid), keys.app_session(f"{sid}-app"))
+    assert not await redis.exists(keys.principal_sessions(key))
+    assert (await accounts.store.require(key)).disabled
+
+
+@pytest.mark.parametrize("bad", ["staff", "staff:a:b", "member:acme", "org:acme", "staff:a b"])
+async def test_bad_principal_key_refused(accounts: Accounts, bad: str) -> None:
+    with pytest.raises(InvalidAccountInput):
+        await accounts.store.get(bad)

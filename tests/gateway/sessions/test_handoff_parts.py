@@ -1,0 +1,167 @@
+"""Return addresses, hand-off codes, app sessions and session records, against real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway import keys
+from gateway.clock import ManualClock
+from gateway.config import Sessions
+from gateway.sessions.app_sessions import AppSessions
+from gateway.sessions.handoff import HandoffCodes, ReturnAddresses, routed_url_parts
+from gateway.sessions.records import alive, live_record
+
+KEY = bytes(range(32))
+LIMITS = Sessions(idle_timeout_s=600, absolute_lifetime_s=3600, mfa_max_age_s=300)
+
+
+def routed(host: str) -> bool:
+    return host in ("acme.example", "beta.example")
+
+
+def test_signed_return_round_trip_and_tampering(clock: ManualClock) -> None:
+    addresses = ReturnAddresses(KEY, clock)
+    token = addresses.sign("https://acme.example:8443/a/b?c=d")
+    assert addresses.verify(token, routed) == "https://acme.example:8443/a/b?c=d"
+    payload, mac = token.split(".")
+    assert (
+        addresses.verify(payload + "." + mac[:-1] + ("A" if mac[-1] != "A" else "B"), routed)
+        is None
+    )
+    assert addresses.verify(payload[:-2] + "." + mac, routed) is None
+    assert ReturnAddresses(bytes(32), clock).verify(token, routed) is None
+    clock.advance(3600)
+    assert addresses.verify(token, routed) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://acme.example/",
+        "https://evil.example/",
+        "https://acme.example//evil.example/",
+        "https://user:pw@acme.example/",
+        "https://acme.example/\\evil",
+        "https://acme.example/#frag",
+        "https://acme.example/a b",
+        "https://acme.example:99999/",
+        "javascript:alert(1)",
+    ],
+)
+def test_signed_but_unfit_addresses_refused(clock: ManualClock, url: str) -> None:
+    addresses = ReturnAddresses(KEY, clock)
+    assert addresses.verify(addresses.sign(url), routed) is None
+
+
+def test_url_parts() -> None:
+    assert routed_url_parts("https://Acme.Example:8443/x?y=1") == (
+        "acme.example",
+        "acme.example:8443",
+        "/x?y=1",
+    )
+    assert routed_url_parts("https://acme.example") == ("acme.example", "acme.example", "/")
+
+
+async def test_code_once_in_time_on_its_host(redis: aioredis.Redis, clock: ManualClock) -> None:
+    codes = HandoffCodes(redis, clock, ttl_s=30)
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/x")
+    stored = await redis.keys(keys.handoff_code("*"))
+    assert len(stored) == 1
+    assert code.encode() not in stored[0]
+    grant = await codes.redeem(code, "ACME.example")
+    assert grant is not None
+    assert (grant.session_id, grant.principal_key, grant.target) == ("sid", "staff:sam", "/x")
+    assert await codes.redeem(code, "acme.example") is None
+    late = await codes.issue("sid", "staff:sam", "acme.example", "/x")
+    clock.advance(30)
+    assert await codes.redeem(late, "acme.example") is None
+
+
+async def test_concurrent_redemptions_one_wins(
+    redis: aioredis.Redis, redis_url: str, clock: ManualClock
+) -> None:
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
+    try:
+        code = await HandoffCodes(redis, clock, 30).issue("sid", "staff:sam", "acme.example", "/")
+        results = await asyncio.gather(
+            *(HandoffCodes(c, clock, 30).redeem(code, "acme.example") for c in clients * 3)
+        )
+        assert sum(r is not None for r in results) == 1
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def _console_record(clock: ManualClock, **extra: object) -> str:
+    now = clock.now()
+    return json.dumps(
+        {"created_at": now, "last_seen": now, "principal": "staff:sam", "mfa_at": now, **extra}
+    )
+
+
+async def test_app_session_lives_and_dies_with_console_session(
+    redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    await redis.set(keys.console_session("sid"), _console_record(clock))
+    sessions = AppSessions(redis, clock, LIMITS)
+    token = "T" * 43
+    assert await sessions.create(token, "sid", "staff:sam", "acme.example")
+    found = await sessions.lookup(token, "acme.example")
+    assert found is not None
+    assert found.principal_key == "staff:sam"
+    assert await sessions.lookup(token, "beta.example") is None
+    assert await sessions.lookup("U" * 43, "acme.example") is None
+    assert await sessions.lookup("short", "acme.example") is None
+    clock.advance(601)  # the console session went idle: the app session is dead too
+    assert await sessions.lookup(token, "acme.example") is None
+    assert not await redis.exists(
+        keys.console_session("sid"), keys.app_session(found.app_session_id)
+    )
+
+
+async def test_no_app_session_for_an_ended_console_session(
+    redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    sessions = AppSessions(redis, clock, LIMITS)
+    assert not await sessions.create("T" * 43, "gone", "staff:sam", "acme.example")
+    assert await redis.keys(keys.app_session("*")) == []
+
+
+async def test_app_session_of_another_principal_refused(
+    redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    await redis.set(keys.console_session("sid"), _console_record(clock, principal="staff:kim"))
+    sessions = AppSessions(redis, clock, LIMITS)
+    assert await sessions.create("T" * 43, "sid", "staff:sam", "acme.example")
+    assert await sessions.lookup("T" * 43, "acme.example") is None
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{}, {"created_at": "x", "last_seen": 1}, {"created_at": None, "last_seen": None}],
+)
+def test_records_without_times_are_dead(record: dict[str, object]) -> None:
+    assert not alive(record, 1.0, LIMITS)
+
+
+async def test_corrupt_record_is_ended(redis: aioredis.Redis, clock: ManualClock) -> None:
+    await redis.set(keys.console_session("sid"), b"\xff not json")
+    await redis.sadd(keys.app_sessions_of("sid"), "app")
+    await redis.set(keys.app_session("app"), "{}")
+    assert await live_record(redis, "sid", clock, LIMITS) is None
+    assert not await redis.exists(keys.console_session("sid"), keys.app_session("app"))
+
+
+async def test_touch_keeps_session_alive_but_not_past_lifetime(
+    redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    await redis.set(keys.console_session("sid"), _console_record(clock))
+    for _ in range(7):
+        clock.advance(500)
+        assert await live_record(redis, "sid", clock, LIMITS) is not None
+    clock.advance(100)  # seen 100 s ago, but 3600 s old: the absolute lifetime ends it
+    assert await live_record(redis, "sid", clock, LIMITS) is None
