@@ -131,11 +131,6 @@ def org_live_grants(org_id: str) -> str:
     return f"{P}org:{org_id}:live-grants"
 
 
-def org_settings(org_id: str) -> str:
-    """Hash of an org's access-workflow settings (missing fields take the defaults)."""
-    return f"{P}org:{org_id}:settings"
-
-
 def access_outbox() -> str:
     """Stream of workflow events written by the transition scripts, for notices and audit."""
     return f"{P}access:outbox"

@@ -14,7 +14,17 @@ from importlib import import_module
 Handler = Callable[[argparse.Namespace], int]
 
 # Each name is a module gateway.cli.<name> with `register(commands) -> None`.
-COMMANDS: tuple[str, ...] = ("config",)
+COMMANDS: tuple[str, ...] = (
+    "config",
+    "admin",
+    "policy",
+    "run",
+    "demo",
+    "audit",
+    "login",
+    "request",
+    "mail",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

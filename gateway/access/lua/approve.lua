@@ -1,0 +1,54 @@
+-- One approver approves. ARGV: 3 approver id, 4 approver key, 5 approver org, 6 comment,
+-- 7 duration_s ('' keeps), 8 scope ('' keeps), 9 member key template. Shortest duration and narrowest scope apply;
+-- the grant starts at the final approval.
+local r = hash_of(k.request)
+if not r or r.org ~= ARGV[5] then return fail('not_found', 'no such request') end
+if r.state ~= 'pending' then return fail('wrong_state', 'the request is ' .. r.state) end
+if tonumber(now) >= tonumber(r.lapses_at) then
+  lapse(k, r, now)
+  return fail('wrong_state', 'the request lapsed before it was decided')
+end
+-- SECURITY: nobody approves their own request; only approvers in force now decide.
+if r.requester_key == ARGV[4] then return fail('self_approval', 'nobody approves their own request') end
+if not may_decide(k.approvers, k.member, ARGV[3]) then
+  return fail('not_approver', 'only the org\'s approvers decide requests')
+end
+if redis.call('SISMEMBER', k.approvals, ARGV[3]) == 1 then
+  return fail('already_approved', 'each approver counts once')
+end
+local duration = r.duration_s
+if ARGV[7] ~= '' then
+  if tonumber(ARGV[7]) > tonumber(r.requested_duration_s) then
+    return fail('invalid_duration', 'an approver may shorten the duration, not extend it')
+  end
+  if tonumber(ARGV[7]) < tonumber(duration) then duration = ARGV[7] end
+end
+local scope = r.scope
+if ARGV[8] ~= '' then
+  if ARGV[8] == 'write' and r.requested_scope == 'read' then
+    return fail('invalid_scope', 'an approver may narrow the scope, not widen it')
+  end
+  if ARGV[8] == 'read' then scope = 'read' end
+end
+-- Earlier approvals count only if their approvers are still approvers now (ARGV[9] is the
+-- member key template): the list in force at the final decision is the one that counts.
+local count = 1
+for _, earlier in ipairs(redis.call('SMEMBERS', k.approvals)) do
+  local earlier_key = string.gsub(ARGV[9], '{id}', earlier)
+  if may_decide(k.approvers, earlier_key, earlier) then count = count + 1 end
+end
+local final = count >= tonumber(r.approvals_required)
+if final and live_elsewhere(k.live_grant, now, r.id) then
+  return fail('live_grant_exists', 'the requester already has a live grant for this org')
+end
+redis.call('SADD', k.approvals, ARGV[3])
+redis.call('HSET', k.request, 'duration_s', duration, 'scope', scope)
+r.duration_s = duration
+r.scope = scope
+remember(k.history, now, 'approval', ARGV[4], ARGV[6], ARGV[7], ARGV[8])
+emit(k.outbox, k.channel, 'approval', r, now, ARGV[4], ARGV[6])
+if not final then
+  return done({state = 'pending', approvals = count})
+end
+local expires = start_grant(k, r, now, ARGV[4])
+return done({state = 'approved', approvals = count, expires_at = expires})

@@ -1,0 +1,95 @@
+-- Shared by every access-workflow script (prepended when the scripts are loaded).
+-- Time is always ARGV "now" from the gateway's Clock: never Redis TIME, never TTLs.
+-- Replies are JSON: {ok=true, ...} or {ok=false, error=CODE, reason=TEXT}.
+
+local function hash_of(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+local function fail(code, reason)
+  return cjson.encode({ok = false, error = code, reason = reason})
+end
+
+local function done(t)
+  t.ok = true
+  return cjson.encode(t)
+end
+
+local function remember(history_key, now, action, actor, comment, duration_s, scope)
+  local entry = {at = tonumber(now), action = action, actor = actor}
+  if comment and comment ~= '' then entry.comment = comment end
+  if duration_s and duration_s ~= '' then entry.duration_s = tonumber(duration_s) end
+  if scope and scope ~= '' then entry.scope = scope end
+  redis.call('RPUSH', history_key, cjson.encode(entry))
+end
+
+-- One event: appended to the outbox stream (notices, audit) and published (cache drops).
+local function emit(outbox, channel, event, r, now, actor, comment)
+  redis.call('XADD', outbox, '*',
+    'event', event, 'id', r.id, 'org', r.org, 'member', r.member,
+    'requester', r.requester_key, 'actor', actor, 'at', now, 'comment', comment or '')
+  redis.call('PUBLISH', channel, cjson.encode({
+    event = event, id = r.id, org = r.org, actor_key = r.requester_key, at = tonumber(now)}))
+end
+
+-- Is approver_id, a member of the request's org, an approver right now?
+local function may_decide(approvers_key, member_key, approver_id)
+  local role = redis.call('HGET', member_key, 'role')
+  if not role then return false end
+  if redis.call('HGET', member_key, 'disabled') == '1' then return false end
+  if redis.call('SCARD', approvers_key) > 0 then
+    return redis.call('SISMEMBER', approvers_key, approver_id) == 1
+  end
+  return role == 'admin'
+end
+
+-- Is there a grant, other than except_id, live at `now` for the live-grant pointer key?
+local function live_elsewhere(live_grant_key, now, except_id)
+  local id = redis.call('HGET', live_grant_key, 'id')
+  if not id or id == except_id then return false end
+  if redis.call('HGET', live_grant_key, 'state') ~= 'approved' then return false end
+  local ends = tonumber(redis.call('HGET', live_grant_key, 'expires_at') or '0')
+  return ends > tonumber(now)
+end
+
+local function lapse(k, r, now)
+  redis.call('HSET', k.request, 'state', 'lapsed', 'ended_at', now, 'ended_by', 'gateway')
+  redis.call('ZREM', k.pending, r.id)
+  remember(k.history, now, 'lapsed', 'gateway', '')
+  emit(k.outbox, k.channel, 'lapsed', r, now, 'gateway', '')
+end
+
+-- End a grant (expired or revoked): state, indexes, and the live pointer if it is ours.
+local function end_grant(k, r, now, state, actor, comment)
+  redis.call('HSET', k.request, 'state', state, 'ended_at', now, 'ended_by', actor)
+  redis.call('ZREM', k.live_grants, r.id)
+  redis.call('SREM', k.org_live, r.id)
+  -- The pointer keeps the ended state so a check can say "revoked" rather than "no grant".
+  if redis.call('HGET', k.live_grant, 'id') == r.id then
+    redis.call('HSET', k.live_grant, 'state', state, 'ended_at', now)
+  end
+  remember(k.history, now, state, actor, comment)
+  emit(k.outbox, k.channel, state, r, now, actor, comment)
+end
+
+-- Start a grant at `now` for the duration and scope in force.
+local function start_grant(k, r, now, actor)
+  local expires = string.format('%.3f', tonumber(now) + tonumber(r.duration_s))
+  redis.call('HSET', k.request, 'state', 'approved', 'starts_at', now, 'expires_at', expires)
+  redis.call('ZREM', k.pending, r.id)
+  redis.call('ZADD', k.live_grants, expires, r.id)
+  redis.call('SADD', k.org_live, r.id)
+  redis.call('DEL', k.live_grant)
+  redis.call('HSET', k.live_grant, 'id', r.id, 'org', r.org, 'member', r.member,
+    'state', 'approved', 'scope', r.scope, 'starts_at', now, 'expires_at', expires, 'kind', r.kind,
+    'actor_kind', r.requester_kind, 'actor_id', r.requester_id,
+    'actor_email', r.requester_email or '', 'actor_name', r.requester_name or '',
+    'actor_org', r.requester_org or '', 'actor_role', r.requester_role or '')
+  remember(k.history, now, 'approved', actor, '', r.duration_s, r.scope)
+  emit(k.outbox, k.channel, 'approved', r, now, actor, '')
+  return expires
+end

@@ -1,0 +1,220 @@
+"""Notices: every workflow event in the outbox becomes audit records and queued mail.
+
+The transition scripts append each event to the outbox stream in the same atomic step as
+the change, so no change can lose its notice. `Notices.process_once` reads the stream as
+a consumer group: an event is acknowledged only after its audit record was accepted and
+its mail queued; if either fails the event stays pending, the failure is logged (and
+counted) and the next round tries again. Nothing is dropped silently.
+
+Who hears what:
+- filed: every approver in force (requester, member, justification, duration, scope, and
+  a link to the console page; the link alone approves nothing);
+- approved, denied, lapsed, expired, revoked: the requester;
+- expired, revoked: the approvers too, with a summary of the grant's use.
+Customer admins' own impersonations are audited, not mailed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from prometheus_client import Counter
+
+from audit.record import Person, event_record
+from gateway import keys
+from gateway.access import directory
+from gateway.access.mail import MailQueue
+from gateway.access.model import AccessRequest, RequestKind
+from gateway.access.store import AccessStore
+from gateway.access.text import as_text
+
+log = logging.getLogger(__name__)
+
+GROUP = "notices"
+STALE_MS = 60_000  # an event another consumer held this long without acknowledging is retaken
+
+NOTICE_FAILURES = Counter(
+    "gateway_access_notice_failures_total",
+    "Workflow events whose audit record or mail could not be written yet (retried)",
+)
+
+AuditAppend = Callable[[Mapping[str, Any]], Awaitable[int]]
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _person(principal_key: str) -> Person:
+    parts = principal_key.split(":")
+    if parts[0] == "staff" and len(parts) == 2:
+        return Person(id=parts[1], kind="staff")
+    if parts[0] == "member" and len(parts) == 3:
+        return Person(id=parts[2], kind="member", org=parts[1])
+    return Person(id=principal_key, kind="gateway")
+
+
+class Notices:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        store: AccessStore,
+        mail: MailQueue,
+        *,
+        console_url: str,
+        audit: AuditAppend | None,
+        consumer: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.mail = mail
+        self.console_url = console_url.rstrip("/")
+        self.audit = audit
+        self.consumer = consumer or f"notices-{secrets.token_hex(4)}"
+        self._group_ready = False
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.redis.xgroup_create(keys.access_outbox(), GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def process_once(self, count: int = 100, block_ms: int | None = None) -> int:
+        """Handle waiting events: this consumer's unacknowledged ones, stale ones of others,
+        then new ones. Returns how many were handled completely."""
+        await self._ensure_group()
+        outbox = keys.access_outbox()
+        entries: list[tuple[Any, dict[Any, Any]]] = []
+        mine: Any = await self.redis.xreadgroup(GROUP, self.consumer, {outbox: "0"}, count=count)
+        for _, items in mine or []:
+            entries.extend(item for item in items if item[1])
+        stale = await self.redis.xpending_range(
+            outbox, GROUP, min="-", max="+", count=count, idle=STALE_MS
+        )
+        if stale:
+            claimed: Any = await self.redis.xclaim(
+                outbox, GROUP, self.consumer, STALE_MS, [s["message_id"] for s in stale]
+            )
+            entries.extend(item for item in claimed if item[1])
+        # New events are read every round, so one event that keeps failing never holds
+        # back the others; the wait for new ones happens only when nothing is pending.
+        fresh: Any = await self.redis.xreadgroup(
+            GROUP, self.consumer, {outbox: ">"}, count=count,
+            block=None if entries else block_ms,
+        )  # fmt: skip
+        for _, items in fresh or []:
+            entries.extend(items)
+        handled = 0
+        for entry_id, fields in entries:
+            event = {as_text(k): as_text(v) for k, v in fields.items()}
+            try:
+                await self.handle(event)
+            except Exception:
+                NOTICE_FAILURES.inc()
+                log.exception(
+                    "workflow event %s of request %s not yet recorded; will retry",
+                    event.get("event"),
+                    event.get("id"),
+                )
+                continue
+            await self.redis.xack(outbox, GROUP, entry_id)
+            await self.redis.xdel(outbox, entry_id)
+            handled += 1
+        return handled
+
+    async def handle(self, event: Mapping[str, str]) -> None:
+        request = await self.store.get(event["id"])
+        if request is None:
+            return
+        await self._record(event, request)
+        await self._mail(event["event"], request, event.get("comment", ""))
+
+    async def _record(self, event: Mapping[str, str], request: AccessRequest) -> None:
+        if self.audit is None:
+            return
+        body = event_record(
+            f"access.{event['event']}",
+            at=float(event["at"]),
+            category="workflow",
+            actor=_person(event["actor"]),
+            effective=Person(id=request.member, kind="member", org=request.org),
+            org=request.org,
+            grant_id=request.id,
+            reason=event.get("comment") or None,
+            details={
+                "kind": request.kind.value,
+                "state": request.state.value,
+                "requester": request.requester.key,
+                "duration_s": request.duration_s,
+                "scope": request.scope.value,
+                "justification": request.justification,
+            },
+        )
+        await self.audit(body)
+
+    async def _mail(self, event: str, request: AccessRequest, comment: str) -> None:
+        if request.kind is RequestKind.IMPERSONATION:
+            return
+        link = f"{self.console_url}/requests/{request.id}"
+        who = f"{request.requester.name or request.requester.id} <{request.requester.email}>"
+        facts = (
+            f"Requester:     {who}\n"
+            f"Organisation:  {request.org}\n"
+            f"Act as member: {request.member}\n"
+            f"Scope:         {request.scope.value}\n"
+            f"Duration:      {request.duration_s} s\n"
+            f"Justification: {request.justification}\n"
+        )
+        if event == "filed":
+            body = (
+                f"{who} asks to act as {request.member} in {request.org}.\n\n{facts}"
+                f"Undecided requests lapse at {_when(request.lapses_at)}.\n\n"
+                f"Review it in the console (sign-in required; this link alone approves "
+                f"nothing):\n{link}\n"
+            )
+            subject = f"Access request: {request.requester.id} -> {request.org}/{request.member}"
+            for approver in await directory.approvers(self.redis, request.org):
+                if approver.email:
+                    await self.mail.enqueue(approver.email, subject, body)
+            return
+        if event in ("approved", "denied", "lapsed", "expired", "revoked"):
+            said = f"\nComment: {comment}\n" if comment else ""
+            timing = ""
+            if event == "approved":
+                timing = f"Access from {_when(request.starts_at)} to {_when(request.expires_at)}.\n"
+            body = (
+                f"Your access request {request.id} is {event}.\n{timing}{said}\n{facts}\n{link}\n"
+            )
+            subject = f"Access request {event}: {request.org}/{request.member}"
+            if request.requester.email:
+                await self.mail.enqueue(request.requester.email, subject, body)
+        if event in ("expired", "revoked"):
+            await self._summary(event, request, facts, link)
+
+    async def _summary(self, event: str, request: AccessRequest, facts: str, link: str) -> None:
+        used = await self.redis.hget(keys.access_request(request.id), "requests")
+        history = await self.store.history(request.id)
+        body = (
+            f"The access of {request.requester.id} to {request.org} as {request.member} "
+            f"has ended ({event}).\n\n{facts}"
+            f"Started: {_when(request.starts_at)}\nEnded:   {_when(request.ended_at)}\n"
+            f"Ended by: {request.ended_by}\n"
+            f"Requests made through the gateway: {int(as_text(used)) if used else 0}\n"
+            f"Workflow steps recorded: {len(history)}\n\n{link}\n"
+        )
+        subject = f"Access ended ({event}): {request.requester.id} in {request.org}"
+        for approver in await directory.approvers(self.redis, request.org):
+            if approver.email:
+                await self.mail.enqueue(approver.email, subject, body)

@@ -1,0 +1,84 @@
+"""Fixtures for the access workflow: a seeded directory in the real Redis and the people in it.
+
+The directory is written as the account store writes it (one hash per account), so these
+tests read exactly what production reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway import keys
+from gateway.access import AccessStore
+from gateway.clock import ManualClock
+from gateway.identity import Principal, PrincipalKind
+
+ORG = "acme"
+OTHER_ORG = "globex"
+
+
+def staff(staff_id: str) -> Principal:
+    return Principal(PrincipalKind.STAFF, staff_id, f"{staff_id}@vendor.example", staff_id.title())
+
+
+def member(org: str, member_id: str, role: str = "member") -> Principal:
+    return Principal(
+        PrincipalKind.MEMBER, member_id, f"{member_id}@{org}.example", member_id.title(), org, role
+    )
+
+
+SAM = staff("sam")
+SUE = staff("sue")
+ALICE = member(ORG, "alice", "admin")
+CAROL = member(ORG, "carol", "admin")
+ERIN = member(ORG, "erin", "admin")
+BOB = member(ORG, "bob")
+DAVE = member(ORG, "dave")  # not impersonable
+FRANK = member(ORG, "frank")
+GINA = member(OTHER_ORG, "gina", "admin")
+HANK = member(OTHER_ORG, "hank")
+
+
+async def write_account(
+    redis: aioredis.Redis, who: Principal, *, impersonable: bool = True, disabled: bool = False
+) -> None:
+    fields: dict[Any, Any] = {
+        "kind": who.kind.value,
+        "id": who.id,
+        "email": who.email,
+        "name": who.name,
+        "org": who.org or "",
+        "role": who.role or "",
+        "impersonable": "1" if impersonable else "0",
+        "disabled": "1" if disabled else "0",
+    }
+    if who.kind is PrincipalKind.STAFF:
+        await redis.hset(keys.staff(who.id), mapping=fields)
+        await redis.sadd(keys.staff_index(), who.id)
+        return
+    assert who.org is not None
+    await redis.hset(keys.member(who.org, who.id), mapping=fields)
+    await redis.sadd(keys.org_members(who.org), who.id)
+
+
+async def seed_directory(redis: aioredis.Redis) -> None:
+    for org, name in ((ORG, "Acme Corp"), (OTHER_ORG, "Globex")):
+        await redis.hset(keys.org(org), mapping={"id": org, "name": name})
+        await redis.sadd(keys.org_index(), org)
+    for who in (SAM, SUE, ALICE, CAROL, ERIN, BOB, FRANK, GINA, HANK):
+        await write_account(redis, who)
+    await write_account(redis, DAVE, impersonable=False)
+
+
+@pytest.fixture
+async def directory(redis: aioredis.Redis) -> aioredis.Redis:
+    await seed_directory(redis)
+    return redis
+
+
+@pytest.fixture
+async def store(directory: aioredis.Redis, clock: ManualClock) -> AccessStore:
+    return AccessStore(directory, clock)
