@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test bench lint typecheck pytest browser clean
+.PHONY: demo test bench lint typecheck pytest browser loadgen clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ browser:
 	@test -x $(CHROMIUM) || (command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ) || \
 	  echo "chromium not installed: browser tests will fail"
+
+# The benchmark drives load with Debian's wrk when it can be installed, else with a
+# Python load generator (the benchmark says which).
+loadgen:
+	@command -v wrk >/dev/null || (command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null) ) || \
+	  echo "wrk not installed: the benchmark uses its Python load generator"
 
 demo: $(STAMP)
 	$(VENV)/bin/gateway demo
@@ -35,7 +42,7 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(STAMP) loadgen
 	$(PY) -m bench
 
 clean:

@@ -7,8 +7,14 @@
     keys rotate --dir DIR | keys show --dir DIR     checkpoint signing keys
 
 Filters: --grant ID --actor ID|EMAIL --member ID --org ID --session ID --since T --until T
-(T in RFC 3339, e.g. 2026-11-29T09:00:00Z). `add_commands(subparsers, defaults)` puts
-these under any argparse tree; `main(argv)` is the stand-alone entry point.
+(T in RFC 3339, e.g. 2026-11-29T09:00:00Z). `add_commands(subparsers, defaults, layout=)`
+puts these under any argparse tree; `main(argv)` is the stand-alone entry point.
+
+Where things are (Redis URL, segment directory, key directory, public keyring) comes from,
+in order: the command line; a `Layout` (the gateway's CLI reads its config file through
+one: `gateway audit verify --config config/gateway.yaml`), asked only for what the command
+line left out; then `Defaults`. With a layout, `verify`, `replay` and `export` default to
+the segment directory and `verify` to the key directory's keyring.
 """
 
 from __future__ import annotations
@@ -25,13 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from audit.collector import Collector
-from audit.errors import AuditError, SigningKeyError
+from audit.errors import AuditError, LayoutError, SigningKeyError
 from audit.export import har_document, jsonl_lines, ocsf_lines
 from audit.frame import decode_frame
 from audit.keys import KeyDirectory, Keyring
@@ -63,6 +69,29 @@ class Defaults:
     segment_dir: Path = Path("var/audit")
     key_dir: Path = Path("var/audit-keys")
     redis_url: str | None = None
+    keyring: Path | None = None  # the public keyring verify uses when none is named
+
+
+class Layout(Protocol):
+    """A deployment's layout, read only once the command line is parsed.
+
+    `add_arguments` adds the options that say where the layout is (e.g. `--config FILE`) to
+    every command; `defaults(args)` reads it and raises LayoutError when it cannot.
+    """
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def defaults(self, args: argparse.Namespace) -> Defaults: ...
+
+
+# The command-line attributes a layout may fill, with the `Defaults` field each comes from.
+_FILLED = {
+    "redis_url": "redis_url",
+    "stream": "stream",
+    "segment_dir": "segment_dir",
+    "dir": "key_dir",
+    "keyring": "keyring",
+}
 
 
 class Progress:
@@ -92,26 +121,42 @@ class Progress:
             self.out.flush()
 
 
-def add_commands(commands: argparse._SubParsersAction[Any], defaults: Defaults) -> None:
-    verify_p = commands.add_parser("verify", help="check segment files; exit 1 on tampering")
-    verify_p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    verify_p.add_argument("--keyring", type=Path, required=True, help="keyring.json")
+def add_commands(
+    commands: argparse._SubParsersAction[Any],
+    defaults: Defaults,
+    *,
+    layout: Layout | None = None,
+) -> None:
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        if layout is not None:
+            layout.add_arguments(parser)
+        return parser
+
+    def handle(parser: argparse.ArgumentParser, handler: Handler, *needs: str) -> None:
+        parser.set_defaults(handler=_resolving(handler, defaults, layout, needs))
+
+    # Without a layout, segment files and the keyring must be named; with one, they default.
+    paths_nargs = "+" if layout is None else "*"
+    verify_p = command("verify", "check segment files; exit 1 on tampering")
+    verify_p.add_argument("paths", nargs=paths_nargs, type=Path, metavar="PATH")
+    verify_p.add_argument("--keyring", type=Path, required=layout is None, help="keyring.json")
     verify_p.add_argument("--strict", action="store_true", help="warnings fail too")
     verify_p.add_argument("--quiet", action="store_true", help="print only the summary")
-    verify_p.set_defaults(handler=_verify)
+    handle(verify_p, _verify, "paths", "keyring")
 
-    replay_p = commands.add_parser("replay", help="a readable timeline of a grant or session")
+    replay_p = command("replay", "a readable timeline of a grant or session")
     replay_p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     _filters(replay_p)
     replay_p.add_argument("--bodies", action="store_true", help="show captured bodies")
     replay_p.add_argument("--follow", action="store_true", help="watch the live Redis stream")
     replay_p.add_argument("--from-start", action="store_true", help="with --follow: from 0")
-    replay_p.add_argument("--redis-url", default=defaults.redis_url)
-    replay_p.add_argument("--stream", default=defaults.stream, help="the Redis stream key")
-    replay_p.set_defaults(handler=_replay)
+    replay_p.add_argument("--redis-url")
+    replay_p.add_argument("--stream", help="the Redis stream key")
+    handle(replay_p, _replay)  # needs depend on --follow: see _resolving
 
-    export_p = commands.add_parser("export", help="HAR 1.2, JSON Lines (ECS) or OCSF 6003")
-    export_p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    export_p = command("export", "HAR 1.2, JSON Lines (ECS) or OCSF 6003")
+    export_p.add_argument("paths", nargs=paths_nargs, type=Path, metavar="PATH")
     export_p.add_argument("--format", choices=("har", "jsonl", "ocsf"), required=True)
     export_p.add_argument("-o", "--output", type=Path, help="file to write (default stdout)")
     export_p.add_argument(
@@ -121,12 +166,12 @@ def add_commands(commands: argparse._SubParsersAction[Any], defaults: Defaults) 
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
     _filters(export_p)
-    export_p.set_defaults(handler=_export)
+    handle(export_p, _export, "paths")
 
-    collect_p = commands.add_parser("collect", help="move frames from Redis to segment files")
-    collect_p.add_argument("--redis-url", default=defaults.redis_url)
-    collect_p.add_argument("--stream", default=defaults.stream, help="the Redis stream key")
-    collect_p.add_argument("--segment-dir", type=Path, default=defaults.segment_dir)
+    collect_p = command("collect", "move frames from Redis to segment files")
+    collect_p.add_argument("--redis-url")
+    collect_p.add_argument("--stream", help="the Redis stream key")
+    collect_p.add_argument("--segment-dir", type=Path)
     collect_p.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}")
     collect_p.add_argument("--once", action="store_true", help="collect what is there, exit")
     collect_p.add_argument("--batch", type=_positive, default=1000)
@@ -134,17 +179,59 @@ def add_commands(commands: argparse._SubParsersAction[Any], defaults: Defaults) 
     collect_p.add_argument("--max-segment-bytes", type=_positive, default=64 * 1024 * 1024)
     collect_p.add_argument("--max-segment-age-s", type=_positive, default=3600)
     collect_p.add_argument("--no-trim", action="store_true", help="never XTRIM the stream")
-    collect_p.set_defaults(handler=_collect)
+    handle(collect_p, _collect, "redis_url", "segment_dir")
 
     keys_p = commands.add_parser("keys", help="checkpoint signing keys")
     keys_sub = keys_p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     rotate = keys_sub.add_parser("rotate", help="new signing key; the old one's window ends")
-    rotate.add_argument("--dir", type=Path, default=defaults.key_dir)
+    rotate.add_argument("--dir", type=Path)
     rotate.add_argument("--keep-old-private", action="store_true")
-    rotate.set_defaults(handler=_keys_rotate)
     show = keys_sub.add_parser("show", help="print the public keyring (give it to auditors)")
-    show.add_argument("--dir", type=Path, default=defaults.key_dir)
-    show.set_defaults(handler=_keys_show)
+    show.add_argument("--dir", type=Path)
+    for parser in (rotate, show):
+        if layout is not None:
+            layout.add_arguments(parser)
+    handle(rotate, _keys_rotate, "dir")
+    handle(show, _keys_show, "dir")
+
+
+def _resolving(
+    handler: Handler, defaults: Defaults, layout: Layout | None, needs: tuple[str, ...]
+) -> Handler:
+    """`handler`, run once what the command line left out is filled in (see the docstring)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if "follow" in args:
+            # replay reads the live stream with --follow, segment files without it
+            needs_now: tuple[str, ...] = ("redis_url",) if args.follow else ("paths",)
+        else:
+            needs_now = needs
+        wanted = [n for n in needs_now if _unset(args, n)]
+        found = defaults
+        # The layout is read only when the command needs something from it, so that a
+        # command whose every place is given on the command line never depends on it.
+        if layout is not None and wanted:
+            try:
+                found = layout.defaults(args)
+            except LayoutError as exc:
+                print(f"{exc}", file=sys.stderr)
+                return 2
+            if "paths" in wanted:
+                args.paths = [found.segment_dir]
+        for attr, field in _FILLED.items():
+            if attr in args and getattr(args, attr) is None:
+                setattr(args, attr, getattr(found, field))
+        if "keyring" in args and args.keyring is None:
+            print("verify needs --keyring (the public keyring.json)", file=sys.stderr)
+            return 2
+        return handler(args)
+
+    return run
+
+
+def _unset(args: argparse.Namespace, name: str) -> bool:
+    value = getattr(args, name, None)
+    return value is None or value == []
 
 
 def _positive(text: str) -> int:

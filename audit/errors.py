@@ -8,7 +8,9 @@ AuditError                      base: anything the audit trail refuses or cannot
 ├── FrameError                  bytes that are not a frame
 │   └── UnknownFrameVersion     a frame of a format version this reader does not know
 ├── SegmentError                a segment file that cannot be opened or read
-└── SigningKeyError             signing keys / keyring missing, unreadable or malformed
+├── SigningKeyError             signing keys / keyring missing, unreadable or malformed
+└── LayoutError                 where the trail lives could not be found out (the CLI's
+                                deployment layout, e.g. an unreadable gateway config)
 """
 
 from __future__ import annotations
@@ -40,3 +42,7 @@ class SegmentError(AuditError):
 
 class SigningKeyError(AuditError):
     """Signing keys or the public keyring are missing, unreadable or malformed."""
+
+
+class LayoutError(AuditError):
+    """The deployment layout (segment, key and Redis locations) could not be read."""

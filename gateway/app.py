@@ -256,7 +256,12 @@ def _redis_ctx(url: str | None) -> Any:
             embedded = EmbeddedRedis(
                 config.data_dir / "redis", appendfsync=config.redis.appendfsync
             )
-            await asyncio.to_thread(embedded.start)
+            # SECURITY: spawned from the loop's own thread, never a worker thread: the
+            # kernel's parent-death signal follows the spawning thread, so a server started
+            # from `to_thread` would be killed when that pool thread retires. Blocking the
+            # loop for the server's start-up (well under a second) happens once, before any
+            # request is served.
+            embedded.start()
             target = embedded.url
         client: aioredis.Redis = aioredis.Redis.from_url(target)
         app[REDIS] = client
@@ -272,7 +277,9 @@ def _redis_ctx(url: str | None) -> Any:
 
 async def _policies_ctx(app: web.Application) -> AsyncIterator[None]:
     # An invalid policy fails start-up (PolicyError with every problem), not a request.
-    store = PolicyStore(app[CONFIG].policy_files)
+    config = app[CONFIG]
+    # A route naming the console host is refused here too (and on every reload).
+    store = PolicyStore(config.policy_files, console_host=config.console_host)
     app[POLICIES] = store
     watcher = asyncio.create_task(store.watch(POLICY_POLL_S))
     yield

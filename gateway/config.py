@@ -104,52 +104,41 @@ class GatewayConfig:
 _Reader = Callable[[object, int, str, Problems], Any]
 
 
-def _integer(low: int, high: int) -> _Reader:
+def _checked(
+    accepts: Callable[[object], bool], expected: str, convert: Callable[[Any], Any] = lambda v: v
+) -> _Reader:
+    """A reader that takes a value `accepts` likes (converted), else reports `expected`."""
+
     def read(value: object, line: int, key: str, problems: Problems) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            problems.add(line, key, value, f"an integer from {low} to {high}")
+        if not accepts(value):
+            problems.add(line, key, value, expected)
             return None
-        return value
+        return convert(value)
 
     return read
+
+
+def _integer(low: int, high: int) -> _Reader:
+    return _checked(
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
+        f"an integer from {low} to {high}",
+    )
 
 
 def _number(low: float, high: float) -> _Reader:
-    def read(value: object, line: int, key: str, problems: Problems) -> Any:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
-        ):
-            problems.add(line, key, value, f"a number from {low} to {high}")
-            return None
-        return float(value)
-
-    return read
-
-
-def _boolean(value: object, line: int, key: str, problems: Problems) -> Any:
-    if not isinstance(value, bool):
-        problems.add(line, key, value, "true or false")
-        return None
-    return value
-
-
-def _text(value: object, line: int, key: str, problems: Problems) -> Any:
-    if not isinstance(value, str) or not value:
-        problems.add(line, key, value, "a non-empty string")
-        return None
-    return value
+    return _checked(
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high,
+        f"a number from {low} to {high}",
+        float,
+    )
 
 
 def _choice(*options: str) -> _Reader:
-    def read(value: object, line: int, key: str, problems: Problems) -> Any:
-        if value not in options:
-            problems.add(line, key, value, "one of " + ", ".join(options))
-            return None
-        return value
+    return _checked(lambda v: v in options, "one of " + ", ".join(options))
 
-    return read
+
+_boolean = _checked(lambda v: isinstance(v, bool), "true or false")
+_text = _checked(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 
 
 def _https_url(value: object, line: int, key: str, problems: Problems) -> Any:

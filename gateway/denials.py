@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from aiohttp import web
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("gateway_request_id", str)
 
@@ -152,3 +155,22 @@ def headers_too_large(reason: str) -> Denial:
 def internal_error() -> Denial:
     # The reason never echoes the exception: it may carry upstream or internal detail.
     return Denial(500, "internal_error", "The gateway failed; nothing was forwarded.")
+
+
+_STORE_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+
+
+def failure(exc: BaseException) -> Denial:
+    """The answer for an unexpected exception: Redis unreachable is 503, anything else 500.
+
+    Either way nothing was forwarded or changed; Redis down is an outage the client may
+    retry, not a gateway bug.
+    """
+    if isinstance(exc, _STORE_DOWN):
+        return Denial(
+            503,
+            "unavailable",
+            "The gateway cannot reach its store right now; nothing was done. Try again shortly.",
+            {"Retry-After": "1"},
+        )
+    return internal_error()

@@ -112,6 +112,10 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
+            # Its own session: Ctrl-C in a terminal signals the whole foreground group, and
+            # Redis must outlive the gateway's shutdown to take its last audit frames. The
+            # gateway stops it; the parent-death signal covers the gateway being killed.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

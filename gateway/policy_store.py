@@ -1,6 +1,7 @@
 """The live routing policy: loaded at start-up, swapped atomically on reload.
 
-    store = PolicyStore(config.policy_files)        # raises PolicyError if invalid
+    # raises PolicyError if invalid (or if a route names the console host)
+    store = PolicyStore(config.policy_files, console_host=config.console_host)
     store.install_sighup(asyncio.get_running_loop())  # `kill -HUP` reloads
     task = asyncio.create_task(store.watch(2.0))      # or poll the files for changes
     route = store.current.route_for(host)
@@ -9,6 +10,11 @@ A reload that fails keeps the last good policy in force, logs every problem and 
 the failure (`gateway_policy_reload_failures_total`); a good one swaps the whole
 `PolicySet` in one assignment, so a request sees either the old policy or the new one,
 never a mix, and counts `gateway_policy_reloads_total`.
+
+No route may claim the console host: the console's session cookie, CSRF tokens and API
+live there, and a routed customer application on that origin would run its JavaScript
+beside them. `load_gateway_policies(paths, console_host)` refuses such a set at start-up
+and on every reload (the last good set stays), and `gateway config check` uses it too.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from policies.errors import PolicyError
 from policies.load import load_policy_files
 from policies.model import PolicySet
+from policies.source import Problem
 
 log = logging.getLogger("gateway.policy")
 
@@ -65,6 +72,36 @@ def _counters(registry: CollectorRegistry) -> _ReloadCounters:
     return found
 
 
+def load_gateway_policies(paths: Iterable[Path | str], console_host: str | None) -> PolicySet:
+    """Load policy files as the gateway serves them; raises PolicyError with every problem.
+
+    On top of the policy language's own checks, no route may name `console_host`.
+    """
+    policy_set = load_policy_files(paths)
+    if console_host:
+        problems = [
+            _console_host_problem(route.name, route.source, host)
+            for route in policy_set.routes
+            for host in route.hosts
+            # SECURITY: the console origin is never proxied (its cookie and CSRF live there).
+            if host == console_host.lower()
+        ]
+        if problems:
+            raise PolicyError(problems)
+    return policy_set
+
+
+def _console_host_problem(route: str, source: str, host: str) -> Problem:
+    file, _, line = source.rpartition(":")
+    return Problem(
+        file or source,
+        int(line) if line.isdigit() else 0,
+        f"route {route!r}: hosts",
+        host,
+        "a host other than the console host (the console origin is never routed)",
+    )
+
+
 class PolicyStore:
     """Holds the current `PolicySet` of a list of policy files; see the module docstring."""
 
@@ -74,12 +111,14 @@ class PolicyStore:
         *,
         on_change: Callable[[PolicySet], None] | None = None,
         registry: CollectorRegistry | None = None,
+        console_host: str | None = None,
     ) -> None:
         self.paths = tuple(Path(p) for p in paths)
+        self.console_host = console_host
         self.on_change = on_change
         self._counters = _counters(registry if registry is not None else REGISTRY)
         self._seen = self._fingerprint()
-        self._current = load_policy_files(self.paths)
+        self._current = load_gateway_policies(self.paths, console_host)
 
     @property
     def current(self) -> PolicySet:
@@ -89,7 +128,7 @@ class PolicyStore:
         """Load the files again; True if a valid policy was swapped in."""
         self._seen = self._fingerprint()
         try:
-            policy_set = load_policy_files(self.paths)
+            policy_set = load_gateway_policies(self.paths, self.console_host)
         except PolicyError as exc:
             self._counters.failures.inc()
             log.error(

@@ -206,15 +206,16 @@ def _make_leaf(
     return key, cert
 
 
-def _load_ca(
-    ca_file: Path, ca_key_file: Path, now: datetime.datetime
+def _load_pair(
+    cert_file: Path, key_file: Path, now: datetime.datetime
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None:
-    """The stored CA if it is whole, private, ours and valid long enough; else None."""
+    """A stored certificate and its key if whole, private, matching and valid long enough."""
     try:
-        if stat.S_IMODE(ca_key_file.stat().st_mode) & 0o077:
+        # SECURITY: a key others could read is not reused; fresh material replaces it.
+        if stat.S_IMODE(key_file.stat().st_mode) & 0o077:
             return None
-        cert = x509.load_pem_x509_certificate(ca_file.read_bytes())
-        key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     except (OSError, ValueError, TypeError):
         return None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -233,20 +234,14 @@ def _leaf_fits(
     names: Sequence[str],
     now: datetime.datetime,
 ) -> bool:
+    """The stored leaf is usable, signed by `ca_cert` and names every one of `names`."""
+    pair = _load_pair(cert_file, key_file, now)
+    if pair is None:
+        return False
     try:
-        if stat.S_IMODE(key_file.stat().st_mode) & 0o077:
-            return False
-        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-        cert.verify_directly_issued_by(ca_cert)
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
-        return False
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        return False
-    if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
-        return False
-    if cert.not_valid_after_utc - RENEW_BEFORE < now:
+        pair[1].verify_directly_issued_by(ca_cert)
+        sans = pair[1].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
         return False
     return set(_general_names(names)) <= set(sans)
 
@@ -258,7 +253,7 @@ def ensure_demo_tls(
     ca_file, ca_key_file, cert_file, key_file = _ca_files(tls)
     moment = now or _utcnow()
     created = False
-    ca = _load_ca(ca_file, ca_key_file, moment)
+    ca = _load_pair(ca_file, ca_key_file, moment)
     if ca is None:
         ca = _make_ca(moment)
         _write(ca_key_file, _key_pem(ca[0]), 0o600)

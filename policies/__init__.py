@@ -4,8 +4,7 @@ Pure: no I/O after load, no aiohttp, never imports `gateway`.
 
     policy_set = load_policy_files(["config/policies/demo.yaml"])
     route = policy_set.route_for("acme.localhost")
-    path = normalise(raw_path, allow_encoded_slashes=route.allow_encoded_slashes,
-                     case_insensitive=route.case_insensitive)
+    path = route.normalise(raw_path)       # PathRejected -> 400
     decision = decide(route, "GET", path, Scope.READ)
 """
 

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from policies.paths import NormalisedPath, normalise
+
 
 class Effect(StrEnum):
     ALLOW = "allow"
@@ -201,6 +203,14 @@ class Route:
     allow_encoded_slashes: bool = False
     case_insensitive: bool = False
     source: str = ""  # "file:line" of the route
+
+    def normalise(self, raw_path: str) -> NormalisedPath:
+        """The path as this route judges and forwards it (PathRejected when refused)."""
+        return normalise(
+            raw_path,
+            allow_encoded_slashes=self.allow_encoded_slashes,
+            case_insensitive=self.case_insensitive,
+        )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ counted) and the next round tries again. Nothing is dropped silently.
 Who hears what:
 - filed: every approver in force (requester, member, justification, duration, scope, and
   a link to the console page; the link alone approves nothing);
+- approval that is not yet the final one (N-of-M): every approver in force who has not
+  approved yet ("1 of 2 approvals given by alice"), while the request is still pending;
 - approved, denied, lapsed, expired, revoked: the requester;
 - expired, revoked: the approvers too, with a summary of the grant's use.
 Customer admins' own impersonations are audited, not mailed.
@@ -30,7 +32,7 @@ from audit.record import Person, event_record
 from gateway import keys
 from gateway.access import directory
 from gateway.access.mail import MailQueue
-from gateway.access.model import AccessRequest, RequestKind
+from gateway.access.model import AccessRequest, RequestKind, RequestState
 from gateway.access.store import AccessStore
 from gateway.access.text import as_text
 
@@ -139,6 +141,9 @@ class Notices:
         if request is None:
             return
         await self._record(event, request)
+        if event["event"] == "approval":
+            await self._partial_approval(event, request)
+            return
         await self._mail(event["event"], request, event.get("comment", ""))
 
     async def _record(self, event: Mapping[str, str], request: AccessRequest) -> None:
@@ -202,6 +207,39 @@ class Notices:
                 await self.mail.enqueue(request.requester.email, subject, body)
         if event in ("expired", "revoked"):
             await self._summary(event, request, facts, link)
+
+    async def _partial_approval(self, event: Mapping[str, str], request: AccessRequest) -> None:
+        """An approval short of the number required: tell the approvers still to decide."""
+        try:
+            given, required = int(event.get("approvals", "")), int(event.get("required", ""))
+        except ValueError:
+            return  # an event from before counts were recorded: nothing to say
+        if request.kind is RequestKind.IMPERSONATION or given >= required:
+            return  # the final approval: the "approved" event tells everyone
+        if request.state is not RequestState.PENDING:
+            return  # decided since: that decision's own notice is the one that matters
+        by = _person(event.get("actor", ""))
+        approver = await directory.member(self.redis, request.org, by.id)
+        name = approver.name if approver and approver.name else by.id
+        link = f"{self.console_url}/requests/{request.id}"
+        subject = (
+            f"Access request: {given} of {required} approvals "
+            f"({request.requester.id} -> {request.org}/{request.member})"
+        )
+        said = f"Comment: {event['comment']}\n" if event.get("comment") else ""
+        body = (
+            f"{given} of {required} approvals given by {name} for the request of "
+            f"{request.requester.id} to act as {request.member} in {request.org}.\n{said}\n"
+            f"Scope now:     {request.scope.value}\n"
+            f"Duration now:  {request.duration_s} s\n"
+            f"Justification: {request.justification}\n"
+            f"Undecided requests lapse at {_when(request.lapses_at)}.\n\n"
+            f"Review it in the console (sign-in required; this link alone approves "
+            f"nothing):\n{link}\n"
+        )
+        for member in await directory.approvers(self.redis, request.org):
+            if member.email and member.id not in request.approvals:
+                await self.mail.enqueue(member.email, subject, body)
 
     async def _summary(self, event: str, request: AccessRequest, facts: str, link: str) -> None:
         used = await self.redis.hget(keys.access_request(request.id), "requests")

@@ -36,7 +36,12 @@ from gateway.access.errors import (
 )
 from gateway.access.model import AccessRequest, HistoryEntry, RequestKind, RequestState
 from gateway.access.scripts import TransitionScripts
-from gateway.access.settings import MAX_JUSTIFICATION, OrgSettings, load_settings
+from gateway.access.settings import (
+    MAX_JUSTIFICATION,
+    MAX_TICKET_SCAN,
+    OrgSettings,
+    load_settings,
+)
 from gateway.access.text import as_text, check_id
 from gateway.clock import Clock
 from gateway.identity import ActingGrant, Principal, PrincipalKind
@@ -67,8 +72,49 @@ class GrantCheck:
     """The answer to "may this principal act in this org right now?"."""
 
     grant: ActingGrant | None
-    error: str | None  # None when granted, else no_grant | grant_expired | grant_revoked
+    # None when granted, else no_grant | grant_expired | grant_revoked | member_not_impersonable
+    error: str | None
     reason: str
+
+
+# The live-grant pointer and the hash of the member it acts as, in one round trip.
+# KEYS[1]: the pointer; ARGV[1]: the org's member key with '{id}' for the member id.
+_READ_GRANT = """
+local pointer = redis.call('HGETALL', KEYS[1])
+local member_id = nil
+for i = 1, #pointer, 2 do
+  if pointer[i] == 'member' then member_id = pointer[i + 1] end
+end
+if not member_id then return {pointer, {}} end
+local member_key = string.gsub(ARGV[1], '{id}', function() return member_id end)
+return {pointer, redis.call('HGETALL', member_key)}
+"""
+
+
+@dataclass(frozen=True)
+class GrantFacts:
+    """What a grant check reads: the live-grant pointer and its member's account fields."""
+
+    pointer: dict[str, str]
+    member: dict[str, str]  # empty when the member's account does not exist
+
+
+class GrantReader:
+    """Reads `GrantFacts` for (actor, org) in one atomic round trip (a Lua script)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._script = redis.register_script(_READ_GRANT)
+
+    async def read(self, actor_key: str, org: str) -> GrantFacts:
+        raw: Any = await self._script(
+            keys=[keys.live_grant(actor_key, org)], args=[keys.member(org, "{id}")]
+        )
+        pointer, member = raw
+        return GrantFacts(_pairs(pointer), _pairs(member))
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
 def check_duration(value: object, maximum: int) -> int:
@@ -113,10 +159,13 @@ def check_justification(value: object, settings: OrgSettings) -> str:
             f"justification: at least {settings.justification_min_length} characters",
         )
     pattern = settings.ticket_regex()
-    if pattern is not None and not pattern.search(text):
+    # SECURITY: the pattern runs on a bounded prefix; with the save-time checks of
+    # `ticket_pattern_problem` no pattern can stall the event loop.
+    if pattern is not None and not pattern.search(text[:MAX_TICKET_SCAN]):
         raise AccessInvalid(
             "ticket_required",
-            f"justification: must name a ticket matching {settings.ticket_pattern}",
+            f"justification: must name a ticket matching {settings.ticket_pattern} "
+            f"within its first {MAX_TICKET_SCAN} characters",
         )
     return text
 
@@ -128,6 +177,7 @@ class AccessStore:
         self.redis = redis
         self.clock = clock
         self._scripts = TransitionScripts(redis)
+        self._grants = GrantReader(redis)
 
     # --- state changes --------------------------------------------------------------
     async def file(
@@ -319,8 +369,8 @@ class AccessStore:
 
     async def check_grant(self, actor_key: str, org: str) -> GrantCheck:
         """The live grant of `actor_key` in `org`, judged by the Clock now (fails closed)."""
-        raw = await self._guard(self.redis.hgetall(keys.live_grant(actor_key, org)))
-        return grant_check_from(raw, self.clock.now())
+        facts = await self._guard(self._grants.read(actor_key, org))
+        return grant_check_from(facts.pointer, self.clock.now(), facts.member)
 
     async def due(self) -> tuple[list[str], list[str]]:
         """Ids of pending requests whose time is up and of grants whose duration is over."""
@@ -408,8 +458,13 @@ class AccessStore:
             ) from exc
 
 
-def grant_check_from(raw: dict[Any, Any], now: float) -> GrantCheck:
-    """Judge a live-grant pointer hash at `now`: the one rule every check applies."""
+def grant_check_from(raw: dict[Any, Any], now: float, member: dict[str, str]) -> GrantCheck:
+    """Judge a live-grant pointer hash at `now`: the one rule every check applies.
+
+    `member` is the account hash of the member the grant acts as: a member disabled, marked
+    not impersonable or gone since the approval is refused from then on, at every check
+    (the grant itself stays as it is; its approvers may still revoke it).
+    """
     if not raw:
         return GrantCheck(None, "no_grant", "no approved access to this org")
     f = {as_text(k): as_text(v) for k, v in raw.items()}
@@ -442,6 +497,14 @@ def grant_check_from(raw: dict[Any, Any], now: float) -> GrantCheck:
         return GrantCheck(None, "grant_expired", "the access to this org has expired")
     if state != RequestState.APPROVED or now < starts:
         return GrantCheck(None, "no_grant", "no approved access to this org")
+    # SECURITY: the approval was for a member who could be impersonated then; a member
+    # disabled or marked not impersonable since is never acted as again.
+    if not member or member.get("disabled") == "1" or member.get("impersonable", "1") != "1":
+        return GrantCheck(
+            None,
+            "member_not_impersonable",
+            f"{grant.member_id} may no longer be impersonated (disabled or marked so)",
+        )
     return GrantCheck(grant, None, "granted")
 
 

@@ -1,16 +1,19 @@
 """The grant watcher: the live-grant check every proxied request makes, and its reactions.
 
-`check(actor_key, org)` reads the live-grant pointer (`keys.live_grant`) and judges it by
-the Clock at that instant. The pointer is cached ONLY while the subscription to
-`keys.grant_events_channel()` is healthy; every event drops the cached entry of its
-(actor, org), and any loss of the subscription drops the whole cache and stops caching
-until it is back. A read racing an event is never cached (a generation counter).
+`check(actor_key, org)` reads the live-grant pointer (`keys.live_grant`) together with the
+account of the member it acts as, and judges both by the Clock at that instant. What it
+read is cached ONLY while the subscription to `keys.grant_events_channel()` is healthy;
+every workflow event drops the cached entry of its (actor, org), a `member_changed` event
+(published by `member_changed` whenever a member's account changes) drops every entry of
+that org, and any loss of the subscription drops the whole cache and stops caching until
+it is back. A read racing an event is never cached (a generation counter).
 
 A revoked or expired grant's in-flight flows (responses, websockets) are ended at once
 through `InFlightFlows.abort_grant`; grants whose events may have been missed while the
-subscription was down are re-checked when it comes back. Requests made under each grant
-are counted in memory and added to the request's `requests` field every second (the
-counts shown in the end-of-grant summary).
+subscription was down are re-checked when it comes back, and so are the grants of an org
+whose member changed (a member disabled or marked not impersonable ends their flows).
+Requests made under each grant are counted in memory and added to the request's
+`requests` field every second (the counts shown in the end-of-grant summary).
 """
 
 from __future__ import annotations
@@ -20,15 +23,13 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.access.errors import AccessUnavailable
 from gateway.access.model import RequestState
-from gateway.access.store import GrantCheck, grant_check_from
-from gateway.access.text import as_text
+from gateway.access.store import GrantCheck, GrantFacts, GrantReader, grant_check_from
 from gateway.clock import Clock
 from gateway.flow import InFlightFlows
 
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 PING_EVERY_S = 5.0
 RECONNECT_S = 1.0
 FLUSH_EVERY_S = 1.0
+MEMBER_CHANGED = "member_changed"
+
+
+async def member_changed(redis: aioredis.Redis, org: str, member_id: str) -> None:
+    """Tell every gateway instance that a member's account changed (drop cached checks)."""
+    event = {"event": MEMBER_CHANGED, "org": org, "member": member_id}
+    await redis.publish(keys.grant_events_channel(), json.dumps(event))
 
 
 class GrantWatcher:
@@ -45,7 +53,8 @@ class GrantWatcher:
         self.clock = clock
         self.in_flight = in_flight
         self.healthy = False  # the subscription is up: caching is allowed
-        self._cache: dict[tuple[str, str], dict[str, str]] = {}
+        self._grants = GrantReader(redis)
+        self._cache: dict[tuple[str, str], GrantFacts] = {}
         self._generation = 0
         self._usage: Counter[str] = Counter()
         self._seen: dict[str, tuple[str, str]] = {}  # grant id -> (actor key, org)
@@ -57,38 +66,46 @@ class GrantWatcher:
         if cached is None:
             generation = self._generation
             try:
-                raw: Any = await self.redis.hgetall(keys.live_grant(actor_key, org))
+                cached = await self._grants.read(actor_key, org)
             except Exception as exc:
                 # SECURITY: no answer from Redis grants nothing (fail closed).
                 raise AccessUnavailable("unavailable", f"grant store unreachable: {exc}") from exc
-            cached = {as_text(k): as_text(v) for k, v in raw.items()}
             if self.healthy and generation == self._generation:
                 self._cache[key] = cached
         # SECURITY: time is judged on every check, cached or not.
-        result = grant_check_from(cached, self.clock.now())
+        result = grant_check_from(cached.pointer, self.clock.now(), cached.member)
         if result.grant is not None:
             self._usage[result.grant.grant_id] += 1
             self._seen[result.grant.grant_id] = key
         return result
 
-    def on_event(self, data: bytes | str) -> None:
-        """One published workflow event: drop what it invalidates, end what it ended."""
+    def on_event(self, data: bytes | str) -> bool:
+        """One published event: drop what it invalidates, end what it ended.
+
+        True when live grants must be re-checked against Redis (a member changed).
+        """
         self._generation += 1
         try:
             event = json.loads(data)
+            if event["event"] == MEMBER_CHANGED:
+                org = str(event["org"])
+                for cached_key in [k for k in self._cache if k[1] == org]:
+                    del self._cache[cached_key]
+                return True
             actor_key, org = str(event["actor_key"]), str(event["org"])
             grant_id, name = str(event["id"]), str(event["event"])
         except (ValueError, KeyError, TypeError):
             # Unreadable: trust no cached entry.
             log.warning("unreadable grant event %r; dropping the whole cache", data)
             self._cache.clear()
-            return
+            return False
         self._cache.pop((actor_key, org), None)
         if name in (RequestState.REVOKED, RequestState.EXPIRED):
             self._seen.pop(grant_id, None)
             ended = self.in_flight.abort_grant(grant_id, f"grant_{name}")
             if ended:
                 log.info("grant %s %s: ended %d in-flight flow(s)", grant_id, name, ended)
+        return False
 
     def _lost(self) -> None:
         self.healthy = False
@@ -99,8 +116,8 @@ class GrantWatcher:
         """After a gap in the subscription, end in-flight flows of grants that ended in it."""
         now = self.clock.now()
         for grant_id, key in list(self._seen.items()):
-            raw: Any = await self.redis.hgetall(keys.live_grant(*key))
-            result = grant_check_from({as_text(k): as_text(v) for k, v in raw.items()}, now)
+            facts = await self._grants.read(*key)
+            result = grant_check_from(facts.pointer, now, facts.member)
             if result.grant is None or result.grant.grant_id != grant_id:
                 self._seen.pop(grant_id, None)
                 self.in_flight.abort_grant(grant_id, result.error or "grant_ended")
@@ -127,8 +144,8 @@ class GrantWatcher:
                     if message["type"] == "subscribe":
                         self.healthy = True
                         await self._recheck()
-                    elif message["type"] == "message":
-                        self.on_event(message["data"])
+                    elif message["type"] == "message" and self.on_event(message["data"]):
+                        await self._recheck()
                 now = loop.time()
                 if now - last_ping >= PING_EVERY_S:
                     await pubsub.ping()

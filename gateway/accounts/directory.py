@@ -12,11 +12,13 @@ The format (DESIGN.md):
           - {id: alice, email: alice@acme.example, role: admin, password: "...", totp_secret: "..."}
           - {id: bob, email: bob@acme.example, role: member, impersonable: true, password: "..."}
 
-Every problem of the file is reported at once (file:line) before anything is written.
-Importing twice changes nothing the second time: a password is re-hashed only if the
-stored hash does not match it, a TOTP secret is re-sealed only if it differs, and an
-account without a secret gets an enrolment token only if it has no live one (tokens are
-shown once, in the returned report). Accounts missing from the file are left alone.
+Every problem of the file is reported at once (file:line) before anything is written;
+org `settings` are checked by the access workflow's own rules (`OrgSettings`). Importing
+twice writes nothing the second time: each part is compared before it is written, a
+password is re-hashed only if the stored hash does not match it, a TOTP secret is
+re-sealed only if it differs, and an account without a secret gets an enrolment token
+only if it has no live one (tokens are shown once, in the returned report). Accounts
+missing from the file are left alone.
 Passwords and secrets in such files are demo and test material.
 """
 
@@ -25,19 +27,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import keys
+from gateway.access.errors import AccessInvalid
+from gateway.access.settings import OrgSettings
 from gateway.accounts.enrolment import Enrolment
 from gateway.accounts.errors import AccountError, DirectoryError
 from gateway.accounts.model import (
     MAX_PASSWORD,
     MIN_PASSWORD,
     ROLES,
+    Account,
     check_email,
     check_id,
     check_name,
+    text,
 )
 from gateway.accounts.store import AccountStore
 from gateway.accounts.totp import is_valid_secret
-from gateway.identity import PrincipalKind
+from gateway.identity import Principal, PrincipalKind
 from policies.source import Problems, YamlList, YamlMap, load_yaml
 
 _STAFF_KEYS = ("id", "email", "name", "password", "totp_secret")
@@ -177,7 +184,21 @@ def _settings(problems: Problems, value: object, where: str, line: int) -> dict[
     ):
         problems.add(line, where, value, "a mapping of names to plain values")
         return None
-    return dict(value)
+    before = len(problems.items)
+    for name, setting in value.items():
+        # Checked one name at a time by the access workflow's own rules, so that each bad
+        # value is reported on its own line; stored settings are checked again on load.
+        try:
+            OrgSettings().merged({name: setting})
+        except AccessInvalid as exc:
+            problems.add(value.line_of(name), f"{where}.{name}", setting, _setting_rule(exc))
+    return dict(value) if len(problems.items) == before else None
+
+
+def _setting_rule(exc: AccessInvalid) -> str:
+    # The reason names the setting first ("max_duration_s: 5 is not an integer ..."); the
+    # problem names it already, with its place in the file.
+    return exc.reason.split(": ", 1)[-1]
 
 
 def parse_directory(text: str, file: str) -> Directory:
@@ -245,28 +266,22 @@ def parse_directory(text: str, file: str) -> Directory:
 async def import_directory(
     directory: Directory, store: AccountStore, enrolment: Enrolment
 ) -> ImportReport:
-    """Write a parsed directory into the store; safe to run again with the same file."""
+    """Write a parsed directory into the store; safe to run again with the same file.
+
+    Everything is compared first and only differences are written: importing an
+    unchanged directory issues no write command at all.
+    """
     report = ImportReport()
     for org in directory.orgs:
-        await store.put_org(org.id, org.name, org.settings)
+        if not await _org_current(store, org):
+            await store.put_org(org.id, org.name, org.settings)
     for entry in directory.accounts:
         existing = await store.get(entry.key)
         changed = existing is None
-        if entry.kind is PrincipalKind.STAFF:
-            account = await store.put_staff(
-                entry.id, entry.email, entry.name, create=existing is None
-            )
+        if existing is not None and await _profile_current(store, entry, existing):
+            account = existing
         else:
-            account = await store.put_member(
-                entry.org or "",
-                entry.id,
-                entry.email,
-                entry.name,
-                entry.role or "member",
-                impersonable=entry.impersonable,
-                create=existing is None,
-            )
-        if existing is not None and existing.to_redis() != account.to_redis():
+            account = await _put_profile(store, entry, create=existing is None)
             changed = True
         if entry.password is not None and not (
             account.password_hash
@@ -287,3 +302,39 @@ async def import_directory(
         )
         target.append(entry.key)
     return report
+
+
+async def _org_current(store: AccountStore, org: DirectoryOrg) -> bool:
+    """The org is stored exactly as the file says (settings only when the file names them)."""
+    stored = await store.org(org.id)
+    if stored is None or stored.name != org.name:
+        return False
+    if org.settings is not None and stored.settings != org.settings:
+        return False
+    return bool(await store.redis.sismember(keys.org_index(), org.id))
+
+
+async def _profile_current(store: AccountStore, entry: DirectoryAccount, stored: Account) -> bool:
+    """The stored profile, its email owner and index entry already match the file."""
+    wanted = Principal(entry.kind, entry.id, entry.email, entry.name, entry.org, entry.role)
+    if stored.principal != wanted or stored.impersonable != entry.impersonable:
+        return False
+    owner = await store.redis.get(keys.account_by_email(entry.email))
+    if owner is None or text(owner) != entry.key:
+        return False
+    index = keys.staff_index() if entry.org is None else keys.org_members(entry.org)
+    return bool(await store.redis.sismember(index, entry.id))
+
+
+async def _put_profile(store: AccountStore, entry: DirectoryAccount, *, create: bool) -> Account:
+    if entry.kind is PrincipalKind.STAFF:
+        return await store.put_staff(entry.id, entry.email, entry.name, create=create)
+    return await store.put_member(
+        entry.org or "",
+        entry.id,
+        entry.email,
+        entry.name,
+        entry.role or "member",
+        impersonable=entry.impersonable,
+        create=create,
+    )

@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway import keys
+from gateway.access.watcher import member_changed
 from gateway.accounts.errors import AccountConflict, AccountNotFound, InvalidAccountInput
 from gateway.accounts.model import (
     Account,
@@ -194,6 +195,9 @@ class AccountStore:
             raise AccountConflict(f"account {principal.key} exists already")
         if outcome == "missing":
             raise AccountNotFound(f"no account {principal.key}")
+        if principal.kind is PrincipalKind.MEMBER and existing is not None:
+            # Live-grant checks cache the member's account: they re-read it now.
+            await member_changed(self.redis, principal.org or "", principal.id)
         return await self.require(principal.key)
 
     # --- secrets ------------------------------------------------------------------------
@@ -222,5 +226,9 @@ class AccountStore:
         """Disable (ending every session at once) or enable; returns sessions ended."""
         await self.require(principal_key)
         await self.redis.hset(redis_key(principal_key), "disabled", "1" if disabled else "0")
+        if principal_key.startswith("member:"):
+            _, org, member_id = principal_key.split(":", 2)
+            # Live-grant checks cache the member's account: they re-read it now.
+            await member_changed(self.redis, org, member_id)
         # SECURITY: a disabled account keeps no session, console or app, anywhere.
         return await end_sessions_of(self.redis, principal_key) if disabled else 0

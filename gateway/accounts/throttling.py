@@ -32,11 +32,6 @@ class Backoff:
     max_s: float
     forget_after_s: float
 
-    def delay(self, failures: int) -> float:
-        if failures < self.free:
-            return 0.0
-        return float(min(self.base_s * 2 ** (failures - self.free), self.max_s))
-
 
 ACCOUNT_BACKOFF = Backoff(free=3, base_s=1.0, max_s=300.0, forget_after_s=3600.0)
 ADDRESS_BACKOFF = Backoff(free=10, base_s=1.0, max_s=300.0, forget_after_s=3600.0)
@@ -108,8 +103,10 @@ return 0
 """
 
 
-def _seconds(text: bytes | str) -> float:
-    return float(text.decode() if isinstance(text, bytes) else text)
+def _seconds(reply: bytes | str | float) -> int:
+    """A script's (or a field's) fractional seconds, rounded up; 0 when none are left."""
+    left = float(reply.decode() if isinstance(reply, bytes) else reply)
+    return math.ceil(left) if left > 0 else 0
 
 
 class PasswordThrottle:
@@ -133,7 +130,7 @@ class PasswordThrottle:
         args: list[float | int] = [self._clock.now()]
         for backoff in (self._account, self._address):
             args += [backoff.free, backoff.base_s, backoff.max_s, backoff.forget_after_s]
-        wait = _seconds(
+        return _seconds(
             await self._begin(
                 keys=[
                     keys.password_failures_account(account_name),
@@ -142,7 +139,6 @@ class PasswordThrottle:
                 args=args,
             )
         )
-        return math.ceil(wait) if wait > 0 else 0
 
     async def succeeded(self, account_name: str, address: str) -> None:
         await self._redis.delete(keys.password_failures_account(account_name))
@@ -169,13 +165,12 @@ class TotpLockout:
 
     async def begin(self, principal_key: str) -> int:
         """0 when a code may be tried now (counted until it succeeds); else seconds locked."""
-        locked = _seconds(
+        return _seconds(
             await self._begin(
                 keys=[keys.totp_failures(principal_key)],
                 args=[self._clock.now(), self._max, self._window, self._lock],
             )
         )
-        return math.ceil(locked) if locked > 0 else 0
 
     async def failed(self, principal_key: str) -> bool:
         """Record a wrong code; True when that locked the account."""
@@ -190,5 +185,4 @@ class TotpLockout:
 
     async def locked_for(self, principal_key: str) -> int:
         raw = await self._redis.hget(keys.totp_failures(principal_key), "locked_until")
-        left = float(raw) - self._clock.now() if raw else 0.0
-        return math.ceil(left) if left > 0 else 0
+        return _seconds(float(raw) - self._clock.now()) if raw else 0

@@ -80,7 +80,3 @@ class TotpVerifier:
             keys=[keys.totp_last_step(principal_key)], args=[step, _STEP_TTL_S]
         )
         return bool(claimed == 1)
-
-    async def mark_used(self, principal_key: str, secret: str, code: str) -> bool:
-        """Same as verify; used when a new secret becomes active with its first code."""
-        return await self.verify(principal_key, secret, code)

@@ -61,15 +61,8 @@ async def login(request: web.Request) -> web.Response:
     address = client_ip(request)
     agent = request.headers.get("User-Agent")
     try:
-        account = await logins.accounts.login.password(email, password, address)
+        account = await logins.password(email, password, address, user_agent=agent)
     except LoginRefused as exc:
-        await logins.record_failure(
-            "login.password",
-            client_ip=address,
-            user_agent=agent,
-            reason=exc.error,
-            details={"email": email.lower()},
-        )
         raise refusal(exc) from exc
     try:
         await logins.accounts.login.totp(account.key, code)
@@ -83,19 +76,10 @@ async def login(request: web.Request) -> web.Response:
         )
         raise refusal(exc) from exc
     session = await rotate(request, account.key, logins.clock.now())
-    try:
-        # SECURITY: no login without its audit record (fail closed).
-        await logins.record(
-            "login",
-            outcome="success",
-            principal=account.principal,
-            client_ip=address,
-            user_agent=agent,
-            details={"via": "api"},
-        )
-    except Exception as exc:
-        session.invalidate()
-        raise audit_down() from exc
+    if not await logins.record_login(
+        session, account.principal, via="api", client_ip=address, user_agent=agent
+    ):
+        raise audit_down()
     return web.json_response(
         {"principal": principal_json(account.principal), "csrf_token": session["csrf"]},
         headers={"Cache-Control": "no-store"},

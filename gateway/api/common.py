@@ -8,8 +8,8 @@
 - `await json_body(request)`: the body as a JSON object. 415 unless
   `Content-Type: application/json` (so a cross-site HTML form can never post one),
   413 over `limits.max_json_bytes`, 400 if malformed, 422 if not an object.
-- `text_field(body, "name", max_length=…)`, `int_field(…)`, `choice_field(…)`: one field,
-  or 422 `invalid_field` naming it.
+- `text_field(body, "name", max_length=…)`: one string field, or 422 `invalid_field`
+  naming it.
 - `client_ip(request)`: the client's address, believing only configured trusted proxies.
 - `await caller(request)`: the logged-in `Caller` (console login + principal). 401
   `login_required` without a live session, 401 `mfa_required` when TOTP is older than
@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.appkeys import CLOCK, CONFIG
-from gateway.denials import Denial, denial_response, internal_error
+from gateway.denials import Denial, denial_response, failure
 from gateway.identity import Principal
 from gateway.proxy.headers import client_address
 from gateway.sessions.console import (
@@ -80,10 +80,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return denial_response(exc.denial, request)
     except web.HTTPException:
         raise
-    except Exception:
+    except Exception as exc:
         # SECURITY: fail closed; the exception's text never reaches the client.
         log.exception("console request %s %s failed", request.method, request.path)
-        return denial_response(internal_error(), request)
+        return denial_response(failure(exc), request)
 
 
 def install(console_app: web.Application) -> None:
@@ -136,28 +136,6 @@ def text_field(
     if any(ord(c) < 0x20 and c not in "\t\n\r" for c in value):
         raise invalid_field(name, "no control characters")
     return value
-
-
-def int_field(
-    body: Mapping[str, Any], name: str, *, low: int, high: int, required: bool = True
-) -> int | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise invalid_field(name, f"an integer from {low} to {high}")
-    return value
-
-
-def choice_field(
-    body: Mapping[str, Any], name: str, options: tuple[str, ...], *, required: bool = True
-) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if value not in options:
-        raise invalid_field(name, "one of " + ", ".join(options))
-    return str(value)
 
 
 @dataclass(frozen=True)

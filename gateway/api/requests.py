@@ -87,7 +87,8 @@ def _path_id(request: web.Request, name: str) -> str:
     return value
 
 
-def _may_see(principal: Principal, found: AccessRequest) -> bool:
+def may_see(principal: Principal, found: AccessRequest) -> bool:
+    """Staff see their own requests, members their org's (API and console pages alike)."""
     if principal.kind is PrincipalKind.STAFF:
         return found.requester.key == principal.key
     return principal.org == found.org
@@ -97,15 +98,18 @@ async def _visible(request: web.Request, who: Caller) -> AccessRequest:
     """The request named in the path, if this caller may see it; else 404 (no leak)."""
     rid = _path_id(request, "id")
     found = await _store(request).get(rid)
-    if found is None or not _may_see(who.principal, found):
+    if found is None or not may_see(who.principal, found):
         raise _not_found()
     return found
 
 
-def _own_org(who: Caller, org: str) -> None:
+def _own_org(request: web.Request, who: Caller) -> str:
+    """The org named in the path, if it is the caller's own; else 404 (no leak)."""
+    org = _path_id(request, "org")
     # SECURITY: another org's approvers, settings and grants do not exist for this caller.
     if who.principal.kind is not PrincipalKind.MEMBER or who.principal.org != org:
         raise _not_found("org")
+    return org
 
 
 def _admin(who: Caller) -> None:
@@ -180,56 +184,57 @@ async def show_request(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-@_refusals
-async def approve(request: web.Request) -> web.Response:
-    who = await caller(request)
-    body = await json_body(request)
-    _only(body, "comment", "duration_s", "scope")
-    found = await _visible(request, who)
-    done = await _store(request).approve(
-        found.id,
-        who.principal,
-        comment=body.get("comment"),
-        duration_s=body.get("duration_s"),
-        scope=body.get("scope"),
-    )
-    return web.json_response(done.to_json(_now(request)))
-
-
-@_refusals
-async def deny(request: web.Request) -> web.Response:
-    who = await caller(request)
-    body = await json_body(request)
-    _only(body, "comment")
-    found = await _visible(request, who)
-    done = await _store(request).deny(found.id, who.principal, comment=body.get("comment"))
-    return web.json_response(done.to_json(_now(request)))
-
-
 async def _optional_body(request: web.Request) -> dict[str, Any]:
     if not request.body_exists:
         return {}
     return await json_body(request)
 
 
-@_refusals
-async def cancel(request: web.Request) -> web.Response:
-    who = await caller(request)
-    body = await _optional_body(request)
-    _only(body, "comment")
-    found = await _visible(request, who)
-    done = await _store(request).cancel(found.id, who.principal, comment=body.get("comment"))
-    return web.json_response(done.to_json(_now(request)))
+# One workflow step on one visible request: the store call, given the checked JSON body.
+_Step = Callable[[AccessStore, str, Principal, Mapping[str, Any]], Awaitable[AccessRequest]]
 
 
-@_refusals
-async def revoke(request: web.Request) -> web.Response:
-    who = await caller(request)
-    body = await _optional_body(request)
-    _only(body, "comment")
-    found = await _visible(request, who)
-    done = await _store(request).revoke(found.id, who.principal, comment=body.get("comment"))
-    return web.json_response(done.to_json(_now(request)))
+def _step(fields: tuple[str, ...], step: _Step, *, body_required: bool) -> Handler:
+    """`POST /requests/{id}/<action>`: caller, body with only `fields`, visibility, then `step`."""
+
+    @_refusals
+    async def handler(request: web.Request) -> web.Response:
+        who = await caller(request)
+        body = await (json_body(request) if body_required else _optional_body(request))
+        _only(body, *fields)
+        found = await _visible(request, who)
+        done = await step(_store(request), found.id, who.principal, body)
+        return web.json_response(done.to_json(_now(request)))
+
+    return handler
+
+
+approve = _step(
+    ("comment", "duration_s", "scope"),
+    lambda store, rid, who, body: store.approve(
+        rid,
+        who,
+        comment=body.get("comment"),
+        duration_s=body.get("duration_s"),
+        scope=body.get("scope"),
+    ),
+    body_required=True,
+)
+deny = _step(
+    ("comment",),
+    lambda store, rid, who, body: store.deny(rid, who, comment=body.get("comment")),
+    body_required=True,
+)
+cancel = _step(
+    ("comment",),
+    lambda store, rid, who, body: store.cancel(rid, who, comment=body.get("comment")),
+    body_required=False,
+)
+revoke = _step(
+    ("comment",),
+    lambda store, rid, who, body: store.revoke(rid, who, comment=body.get("comment")),
+    body_required=False,
+)
 
 
 @_refusals
@@ -237,8 +242,7 @@ async def revoke_all(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await _optional_body(request)
     _only(body, "comment")
-    org = _path_id(request, "org")
-    _own_org(who, org)
+    org = _own_org(request, who)
     revoked = await _store(request).revoke_all(org, who.principal, comment=body.get("comment"))
     return web.json_response({"org": org, "revoked": revoked})
 
@@ -257,8 +261,7 @@ async def _approvers_json(request: web.Request, org: str) -> dict[str, Any]:
 @_refusals
 async def get_approvers(request: web.Request) -> web.Response:
     who = await caller(request)
-    org = _path_id(request, "org")
-    _own_org(who, org)
+    org = _own_org(request, who)
     return web.json_response(await _approvers_json(request, org))
 
 
@@ -267,8 +270,7 @@ async def put_approvers(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await json_body(request)
     _only(body, "approvers")
-    org = _path_id(request, "org")
-    _own_org(who, org)
+    org = _own_org(request, who)
     _admin(who)
     ids = body.get("approvers")
     if not isinstance(ids, list):
@@ -280,8 +282,7 @@ async def put_approvers(request: web.Request) -> web.Response:
 @_refusals
 async def get_settings(request: web.Request) -> web.Response:
     who = await caller(request)
-    org = _path_id(request, "org")
-    _own_org(who, org)
+    org = _own_org(request, who)
     settings = await load_settings(_store(request).redis, org)
     return web.json_response({"org": org, "settings": settings.to_json()})
 
@@ -290,8 +291,7 @@ async def get_settings(request: web.Request) -> web.Response:
 async def put_settings(request: web.Request) -> web.Response:
     who = await caller(request)
     body = await json_body(request)
-    org = _path_id(request, "org")
-    _own_org(who, org)
+    org = _own_org(request, who)
     _admin(who)
     redis = _store(request).redis
     settings = (await load_settings(redis, org)).merged(body)

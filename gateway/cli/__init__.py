@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "login",
     "request",
     "mail",
+    "assertion",
 )
 
 

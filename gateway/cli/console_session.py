@@ -18,6 +18,7 @@ import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -98,7 +99,12 @@ class ConsoleSession:
 
     def _client(self) -> aiohttp.ClientSession:
         context = ssl.create_default_context(cafile=self.ca_file)
-        resolver = _FixedResolver(self.connect_to) if self.connect_to else None
+        connect_to = self.connect_to
+        host = (urlsplit(self.console_url).hostname or "").lower()
+        if connect_to is None and (host == "localhost" or host.endswith(".localhost")):
+            # RFC 6761: *.localhost is loopback, as browsers treat it, whatever /etc/hosts says.
+            connect_to = "127.0.0.1"
+        resolver = _FixedResolver(connect_to) if connect_to else None
         connector = aiohttp.TCPConnector(ssl=context, resolver=resolver)
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 

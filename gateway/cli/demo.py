@@ -4,7 +4,11 @@ It makes the demo's TLS material (a private demo CA and a certificate for the
 `*.localhost` names), starts the mail catcher (prints every notification), the Acme CRM
 customer app on loopback, and the gateway with its own embedded Redis; imports the demo
 directory (people, orgs, passwords and TOTP secrets that are demo material only); then
-prints the https URLs and how to trust the demo CA. Ctrl-C (or SIGTERM) stops it all.
+prints the https URLs, how to trust the demo CA, the demo people (passwords and TOTP
+secrets as otpauth URIs) and the walk-through. Ctrl-C (or SIGTERM) stops it all.
+
+    gateway demo            # what `make demo` runs
+    gateway demo --codes    # the demo people's current TOTP codes, from another terminal
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from gateway.accounts import DirectoryError, open_accounts
-from gateway.accounts.directory import import_directory, parse_directory
+from gateway.accounts.directory import Directory, import_directory, parse_directory
+from gateway.accounts.totp import code_at, provisioning_uri
 from gateway.app import create_app
 from gateway.appkeys import REDIS
 from gateway.clock import SystemClock
@@ -34,6 +39,7 @@ from gateway.tls import ensure_demo_tls
 
 DEMO_DIRECTORY = Path("config/demo-directory.yaml")
 APP_HOST = "acme.localhost"
+TOTP_ISSUER = "Impersonation gateway (demo)"
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -41,6 +47,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--config", type=Path, default=Path("config/gateway.yaml"))
     parser.add_argument("--directory", type=Path, default=DEMO_DIRECTORY)
     parser.add_argument("--app-port", type=int, default=9001, help="Acme CRM's loopback port")
+    parser.add_argument(
+        "--codes",
+        action="store_true",
+        help="print the demo people's current TOTP codes and exit (starts nothing)",
+    )
     parser.set_defaults(handler=_demo)
 
 
@@ -48,6 +59,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 class DirectoryFile:
     path: Path
     text: str
+
+    def parse(self) -> Directory:
+        return parse_directory(self.text, str(self.path))
 
 
 @dataclass
@@ -59,6 +73,8 @@ class Demo:
     catcher: MailCatcher = field(default_factory=MailCatcher)
     runners: list[web.AppRunner] = field(default_factory=list)
     gateway: GatewayServer | None = None
+    directory: Directory | None = None
+    enrolment_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def https_port(self) -> int:
@@ -90,7 +106,7 @@ class Demo:
         except BaseException:
             app_socket.close()
             raise
-        acme = create_acme_app(
+        acme = self.acme_app(
             AcmeSettings(
                 public_origin=self.origin(APP_HOST),
                 issuer=config.console_url,
@@ -110,18 +126,22 @@ class Demo:
         if directory is not None:
             await self._import(app, directory)
 
+    def acme_app(self, settings: AcmeSettings) -> web.Application:
+        """The customer application the demo puts behind the gateway."""
+        return create_acme_app(settings)
+
     async def _import(self, app: web.Application, directory: DirectoryFile) -> None:
         accounts = open_accounts(app[REDIS], SystemClock(), self.config.data_dir)
-        parsed = parse_directory(directory.text, str(directory.path))
+        parsed = directory.parse()
         report = await import_directory(parsed, accounts.store, accounts.enrolment)
+        self.directory = parsed
+        self.enrolment_tokens = dict(report.enrolment_tokens)
         total = len(report.created) + len(report.updated) + len(report.unchanged)
         print(
             f"demo directory {directory.path}: {total} accounts "
             f"({len(report.created)} new, {len(report.updated)} updated)",
             file=self.out,
         )
-        for key, token in report.enrolment_tokens.items():
-            print(f"  enrolment token for {key} (shown once, 24 h): {token}", file=self.out)
 
     def announce(self) -> None:
         console, acme = self.origin(self.config.console_host), self.origin(APP_HOST)
@@ -129,25 +149,58 @@ class Demo:
         print(
             f"""
 The demo is running. Open:
-  console (log in, request and approve access):  {console}/
-  Acme CRM through the gateway:                  {acme}/
-  what the app received (headers + assertion):   {acme}/whoami
-  the gateway's published assertion keys:        {console}/.gateway/jwks.json
+  console (log in, review and approve requests):  {console}/
+  Acme CRM through the gateway:                   {acme}/
+  what the app received (headers + assertion):    {acme}/whoami
+  the gateway's published assertion keys:         {console}/.gateway/jwks.json
 
 Trust the demo CA once, so the browser accepts these (it is limited to *.localhost):
   {ca}
   Firefox:  Settings > Privacy & Security > Certificates > View Certificates > Import
   Chromium: chrome://settings/certificates > Authorities > Import
   curl:     curl --cacert {ca} {acme}/whoami
-
-The walk-through (people, passwords and TOTP secrets: {DEMO_DIRECTORY}, demo only):
-  1. At the console, log in as sam@vendor.example and ask for access to org acme as bob.
-  2. The approvers' email is printed here; log in as alice@acme.example and approve.
-  3. As sam, open Acme CRM: /whoami shows the identity the app received, verified.
+{self._people()}
+The walk-through (in a second terminal, in this folder; current TOTP codes any time with
+`.venv/bin/gateway demo --codes`, or add the otpauth URIs above to an authenticator app):
+  1. Sam (vendor support) logs in and asks to act as bob in acme:
+       .venv/bin/gateway login --console {console} \\
+           --ca-file {ca} --email sam@vendor.example
+       .venv/bin/gateway request create --org acme --member bob --scope write \\
+           --duration 1800 --justification "ticket 42: contact import fails"
+  2. The approvers' email is printed here, with its console link. Open the link in a
+     browser, log in as alice@acme.example and press Approve.
+  3. Log out of the console (or use a private window), open {acme}/
+     and log in as sam@vendor.example: Acme CRM shows "Signed in as bob (support
+     engineer sam acting)"; {acme}/whoami shows the verified assertion.
+  4. Alice revokes on the same request page; sam's very next page is denied.
+  5. The auditor moves the trail into segment files, verifies and replays it:
+       .venv/bin/gateway audit collect --once
+       .venv/bin/gateway audit verify var/audit --keyring var/audit-keys/keyring.json
+       .venv/bin/gateway audit replay var/audit --grant REQUEST_ID
 Mail sent by the gateway is printed here. Ctrl-C stops everything.""",
             file=self.out,
             flush=True,
         )
+
+    def _people(self) -> str:
+        if self.directory is None:
+            return ""
+        lines = [f"\nThe demo people ({DEMO_DIRECTORY}; demo material, never for real use):"]
+        for account in self.directory.accounts:
+            where = f"{account.org} {account.role}" if account.org else "vendor staff"
+            lines.append(f"  {account.email}  ({where})  password: {account.password or '-'}")
+            if account.totp_secret:
+                uri = provisioning_uri(account.totp_secret, account.email, TOTP_ISSUER)
+                lines.append(f"      TOTP: {uri}")
+            token = self.enrolment_tokens.get(account.key)
+            if token:
+                lines.append(f"      no TOTP yet: enrol at the console with token {token} (24 h)")
+            elif not account.totp_secret:
+                lines.append(
+                    f"      no TOTP yet: `.venv/bin/gateway admin totp reset {account.key}` "
+                    "prints an enrolment token"
+                )
+        return "\n".join(lines) + "\n"
 
     async def stop(self) -> None:
         for runner in reversed(self.runners):
@@ -179,7 +232,29 @@ async def run_demo(
         await demo.stop()
 
 
+def print_codes(directory: Directory, now: float, out: TextIO) -> None:
+    """The current TOTP code of every demo account that has a secret."""
+    for account in directory.accounts:
+        if account.totp_secret:
+            print(f"{account.email:<24} {code_at(account.totp_secret, now)}", file=out)
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.codes:
+        try:
+            text = args.directory.read_text(encoding="utf-8")
+            print_codes(
+                DirectoryFile(args.directory, text).parse(), SystemClock().now(), sys.stdout
+            )
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"gateway demo: {args.directory}: {exc}", file=sys.stderr)
+            return 1
+        except DirectoryError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        print("(each code is valid for about 30 s and usable once)")
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -22,7 +22,6 @@ from policies.decide import decide
 from policies.errors import PathRejected, PolicyError
 from policies.load import load_policy_files
 from policies.model import PolicySet, Scope
-from policies.paths import normalise
 
 EXIT_DENIED = 3
 
@@ -99,11 +98,7 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     print(f"route:    {route.name} ({route.source}) -> {route.upstream.url}, org {route.org}")
     try:
-        path = normalise(
-            args.path,
-            allow_encoded_slashes=route.allow_encoded_slashes,
-            case_insensitive=route.case_insensitive,
-        )
+        path = route.normalise(args.path)
     except PathRejected as exc:
         print(f"path:     refused: {exc.reason} (the gateway answers 400)")
         print("decision: deny")

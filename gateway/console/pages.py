@@ -31,6 +31,7 @@ from gateway.accounts.totp import provisioning_uri
 from gateway.api.common import LOGIN_CHALLENGE, ApiError, client_ip, mfa_fresh
 from gateway.console.forms import field, local_path, read_form
 from gateway.denials import Denial
+from gateway.identity import Principal
 from gateway.sessions.console import (
     PENDING_TTL_S,
     csrf_ok,
@@ -42,7 +43,6 @@ from gateway.sessions.console import (
 )
 from gateway.sessions.handoff import routed_url_parts
 from gateway.sessions.logins import Logins, logins_of
-from gateway.sessions.records import sid_of
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,21 @@ def see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, **_HEADERS})
 
 
-def refusal_headers(exc: LoginRefused) -> dict[str, str]:
+def refused(
+    request: web.Request,
+    session: Session,
+    template: str,
+    exc: LoginRefused,
+    context: dict[str, Any] | None = None,
+) -> web.Response:
+    """A form page again, saying why a login step was refused (status and headers too)."""
+    headers: dict[str, str] = {}
     if exc.status == 401:
-        return {"WWW-Authenticate": LOGIN_CHALLENGE}
-    if exc.retry_after:
-        return {"Retry-After": str(exc.retry_after)}
-    return {}
+        headers["WWW-Authenticate"] = LOGIN_CHALLENGE
+    elif exc.retry_after:
+        headers["Retry-After"] = str(exc.retry_after)
+    values = {**(context or {}), "error": exc.reason}
+    return render(request, session, template, values, status=exc.status, headers=headers)
 
 
 async def posted_form(request: web.Request, session: Session) -> dict[str, str]:
@@ -102,6 +111,12 @@ async def posted_form(request: web.Request, session: Session) -> dict[str, str]:
             )
         )
     return form
+
+
+async def form_post(request: web.Request) -> tuple[Session, Logins, dict[str, str]]:
+    """A console form's POST: this request's session and logins, and its CSRF-checked form."""
+    session = await get_session(request)
+    return session, logins_of(request.config_dict), await posted_form(request, session)
 
 
 def remember_destination(request: web.Request, session: Session, logins: Logins) -> None:
@@ -144,18 +159,13 @@ async def record_login(
     request: web.Request, session: Session, logins: Logins, account: Account, via: str
 ) -> web.Response | None:
     """Audit a completed login; if the audit refuses, the login is undone (fail closed)."""
-    try:
-        await logins.record(
-            "login",
-            outcome="success",
-            principal=account.principal,
-            client_ip=client_ip(request),
-            user_agent=request.headers.get("User-Agent"),
-            session_id=sid_of(str(session.identity)) if session.identity else None,
-            details={"via": via},
-        )
-    except Exception:
-        session.invalidate()
+    if not await logins.record_login(
+        session,
+        account.principal,
+        via=via,
+        client_ip=client_ip(request),
+        user_agent=request.headers.get("User-Agent"),
+    ):
         return render(
             request,
             await get_session(request),
@@ -165,6 +175,27 @@ async def record_login(
             headers={"Retry-After": "5"},
         )
     return None
+
+
+async def signed_in(request: web.Request, back: str) -> Principal | web.Response:
+    """The logged-in principal of a console page, or the redirect that gets one.
+
+    No login -> the login page; TOTP too old -> step-up; account disabled or gone ->
+    the session ends here and the login page follows. `back` is where to return after.
+    """
+    session = await get_session(request)
+    login = current_login(session)
+    if login is None:
+        return see_other("/login" if back == "/" else f"/login?next={back}")
+    # SECURITY: console pages need a fresh TOTP check, like the API and routed hosts.
+    if not mfa_fresh(request, login.mfa_at):
+        return see_other(f"/step-up?next={back}")
+    account = await logins_of(request.config_dict).accounts.store.get(login.principal_key)
+    if account is None or account.disabled:
+        # SECURITY: a disabled (or deleted) account's session ends at its next page view.
+        await end(request)
+        return see_other("/login")
+    return account.principal
 
 
 def _pending(session: Session, logins: Logins, name: str) -> dict[str, Any] | None:
@@ -179,18 +210,10 @@ def _pending(session: Session, logins: Logins, name: str) -> dict[str, Any] | No
 
 # --- pages ----------------------------------------------------------------------------
 async def home(request: web.Request) -> web.Response:
-    session = await get_session(request)
-    logins = logins_of(request.config_dict)
-    login = current_login(session)
-    if login is None:
-        return see_other("/login")
-    if not mfa_fresh(request, login.mfa_at):
-        return see_other("/step-up?next=/")
-    account = await logins.accounts.store.get(login.principal_key)
-    if account is None or account.disabled:
-        await end(request)
-        return see_other("/login")
-    return render(request, session, "home.html", {"principal": account.principal})
+    who = await signed_in(request, "/")
+    if isinstance(who, web.Response):
+        return who
+    return render(request, await get_session(request), "home.html", {"principal": who})
 
 
 async def login_page(request: web.Request) -> web.Response:
@@ -206,29 +229,16 @@ async def login_page(request: web.Request) -> web.Response:
 
 
 async def login_submit(request: web.Request) -> web.Response:
-    session = await get_session(request)
-    logins = logins_of(request.config_dict)
-    form = await posted_form(request, session)
+    session, logins, form = await form_post(request)
     email = field(form, "email", max_length=254)
     password = field(form, "password", max_length=MAX_PASSWORD)
     address = client_ip(request)
     try:
-        account = await logins.accounts.login.password(email, password, address)
+        account = await logins.password(
+            email, password, address, user_agent=request.headers.get("User-Agent")
+        )
     except LoginRefused as exc:
-        await logins.record_failure(
-            "login.password",
-            client_ip=address,
-            reason=exc.error,
-            details={"email": email.lower()},
-        )
-        return render(
-            request,
-            session,
-            "login.html",
-            {"error": exc.reason, "email": email},
-            status=exc.status,
-            headers=refusal_headers(exc),
-        )
+        return refused(request, session, "login.html", exc, {"email": email})
     if not account.enrolled:
         session.pop("pending", None)
         return render(
@@ -254,9 +264,7 @@ async def totp_page(request: web.Request) -> web.Response:
 
 
 async def totp_submit(request: web.Request) -> web.Response:
-    session = await get_session(request)
-    logins = logins_of(request.config_dict)
-    form = await posted_form(request, session)
+    session, logins, form = await form_post(request)
     pending = _pending(session, logins, "pending")
     if pending is None:
         return render(
@@ -272,19 +280,11 @@ async def totp_submit(request: web.Request) -> web.Response:
         account = await logins.accounts.login.totp(str(pending["principal"]), code)
     except LoginRefused as exc:
         await logins.record_failure("login.totp", client_ip=client_ip(request), reason=exc.error)
-        context = {"heading": "Verify", "action": "/login/totp", "error": exc.reason}
         if exc.error != "invalid_totp":
             session.pop("pending", None)  # locked or disabled: start again from the password
-            return render(
-                request,
-                session,
-                "login.html",
-                context,
-                status=exc.status,
-                headers=refusal_headers(exc),
-            )
-        return render(
-            request, session, "totp.html", context, status=exc.status, headers=refusal_headers(exc)
+            return refused(request, session, "login.html", exc)
+        return refused(
+            request, session, "totp.html", exc, {"heading": "Verify", "action": "/login/totp"}
         )
     session = await rotate(request, account.key, logins.clock.now())
     failed = await record_login(request, session, logins, account, "console")
@@ -297,26 +297,16 @@ async def enrol_page(request: web.Request) -> web.Response:
 
 
 async def enrol_submit(request: web.Request) -> web.Response:
-    session = await get_session(request)
-    logins = logins_of(request.config_dict)
-    form = await posted_form(request, session)
+    session, logins, form = await form_post(request)
     email = field(form, "email", max_length=254)
     password = field(form, "password", max_length=MAX_PASSWORD)
     token = field(form, "token", max_length=128)
     try:
-        account = await logins.accounts.login.password(email, password, client_ip(request))
+        account = await logins.password(
+            email, password, client_ip(request), action="enrol.password"
+        )
     except LoginRefused as exc:
-        await logins.record_failure(
-            "enrol.password", client_ip=client_ip(request), reason=exc.error
-        )
-        return render(
-            request,
-            session,
-            "enrol.html",
-            {"error": exc.reason, "email": email},
-            status=exc.status,
-            headers=refusal_headers(exc),
-        )
+        return refused(request, session, "enrol.html", exc, {"email": email})
     started = await logins.accounts.enrolment.begin(token.strip(), account.key)
     if started is None:
         await logins.record_failure(
@@ -349,9 +339,7 @@ async def enrol_submit(request: web.Request) -> web.Response:
 
 
 async def enrol_confirm(request: web.Request) -> web.Response:
-    session = await get_session(request)
-    logins = logins_of(request.config_dict)
-    form = await posted_form(request, session)
+    session, logins, form = await form_post(request)
     pending = _pending(session, logins, "enrol")
     if pending is None:
         return render(
@@ -363,6 +351,16 @@ async def enrol_confirm(request: web.Request) -> web.Response:
         )
     code = field(form, "code", max_length=10)
     key = str(pending["principal"])
+    current = await logins.accounts.store.get(key)
+    if current is None or current.disabled:
+        # SECURITY: disabled while enrolling (the password was checked a step ago): no login.
+        session.pop("enrol", None)
+        await logins.record_failure(
+            "enrol.code", client_ip=client_ip(request), reason="account_disabled"
+        )
+        return render(
+            request, session, "enrol.html", {"error": "This account is disabled."}, status=403
+        )
     if not await logins.accounts.enrolment.complete(str(pending["token_hash"]), key, code):
         await logins.record_failure(
             "enrol.code", client_ip=client_ip(request), reason="invalid_totp"
@@ -410,9 +408,7 @@ async def step_up_page(request: web.Request) -> web.Response:
 
 
 async def step_up_submit(request: web.Request) -> web.Response:
-    session = await get_session(request)
-    logins = logins_of(request.config_dict)
-    form = await posted_form(request, session)
+    session, logins, form = await form_post(request)
     login = current_login(session)
     if login is None:
         return see_other("/login")
@@ -429,14 +425,7 @@ async def step_up_submit(request: web.Request) -> web.Response:
         )
         if exc.error != "invalid_totp":
             await end(request)
-        return render(
-            request,
-            session,
-            "totp.html",
-            {**context, "error": exc.reason},
-            status=exc.status,
-            headers=refusal_headers(exc),
-        )
+        return refused(request, session, "totp.html", exc, context)
     try:
         await logins.record(
             "mfa.step_up",
@@ -466,9 +455,7 @@ async def logout_page(request: web.Request) -> web.Response:
 
 
 async def logout_submit(request: web.Request) -> web.Response:
-    session = await get_session(request)
-    logins = logins_of(request.config_dict)
-    await posted_form(request, session)
+    session, logins, _ = await form_post(request)
     login = current_login(session)
     await end(request)
     if login is not None:

@@ -22,38 +22,22 @@ from gateway.access.errors import AccessError
 from gateway.access.model import AccessRequest
 from gateway.access.service import access_service
 from gateway.access.text import ID_PATTERN
-from gateway.api.common import ApiError, mfa_fresh
+from gateway.api.common import ApiError
+from gateway.api.requests import may_see
 from gateway.appkeys import CLOCK
 from gateway.console.forms import field
-from gateway.console.pages import posted_form, render, see_other
+from gateway.console.pages import posted_form, render, see_other, signed_in
 from gateway.denials import Denial
 from gateway.identity import Principal, PrincipalKind
-from gateway.sessions.console import current_login, end, get_session
-from gateway.sessions.logins import logins_of
+from gateway.sessions.console import get_session
 
 ACTIONS = ("approve", "deny", "cancel", "revoke")
 
 
-async def _principal(request: web.Request, back: str) -> Principal | web.Response:
-    session = await get_session(request)
-    login = current_login(session)
-    if login is None:
-        return see_other(f"/login?next={back}")
-    if not mfa_fresh(request, login.mfa_at):
-        return see_other(f"/step-up?next={back}")
-    account = await logins_of(request.config_dict).accounts.store.get(login.principal_key)
-    if account is None or account.disabled:
-        await end(request)
-        return see_other("/login")
-    return account.principal
-
-
 def _visible(principal: Principal, found: AccessRequest | None) -> AccessRequest:
-    if found is not None:
-        if principal.kind is PrincipalKind.STAFF and found.requester.key == principal.key:
-            return found
-        if principal.kind is PrincipalKind.MEMBER and principal.org == found.org:
-            return found
+    if found is not None and may_see(principal, found):
+        return found
+    # SECURITY: another org's (or another requester's) request does not exist: 404.
     raise ApiError(Denial(404, "not_found", "no such request"))
 
 
@@ -65,7 +49,7 @@ def _request_id(request: web.Request) -> str:
 
 
 async def list_page(request: web.Request) -> web.Response:
-    who = await _principal(request, "/requests")
+    who = await signed_in(request, "/requests")
     if isinstance(who, web.Response):
         return who
     store = access_service(request.config_dict).store
@@ -98,7 +82,7 @@ async def _detail(
 
 async def detail_page(request: web.Request) -> web.Response:
     rid = _request_id(request)
-    who = await _principal(request, f"/requests/{rid}")
+    who = await signed_in(request, f"/requests/{rid}")
     if isinstance(who, web.Response):
         return who
     return await _detail(request, who, rid, error=None)
@@ -109,7 +93,7 @@ async def act(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ACTIONS:
         raise ApiError(Denial(404, "not_found", "no such action"))
-    who = await _principal(request, f"/requests/{rid}")
+    who = await signed_in(request, f"/requests/{rid}")
     if isinstance(who, web.Response):
         return who
     session = await get_session(request)
@@ -119,13 +103,15 @@ async def act(request: web.Request) -> web.Response:
     comment = field(form, "comment", max_length=2000)
     try:
         if action == "approve":
-            duration = form.get("duration_s", "").strip()
-            scope = form.get("scope", "").strip()
+            duration = field(form, "duration_s", max_length=12).strip()
+            scope = field(form, "scope", max_length=16).strip()
+            # ASCII digits only: str.isdigit() also admits '²' and other scripts' digits.
+            whole = duration.isascii() and duration.isdigit()
             await store.approve(
                 rid,
                 who,
                 comment=comment,
-                duration_s=int(duration) if duration.isdigit() else (duration or None),
+                duration_s=int(duration) if whole else (duration or None),
                 scope=scope or None,
             )
         elif action == "deny":

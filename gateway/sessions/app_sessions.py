@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from gateway import keys
 from gateway.clock import Clock
 from gateway.config import Sessions
-from gateway.sessions.records import live_record, valid_token
+from gateway.sessions.records import json_object, live_record, valid_token
 
 # KEYS: console session, app session, app-session set. ARGV: record, ttl, app id.
 # Created only while the console session exists: a hand-off never outlives a logout.
@@ -76,36 +76,27 @@ class AppSessions:
         if token is None or not valid_token(token):
             return None
         ident = app_session_id(token)
-        raw = await self._redis.get(keys.app_session(ident))
-        if raw is None:
-            return None
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(record, dict) or record.get("host") != host.lower():
+        record = json_object(await self._redis.get(keys.app_session(ident)))
+        if record is None or record.get("host") != host.lower():
             # SECURITY: an app cookie is good only on the routed host it was issued for.
             return None
-        sid = record.get("sid")
-        if not isinstance(sid, str):
+        sid, principal = record.get("sid"), record.get("principal")
+        if not isinstance(sid, str) or not isinstance(principal, str):
             return None
         console = await live_record(self._redis, sid, self._clock, self._limits)
-        if console is None or console.get("principal") != record.get("principal"):
+        # SECURITY: alive by the Clock, and still the same person's login.
+        if console is None or console.get("principal") != principal:
             return None
         mfa_at = console.get("mfa_at")
         if not isinstance(mfa_at, int | float):
             return None
-        return AppLogin(str(record["principal"]), sid, float(mfa_at), ident)
+        return AppLogin(principal, sid, float(mfa_at), ident)
 
     async def end(self, token: str | None) -> None:
         if token is None or not valid_token(token):
             return
         ident = app_session_id(token)
-        raw = await self._redis.getdel(keys.app_session(ident))
-        if raw is not None:
-            try:
-                sid = json.loads(raw).get("sid")
-            except (ValueError, AttributeError):
-                return
-            if isinstance(sid, str):
-                await self._redis.srem(keys.app_sessions_of(sid), ident)
+        record = json_object(await self._redis.getdel(keys.app_session(ident)))
+        sid = record.get("sid") if record is not None else None
+        if isinstance(sid, str):
+            await self._redis.srem(keys.app_sessions_of(sid), ident)

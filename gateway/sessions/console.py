@@ -48,7 +48,6 @@ class ConsoleLogin:
     principal_key: str
     session_id: str  # the sid (hash of the cookie token)
     mfa_at: float
-    csrf: str
 
 
 class ClockedRedisStorage(AbstractStorage):
@@ -127,7 +126,12 @@ class ClockedRedisStorage(AbstractStorage):
             return
         principal = record.get("principal")
         if isinstance(principal, str):
-            await redis.sadd(keys.principal_sessions(principal), sid_of(token))
+            # Garbage collection only: the set outlives each of its sessions (their lifetime
+            # is capped), so ending them all on disable still finds every one.
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(keys.principal_sessions(principal), sid_of(token))
+                pipe.expire(keys.principal_sessions(principal), ttl)
+                await pipe.execute()
         self.save_cookie(response, token, max_age=limits.absolute_lifetime_s)
 
 
@@ -192,9 +196,7 @@ def current_login(session: Session) -> ConsoleLogin | None:
         return None
     if not isinstance(mfa_at, int | float):
         return None
-    return ConsoleLogin(
-        principal, sid_of(str(session.identity)), float(mfa_at), csrf_token(session)
-    )
+    return ConsoleLogin(principal, sid_of(str(session.identity)), float(mfa_at))
 
 
 async def rotate(request: web.Request, principal_key: str, now: float) -> Session:

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.clock import Clock
+from gateway.sessions.records import json_object
 
 RETURN_TTL_S = 3600  # time to log in (and enrol) between leaving a routed host and coming back
 MAX_RETURN = 4096
@@ -142,19 +143,15 @@ class HandoffCodes:
         digest = hashlib.sha256(code.encode("utf-8", "replace")).hexdigest()
         # SECURITY: GETDEL makes the code single-use even across gateway instances; a
         # code presented on the wrong host is spent too (it may have leaked).
-        raw = await self._redis.getdel(keys.handoff_code(digest))
-        if raw is None:
-            return None
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(record, dict) or not isinstance(record.get("expires_at"), int | float):
+        record = json_object(await self._redis.getdel(keys.handoff_code(digest)))
+        if record is None or not isinstance(record.get("expires_at"), int | float):
             return None
         if self._clock.now() >= record["expires_at"]:
             return None
-        if not hmac.compare_digest(str(record.get("host", "")), host.lower()):
+        fields = [record.get(name) for name in ("sid", "principal", "host", "target")]
+        if not all(isinstance(value, str) for value in fields):
+            return None  # SECURITY: a damaged record is no code (fail closed, no 500)
+        sid, principal, issued_for, target = (str(value) for value in fields)
+        if not hmac.compare_digest(issued_for, host.lower()):
             return None
-        return HandoffGrant(
-            str(record["sid"]), str(record["principal"]), str(record["host"]), str(record["target"])
-        )
+        return HandoffGrant(sid, principal, issued_for, target)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiohttp_session import Session
 
 from audit.record import Person, event_record
-from gateway.accounts import Accounts, open_accounts
+from gateway.accounts import Account, Accounts, LoginRefused, open_accounts
 from gateway.accounts.keyfile import secret_key
 from gateway.appkeys import AUDIT, CLOCK, CONFIG, POLICIES, REDIS, AuditSink
 from gateway.clock import Clock
@@ -29,6 +30,7 @@ from gateway.identity import Principal
 from gateway.sessions.app_sessions import AppLogin, AppSessions
 from gateway.sessions.console import ConsoleLogin
 from gateway.sessions.handoff import HANDOFF_KEY_ENV, HandoffCodes, ReturnAddresses
+from gateway.sessions.records import sid_of
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,56 @@ class Logins:
                 details=details,
             )
         )
+
+    async def password(
+        self,
+        email: str,
+        password: str,
+        client_ip: str,
+        *,
+        action: str = "login.password",
+        user_agent: str | None = None,
+    ) -> Account:
+        """The password step of a login or enrolment; a refusal is recorded, then raised."""
+        try:
+            return await self.accounts.login.password(email, password, client_ip)
+        except LoginRefused as exc:
+            await self.record_failure(
+                action,
+                client_ip=client_ip,
+                user_agent=user_agent,
+                reason=exc.error,
+                details={"email": email.lower()},
+            )
+            raise
+
+    async def record_login(
+        self,
+        session: Session,
+        principal: Principal,
+        *,
+        via: str,
+        client_ip: str,
+        user_agent: str | None,
+    ) -> bool:
+        """Audit a completed login. False when the audit refuses: the new session is then
+        invalidated, since there is no login without its record (fail closed)."""
+        try:
+            await self.record(
+                "login",
+                outcome="success",
+                principal=principal,
+                client_ip=client_ip,
+                user_agent=user_agent,
+                session_id=sid_of(str(session.identity)) if session.identity else None,
+                details={"via": via},
+            )
+        except Exception:
+            log.exception("login of %s could not be recorded", principal.key)
+            # SECURITY: no login without its audit record.
+            session.invalidate()
+            return False
+        return True
 
     async def record_failure(self, action: str, **fields: Any) -> None:
         """Record a refusal; the refusal stands even if the audit cannot take it."""

@@ -37,6 +37,17 @@ def valid_token(token: object) -> TypeGuard[str]:
     return isinstance(token, str) and TOKEN_PATTERN.fullmatch(token) is not None
 
 
+def json_object(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A stored JSON object, or None when absent or not one (a damaged record counts as none)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def alive(record: dict[str, Any], now: float, limits: Sessions) -> bool:
     created = record.get("created_at")
     seen = record.get("last_seen")
@@ -52,13 +63,10 @@ async def live_record(
     raw = await redis.get(keys.console_session(sid))
     if raw is None:
         return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = None
+    record = json_object(raw)
     now = clock.now()
-    if not isinstance(record, dict) or not alive(record, now, limits):
-        principal = record.get("principal") if isinstance(record, dict) else None
+    if record is None or not alive(record, now, limits):
+        principal = record.get("principal") if record is not None else None
         await end_console_session(redis, sid, principal if isinstance(principal, str) else "-")
         return None
     if now - record["last_seen"] >= TOUCH_EVERY_S:

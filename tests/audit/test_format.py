@@ -16,6 +16,7 @@ from audit.frame import (
     FORMAT_VERSION,
     GENESIS_PREV,
     Frame,
+    FrameSealer,
     decode_frame,
     encode_body,
     frame_hash_input,
@@ -298,3 +299,15 @@ def test_segment_with_a_hostile_record_length(tmp_path: Path) -> None:
     assert [(i.data, i.error) for i in items] == [(None, "bad record length 4294967295")]
     path.write_bytes(MAGIC + (0).to_bytes(4, "big"))
     assert next(read_segment(path)).error == "bad record length 0"
+
+
+@pytest.mark.parametrize("seq", [0, 1, 255, 1 << 40])
+def test_the_writers_sealer_makes_the_frames_frame_seal_makes(seq: int) -> None:
+    body = encode_body({"record": "http.attempt", "n": seq})
+    prev = bytes(range(32))
+    stream = "20261129T044000Z-5f0c9a1e27b4d3c8"
+    h, data = FrameSealer(stream).seal(seq, prev, body)
+    frame = Frame.seal(stream, seq, prev, body)
+    assert h == frame.h
+    assert data == frame.encode()
+    assert decode_frame(data).hash_ok()

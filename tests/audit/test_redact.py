@@ -201,3 +201,125 @@ def test_hostile_json_bodies_never_leak_the_secret(doc: Any, secret: str) -> Non
     assert json.dumps(content).count(secret) <= json.dumps(doc).count(secret)
     assert find_plaintext_secrets(clean) == []
     msgpack.packb(clean)
+
+
+def _both(redactor: Redactor, record: Any) -> tuple[Any, Any]:
+    """The stored body by the writer's path and by the full walk, decoded."""
+    fast = msgpack.unpackb(redactor.scrub_encoded(record, encode_body))
+    full = msgpack.unpackb(encode_body(redactor.scrub(record)))
+    return fast, full
+
+
+def test_the_writers_path_redacts_what_the_walk_redacts() -> None:
+    redactor = Redactor(b"r" * 32, "r1", headers={"x-tenant-secret"})
+    fast, full = _both(redactor, leaky_record())
+    assert find_plaintext_secrets(fast, redactor.denylist) == []
+    for secret in [*SECRETS, "tenant-xyz-1"]:
+        assert secret not in json.dumps(fast), secret
+    assert fast["http"] == full["http"]
+    assert fast["url"] == full["url"]
+    assert fast["user_agent"] == full["user_agent"]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "method",
+        "path",
+        "query",
+        "path_and_query",
+        "user_agent",
+        "header_name",
+        "header_value",
+        "mime",
+        "text_body",
+    ],
+)
+def test_tokens_in_any_client_supplied_field_of_an_http_record_are_redacted(where: str) -> None:
+    fields: dict[str, Any] = {
+        "method": "GET",
+        "path": "/",
+        "query": "",
+        "user_agent": None,
+        "request_headers": [("Accept", "*/*")],
+        "request_body": None,
+    }
+    if where == "method":
+        fields["method"] = JWT
+    elif where == "path":
+        fields["path"] = f"/reset/{JWT}"
+    elif where == "query":
+        fields["query"] = f"next={JWT}"
+    elif where == "path_and_query":
+        fields["path"] = f"/reset/{JWT}"
+        fields["query"] = "auth=Bearer%20x&t=token abcdefgh12345"
+    elif where == "user_agent":
+        fields["user_agent"] = "client Bearer abcdefgh12345"
+    elif where == "header_name":
+        fields["request_headers"] = [(JWT, "x")]
+    elif where == "header_value":
+        fields["request_headers"] = [("X-Gateway-Assertion", JWT)]
+    elif where == "mime":
+        fields["request_body"] = BodyCapture(b"hi", f"text/plain; x={JWT}", 2)
+    else:
+        fields["request_body"] = BodyCapture(f"see {JWT} here".encode(), "text/plain", 30)
+    record = http_record("outcome", at=1.0, request_id="r", host="h", status=200, **fields)
+    original = json.dumps(record, sort_keys=True)
+    redactor = Redactor(b"r" * 32)
+    fast, full = _both(redactor, record)
+    assert JWT not in json.dumps(fast)
+    assert "abcdefgh12345" not in json.dumps(fast)
+    assert find_plaintext_secrets(fast) == []
+    assert fast["gateway"]["redactions"], "each redaction is listed"
+    assert json.dumps(record, sort_keys=True) == original  # the input is left alone
+    assert fast["url"] == full["url"]
+
+
+def test_a_plain_dict_shaped_like_an_http_record_gets_the_full_walk() -> None:
+    record = dict(http_record("attempt", at=1.0, request_id="r", method="GET", host="h", path="/"))
+    record["user"] = {"id": "sam", "api-key": "sk_live_abcdef", "note": f"Bearer {SECRETS[1]}"}
+    redactor = Redactor(b"r" * 32)
+    fast, full = _both(redactor, record)
+    assert fast == full
+    assert "sk_live_abcdef" not in json.dumps(fast)
+    assert SECRETS[1] not in json.dumps(fast)
+    assert find_plaintext_secrets(fast) == []
+
+
+def test_an_http_record_with_foreign_keys_gets_the_full_walk() -> None:
+    record = http_record("attempt", at=1.0, request_id="r", method="GET", host="h", path="/")
+    record["extra"] = {"password": "hunter2-pw"}
+    fast, full = _both(Redactor(b"r" * 32), record)
+    assert fast == full
+    assert "hunter2-pw" not in json.dumps(fast)
+
+
+def test_event_records_take_the_walk_only_when_it_changes_something() -> None:
+    redactor = Redactor(b"r" * 32)
+    plain = event_record("gateway.start", at=1.0, category="gateway", details={"n": 1})
+    secret = event_record("login.failed", at=1.0, category="account", details={"otp": "123456"})
+    for record in (plain, secret):
+        fast, full = _both(redactor, record)
+        assert fast == full
+    assert "123456" not in json.dumps(_both(redactor, secret)[0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(doc=json_values, text=st.text(max_size=40))
+def test_the_writers_path_equals_the_walk_on_hostile_bodies(doc: Any, text: str) -> None:
+    record = http_record(
+        "outcome",
+        at=1.0,
+        request_id="r",
+        method="POST",
+        host="h",
+        path="/" + text.replace("\x00", ""),
+        status=200,
+        request_headers=[("X-Note", text)],
+        request_body=BodyCapture(json.dumps(doc).encode(), "application/json", 10),
+        response_body=BodyCapture(text.encode("utf-8", "replace"), "text/plain", 10),
+    )
+    redactor = Redactor(b"r" * 32)
+    fast, full = _both(redactor, record)
+    assert fast == full
+    assert find_plaintext_secrets(fast) == []

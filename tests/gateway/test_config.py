@@ -294,11 +294,19 @@ def run_check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 def test_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "routes:\n  - {name: r, hosts: [a.example], upstream: 'http://127.0.0.1:9', org: o,"
+        " default: deny, rules: []}\n"
+    )
     good = tmp_path / "good.yaml"
-    good.write_text(MINIMAL)
+    good.write_text(MINIMAL + f"policy_files: [{routes}]\n")
     code, out, err = run_check(good, capsys)
     assert code == 0
-    assert out == f"{good}: ok (console https://gateway.example:8443, 1 listener(s))\n"
+    assert out == (
+        f"{good}: ok (console https://gateway.example:8443, 1 listener(s), "
+        "1 route(s) from 1 policy file(s))\n"
+    )
     assert err == ""
     bad = tmp_path / "bad.yaml"
     bad.write_text(MINIMAL + "colour: x\naccess_log: 3\n")

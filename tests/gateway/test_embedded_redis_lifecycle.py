@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.gateway.processes import alive, wait_gone
 
 OWNER = """
 import signal, sys, time
@@ -30,23 +31,6 @@ while True:
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "zombie" not in status.lower()
-
-
-def _wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_no_orphan_redis_after_owner_ends(tmp_path: Path, how: signal.Signals) -> None:
     with subprocess.Popen(
@@ -57,12 +41,10 @@ def test_no_orphan_redis_after_owner_ends(tmp_path: Path, how: signal.Signals) -
         try:
             assert owner.stdout is not None
             redis_pid = int(owner.stdout.readline())
-            assert _alive(redis_pid)
+            assert alive(redis_pid)
             os.kill(owner.pid, how)
             owner.wait(10)
-            assert _wait_gone(redis_pid), (
-                f"redis-server {redis_pid} outlived its owner ({how.name})"
-            )
+            assert wait_gone(redis_pid), f"redis-server {redis_pid} outlived its owner ({how.name})"
         finally:
             if owner.poll() is None:
                 owner.kill()

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.config import TlsFiles
 from gateway.tls import ensure_demo_tls
+from tests.gateway.processes import wait_gone
 
 GATEWAY = str(Path(sys.executable).parent / "gateway")  # the installed console script
 POLICY = """routes:
@@ -131,25 +132,8 @@ def _processes() -> Iterator[tuple[int, int, str]]:
         yield int(entry.name), ppid, cmdline
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _redis_children(pid: int) -> list[int]:
     return [child for child, parent, cmd in _processes() if parent == pid and "redis-server" in cmd]
-
-
-def _wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_gateway_run_serves_and_stops_on_sigterm_without_orphans(running: Running) -> None:
@@ -172,7 +156,7 @@ def test_gateway_run_serves_and_stops_on_sigterm_without_orphans(running: Runnin
     (redis_child,) = _redis_children(running.process.pid)
     running.process.send_signal(signal.SIGTERM)
     assert running.process.wait(20) == 0
-    assert _wait_gone(redis_child)
+    assert wait_gone(redis_child)
     assert running.process.stdout is not None
     assert "stopped" in running.process.stdout.read()
 
@@ -181,7 +165,7 @@ def test_sigint_stops_it_too(running: Running) -> None:
     (redis_child,) = _redis_children(running.process.pid)
     running.process.send_signal(signal.SIGINT)
     assert running.process.wait(20) == 0
-    assert _wait_gone(redis_child)
+    assert wait_gone(redis_child)
 
 
 @pytest.mark.parametrize("problem", ["bad-config", "missing-cert", "open-key"])

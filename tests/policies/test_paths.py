@@ -218,11 +218,7 @@ CASE_VARIANTS = ["/ADMIN", "/Admin/users", "/aDmIn;x", "/FILES/a/SECRET.KEY", "/
 
 def _denied_or_refused(route: Route, raw: str) -> bool:
     try:
-        path = normalise(
-            raw,
-            allow_encoded_slashes=route.allow_encoded_slashes,
-            case_insensitive=route.case_insensitive,
-        )
+        path = route.normalise(raw)
     except PathRejected:
         return True
     return not decide(route, "GET", path, Scope.WRITE).allowed

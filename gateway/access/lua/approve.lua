@@ -46,7 +46,10 @@ redis.call('HSET', k.request, 'duration_s', duration, 'scope', scope)
 r.duration_s = duration
 r.scope = scope
 remember(k.history, now, 'approval', ARGV[4], ARGV[6], ARGV[7], ARGV[8])
-emit(k.outbox, k.channel, 'approval', r, now, ARGV[4], ARGV[6])
+-- The count and the number required travel with the event: a partial approval is mailed
+-- to the approvers as "1 of 2 approvals given".
+emit(k.outbox, k.channel, 'approval', r, now, ARGV[4], ARGV[6],
+  {'approvals', tostring(count), 'required', r.approvals_required})
 if not final then
   return done({state = 'pending', approvals = count})
 end

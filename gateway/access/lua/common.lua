@@ -28,10 +28,13 @@ local function remember(history_key, now, action, actor, comment, duration_s, sc
 end
 
 -- One event: appended to the outbox stream (notices, audit) and published (cache drops).
-local function emit(outbox, channel, event, r, now, actor, comment)
-  redis.call('XADD', outbox, '*',
+-- `extra` (optional) is a flat list of further field/value pairs for the outbox entry.
+local function emit(outbox, channel, event, r, now, actor, comment, extra)
+  local entry = {outbox, '*',
     'event', event, 'id', r.id, 'org', r.org, 'member', r.member,
-    'requester', r.requester_key, 'actor', actor, 'at', now, 'comment', comment or '')
+    'requester', r.requester_key, 'actor', actor, 'at', now, 'comment', comment or ''}
+  for _, value in ipairs(extra or {}) do entry[#entry + 1] = value end
+  redis.call('XADD', unpack(entry))
   redis.call('PUBLISH', channel, cjson.encode({
     event = event, id = r.id, org = r.org, actor_key = r.requester_key, at = tonumber(now)}))
 end

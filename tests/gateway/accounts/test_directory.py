@@ -24,19 +24,46 @@ orgs:
 """
 
 
+async def write_count(redis: aioredis.Redis) -> int:
+    """Redis's own count of changes to the data set (every HSET/SET/DEL/... adds to it)."""
+    info = await redis.info("persistence")
+    return int(info["rdb_changes_since_last_save"])
+
+
+async def contents(redis: aioredis.Redis) -> dict[bytes, object]:
+    """Every key's value, compared by content (a hash's field order is Redis's business)."""
+    found: dict[bytes, object] = {}
+    for name in await redis.keys("*"):
+        key = name if isinstance(name, bytes) else name.encode()
+        kind = await redis.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "hash":
+            found[key] = await redis.hgetall(key)
+        elif kind == "set":
+            found[key] = await redis.smembers(key)
+        elif kind == "string":
+            found[key] = await redis.get(key)
+        else:
+            found[key] = (kind, await redis.dump(key))
+        found[key + b" ttl"] = await redis.ttl(key) > 0
+    return found
+
+
 async def test_import_then_again_changes_nothing(accounts: Accounts, redis: aioredis.Redis) -> None:
     directory = parse_directory(GOOD, "dir.yaml")
     first = await import_directory(directory, accounts.store, accounts.enrolment)
     assert sorted(first.created) == ["member:acme:alice", "member:acme:bob", "staff:sam"]
     assert list(first.enrolment_tokens) == ["member:acme:bob"]
-    snapshot = {k: await redis.dump(k) for k in await redis.keys("*")}
+    snapshot = await contents(redis)
+    writes_before = await write_count(redis)
     second = await import_directory(directory, accounts.store, accounts.enrolment)
     assert second.created == []
     assert second.updated == []
     assert sorted(second.unchanged) == ["member:acme:alice", "member:acme:bob", "staff:sam"]
     assert second.enrolment_tokens == {}
-    after = {k: await redis.dump(k) for k in await redis.keys("*")}
-    assert after == snapshot
+    # Not one write command reached Redis (Redis counts every change, even to equal values).
+    assert await write_count(redis) == writes_before
+    assert await contents(redis) == snapshot
     alice = await accounts.store.require("member:acme:alice")
     assert accounts.store.totp_secret(alice) == "JBSWY3DPEHPK3PXQ"
     assert alice.principal.name == "alice"
@@ -127,3 +154,84 @@ def test_demo_directory_is_valid(project_root: Path) -> None:
     keys = {a.key for a in directory.accounts}
     assert keys == {"staff:sam", "member:acme:alice", "member:acme:bob"}
     assert "DEMO MATERIAL" in text
+
+
+async def test_changed_settings_write_only_the_org(
+    accounts: Accounts, redis: aioredis.Redis
+) -> None:
+    await import_directory(parse_directory(GOOD, "d"), accounts.store, accounts.enrolment)
+    accounts_before = {
+        k: v for k, v in (await contents(redis)).items() if not k.startswith(b"gw:org:acme")
+    }
+    changed = GOOD.replace("approvals_required: 1", "approvals_required: 2")
+    report = await import_directory(
+        parse_directory(changed, "d"), accounts.store, accounts.enrolment
+    )
+    assert sorted(report.unchanged) == ["member:acme:alice", "member:acme:bob", "staff:sam"]
+    org = await accounts.store.org("acme")
+    assert org is not None
+    assert org.settings == {"max_duration_s": 14400, "approvals_required": 2}
+    after = {k: v for k, v in (await contents(redis)).items() if not k.startswith(b"gw:org:acme")}
+    assert after == accounts_before
+
+
+SETTINGS_FILE = """orgs:
+  - id: acme
+    name: Acme Corp
+    settings:
+      max_duration_s: 5
+      approvals_required: 2
+      ticket_pattern: "(unclosed"
+      colour: blue
+    members:
+      - {id: bob, email: bob@acme.example, role: member}
+"""
+
+
+async def test_bad_org_settings_reported_with_lines_and_nothing_imported(
+    accounts: Accounts, redis: aioredis.Redis
+) -> None:
+    with pytest.raises(DirectoryError) as caught:
+        parse_directory(SETTINGS_FILE, "dir.yaml")
+    problems = {(p.line, p.key) for p in caught.value.problems}
+    assert problems == {
+        (5, "orgs[0].settings.max_duration_s"),
+        (7, "orgs[0].settings.ticket_pattern"),
+        (8, "orgs[0].settings.colour"),
+    }
+    shown = str(caught.value)
+    assert "dir.yaml:5: orgs[0].settings.max_duration_s: 5 is not an integer from 60" in shown
+    assert "dir.yaml:8: orgs[0].settings.colour: no such setting" in shown
+    assert "is not a regular expression" in shown
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "{approvals_required: 0}",
+        "{approvals_required: true}",
+        "{admins_impersonable: 'yes'}",
+        "{pending_lapse_s: 99999999999}",
+        "{ticket_pattern: 7}",
+        "{justification_min_length: -1}",
+    ],
+)
+def test_each_bad_setting_is_refused(settings: str) -> None:
+    text = f"orgs: [{{id: acme, name: Acme, settings: {settings}}}]\n"
+    with pytest.raises(DirectoryError) as caught:
+        parse_directory(text, "d.yaml")
+    assert all(p.key.startswith("orgs[0].settings.") for p in caught.value.problems)
+
+
+def test_good_settings_are_kept_as_written() -> None:
+    text = (
+        "orgs: [{id: acme, name: Acme, settings: {max_duration_s: 3600, "
+        "ticket_pattern: '^[A-Z]+-[0-9]+', admins_impersonable: true}}]\n"
+    )
+    (org,) = parse_directory(text, "d.yaml").orgs
+    assert org.settings == {
+        "max_duration_s": 3600,
+        "ticket_pattern": "^[A-Z]+-[0-9]+",
+        "admins_impersonable": True,
+    }

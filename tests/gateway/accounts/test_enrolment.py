@@ -8,6 +8,8 @@ from gateway.accounts import AccountNotFound, Accounts
 from gateway.accounts.totp import code_at
 from gateway.clock import ManualClock
 
+BOB = "member:acme:bob"
+
 
 @pytest.fixture
 async def bob(accounts: Accounts) -> str:
@@ -17,13 +19,19 @@ async def bob(accounts: Accounts) -> str:
     return await accounts.enrolment.issue(account.key)
 
 
-async def test_enrol_with_token_and_one_code(
-    accounts: Accounts, bob: str, clock: ManualClock
-) -> None:
-    key = "member:acme:bob"
-    started = await accounts.enrolment.begin(bob, key)
+@pytest.fixture
+async def enrolling(accounts: Accounts, bob: str) -> tuple[str, str]:
+    """Bob's enrolment under way: (token hash, the new secret shown as a QR code)."""
+    started = await accounts.enrolment.begin(bob, BOB)
     assert started is not None
-    digest, secret = started
+    return started
+
+
+async def test_enrol_with_token_and_one_code(
+    accounts: Accounts, bob: str, enrolling: tuple[str, str], clock: ManualClock
+) -> None:
+    key = BOB
+    digest, secret = enrolling
     assert not (await accounts.store.require(key)).enrolled
     assert await accounts.enrolment.complete(digest, key, code_at(secret, clock.now()))
     account = await accounts.store.require(key)
@@ -38,12 +46,10 @@ async def test_enrol_with_token_and_one_code(
 
 
 async def test_wrong_code_keeps_secret_inactive(
-    accounts: Accounts, bob: str, clock: ManualClock
+    accounts: Accounts, enrolling: tuple[str, str], clock: ManualClock
 ) -> None:
-    key = "member:acme:bob"
-    started = await accounts.enrolment.begin(bob, key)
-    assert started is not None
-    digest, secret = started
+    key = BOB
+    digest, secret = enrolling
     other = "000000" if code_at(secret, clock.now()) != "000000" else "111111"
     assert not await accounts.enrolment.complete(digest, key, other)
     assert not (await accounts.store.require(key)).enrolled
@@ -52,23 +58,23 @@ async def test_wrong_code_keeps_secret_inactive(
 async def test_token_of_another_account_refused(accounts: Accounts, bob: str) -> None:
     await accounts.store.put_member("acme", "carol", "carol@acme.example", "Carol", "member")
     assert await accounts.enrolment.begin(bob, "member:acme:carol") is None
-    assert await accounts.enrolment.begin("forged-token", "member:acme:bob") is None
-    assert await accounts.enrolment.begin("x" * 10_000, "member:acme:bob") is None
+    assert await accounts.enrolment.begin("forged-token", BOB) is None
+    assert await accounts.enrolment.begin("x" * 10_000, BOB) is None
 
 
 async def test_token_expires_after_24h(accounts: Accounts, bob: str, clock: ManualClock) -> None:
     clock.advance(24 * 3600 + 1)
-    assert await accounts.enrolment.begin(bob, "member:acme:bob") is None
+    assert await accounts.enrolment.begin(bob, BOB) is None
 
 
 async def test_reissue_kills_old_token(accounts: Accounts, bob: str) -> None:
-    newer = await accounts.enrolment.issue("member:acme:bob")
-    assert await accounts.enrolment.begin(bob, "member:acme:bob") is None
-    assert await accounts.enrolment.begin(newer, "member:acme:bob") is not None
+    newer = await accounts.enrolment.issue(BOB)
+    assert await accounts.enrolment.begin(bob, BOB) is None
+    assert await accounts.enrolment.begin(newer, BOB) is not None
 
 
 async def test_only_latest_qr_completes(accounts: Accounts, bob: str, clock: ManualClock) -> None:
-    key = "member:acme:bob"
+    key = BOB
     first = await accounts.enrolment.begin(bob, key)
     second = await accounts.enrolment.begin(bob, key)
     assert first is not None
@@ -79,12 +85,10 @@ async def test_only_latest_qr_completes(accounts: Accounts, bob: str, clock: Man
 
 
 async def test_concurrent_completions_spend_token_once(
-    accounts: Accounts, bob: str, clock: ManualClock
+    accounts: Accounts, enrolling: tuple[str, str], clock: ManualClock
 ) -> None:
-    key = "member:acme:bob"
-    started = await accounts.enrolment.begin(bob, key)
-    assert started is not None
-    digest, secret = started
+    key = BOB
+    digest, secret = enrolling
     code = code_at(secret, clock.now())
     results = await asyncio.gather(
         *(accounts.enrolment.complete(digest, key, code) for _ in range(8))

@@ -22,7 +22,6 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
@@ -32,6 +31,7 @@ from gateway.accounts.totp import code_at
 from gateway.app import create_app, runner_kwargs
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, TlsFiles, parse_config
+from gateway.demo.acme import LoopbackResolver  # *.localhost -> 127.0.0.1, nothing else
 from gateway.keys import audit_stream
 from gateway.runner import GatewayRunner
 from gateway.tls import ensure_demo_tls, server_context
@@ -42,27 +42,6 @@ BETA = "beta.localhost"
 ALICE_SECRET = "JBSWY3DPEHPK3PXPALICETESTSECRET2"
 SAM_SECRET = "JBSWY3DPEHPK3PXPSAMTESTSECRET234"
 PASSWORD = "a-long-test-password"
-
-
-class LoopbackResolver(AbstractResolver):
-    """Every name is 127.0.0.1: the gateway is reached by name, on loopback only."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            {
-                "hostname": host,
-                "host": "127.0.0.1",
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass
@@ -132,6 +111,12 @@ class Browser:
 
     async def close(self) -> None:
         await self.session.close()
+
+    async def __aenter__(self) -> Browser:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def get(self, url: str, **kwargs: Any) -> Page:
         async with self.session.get(url, allow_redirects=False, **kwargs) as response:

@@ -145,16 +145,13 @@ async def test_disabled_account_session_ends_at_next_call(site: Site, browser: B
 
 async def test_me_needs_fresh_mfa(site_factory: SiteFactory) -> None:
     site = await site_factory("mfa_max_age_s: 60")
-    browser = site.browser()
-    try:
+    async with site.browser() as browser:
         assert (await api_login(site, browser))[0] == 200
         site.clock.advance(61)
         status, body, headers = await call(browser, "GET", site.console(f"{API}/me"))
         assert status == 401
         assert body["error"] == "mfa_required"
         assert "WWW-Authenticate" in headers
-    finally:
-        await browser.close()
 
 
 async def test_login_fails_closed_when_audit_refuses(site: Site, browser: Browser) -> None:

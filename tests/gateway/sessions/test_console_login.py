@@ -103,6 +103,10 @@ async def test_cookie_attributes_and_rotation_at_login(site: Site, browser: Brow
     assert not await site.redis.exists(keys.console_session(sid_of(before)))
     assert await site.redis.sismember(keys.principal_sessions("member:acme:alice"), sid_of(after))
     assert await site.redis.ttl(keys.console_session(sid_of(after))) > idle + 60
+    # The index is garbage-collected too, never before the sessions it lists.
+    lifetime = site.config.sessions.absolute_lifetime_s
+    index_ttl = await site.redis.ttl(keys.principal_sessions("member:acme:alice"))
+    assert lifetime < index_ttl <= lifetime + 60
 
 
 async def test_missing_or_wrong_csrf_refused(site: Site, browser: Browser) -> None:
@@ -122,15 +126,12 @@ async def test_missing_or_wrong_csrf_refused(site: Site, browser: Browser) -> No
     ["forged", "A" * 43, "../../etc", "x" * 5000],
 )
 async def test_forged_console_cookie_is_no_session(site: Site, cookie: str) -> None:
-    browser = site.browser()
-    try:
+    async with site.browser() as browser:
         page = await browser.get(
             site.console("/"), headers={"Cookie": f"{CONSOLE_COOKIE}={cookie}"}
         )
         assert page.status == 303
         assert page.location == "/login"
-    finally:
-        await browser.close()
 
 
 async def test_tampered_valid_looking_cookie_refused(site: Site, browser: Browser) -> None:
@@ -138,8 +139,7 @@ async def test_tampered_valid_looking_cookie_refused(site: Site, browser: Browse
     real = browser.cookie(CONSOLE_COOKIE, CONSOLE_HOST)
     assert real is not None
     tampered = real[:-1] + ("A" if real[-1] != "A" else "B")
-    other = site.browser()
-    try:
+    async with site.browser() as other:
         page = await other.get(
             site.console("/"), headers={"Cookie": f"{CONSOLE_COOKIE}={tampered}"}
         )
@@ -148,8 +148,6 @@ async def test_tampered_valid_looking_cookie_refused(site: Site, browser: Browse
         ok = await other.get(site.console("/"), headers={"Cookie": f"{CONSOLE_COOKIE}={real}"})
         assert ok.status == 200
         assert "Alice" in ok.text
-    finally:
-        await other.close()
 
 
 async def test_oversized_form_refused(site: Site, browser: Browser) -> None:
@@ -175,8 +173,7 @@ async def test_idle_timeout_and_absolute_lifetime(site_factory: SiteFactory) -> 
     site = await site_factory(
         "idle_timeout_s: 600, absolute_lifetime_s: 1800, mfa_max_age_s: 86400"
     )
-    browser = site.browser()
-    try:
+    async with site.browser() as browser:
         await browser.login("alice@acme.example", PASSWORD, ALICE_SECRET)
         assert (await browser.get(site.console("/"))).status == 200
         site.clock.advance(599)
@@ -193,5 +190,3 @@ async def test_idle_timeout_and_absolute_lifetime(site_factory: SiteFactory) -> 
             assert (await browser.get(site.console("/"))).status == 200
         site.clock.advance(100)  # never idle, but past the absolute lifetime
         assert (await browser.get(site.console("/"))).location == "/login"
-    finally:
-        await browser.close()

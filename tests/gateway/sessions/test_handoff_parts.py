@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from gateway import keys
 from gateway.clock import ManualClock
 from gateway.config import Sessions
-from gateway.sessions.app_sessions import AppSessions
+from gateway.sessions.app_sessions import AppSessions, app_session_id
 from gateway.sessions.handoff import HandoffCodes, ReturnAddresses, routed_url_parts
 from gateway.sessions.records import alive, live_record
 
@@ -96,6 +96,31 @@ async def test_concurrent_redemptions_one_wins(
             await client.aclose()
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"\xff not json",
+        b"[1, 2]",
+        {"principal": "staff:sam", "host": "acme.example", "target": "/"},
+        {"sid": 5, "principal": "staff:sam", "host": "acme.example", "target": "/"},
+        {"sid": "sid", "principal": None, "host": "acme.example", "target": "/"},
+        {"sid": "sid", "principal": "staff:sam", "host": "acme.example"},
+        {"sid": "sid", "principal": "staff:sam", "host": ["acme.example"], "target": "/"},
+    ],
+)
+async def test_damaged_code_record_is_no_code_and_is_spent(
+    redis: aioredis.Redis, clock: ManualClock, record: bytes | dict[str, object]
+) -> None:
+    codes = HandoffCodes(redis, clock, ttl_s=30)
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/x")
+    (key,) = await redis.keys(keys.handoff_code("*"))
+    if isinstance(record, dict):
+        record = json.dumps({**record, "expires_at": clock.now() + 30}).encode()
+    await redis.set(key, record)
+    assert await codes.redeem(code, "acme.example") is None
+    assert not await redis.exists(key)
+
+
 def _console_record(clock: ManualClock, **extra: object) -> str:
     now = clock.now()
     return json.dumps(
@@ -137,6 +162,20 @@ async def test_app_session_of_another_principal_refused(
     await redis.set(keys.console_session("sid"), _console_record(clock, principal="staff:kim"))
     sessions = AppSessions(redis, clock, LIMITS)
     assert await sessions.create("T" * 43, "sid", "staff:sam", "acme.example")
+    assert await sessions.lookup("T" * 43, "acme.example") is None
+
+
+async def test_app_session_without_a_principal_is_no_login(
+    redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    # A console session with no principal (a login form's session) and an app-session
+    # record naming none must not add up to a login of "nobody".
+    await redis.set(keys.console_session("sid"), _console_record(clock, principal=None))
+    await redis.set(
+        keys.app_session(app_session_id("T" * 43)),
+        json.dumps({"sid": "sid", "host": "acme.example"}),
+    )
+    sessions = AppSessions(redis, clock, LIMITS)
     assert await sessions.lookup("T" * 43, "acme.example") is None
 
 

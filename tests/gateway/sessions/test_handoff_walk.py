@@ -76,11 +76,35 @@ async def test_login_of_enrolled_user_and_api_client_sees_401(site: Site, browse
     assert final.status == 403
     assert '"error": "no_grant"' in final.text
     # Without a cookie an API client is told 401, not redirected.
-    anonymous = site.browser()
-    try:
+    async with site.browser() as anonymous:
         api = await anonymous.get(site.routed(ACME, "/x"), headers={"Accept": "application/json"})
         assert api.status == 401
         assert "WWW-Authenticate" in api.headers
         assert '"error": "login_required"' in api.text
-    finally:
-        await anonymous.close()
+
+
+async def test_account_disabled_during_enrolment_gets_no_login(
+    site: Site, browser: Browser
+) -> None:
+    bob = await site.accounts.store.put_member("acme", "bob", "bob@acme.example", "Bob", "member")
+    await site.accounts.store.set_password(bob.key, PASSWORD)
+    token = await site.accounts.enrolment.issue(bob.key)
+    page = await browser.get(site.console("/enrol"))
+    qr = await browser.form(
+        site.console("/enrol"),
+        {"email": "bob@acme.example", "password": PASSWORD, "token": token},
+        page,
+    )
+    assert qr.status == 200, qr.text
+    secret = qr.text.split('id="secret">')[1].split("<")[0]
+    # An admin disables the account while its QR code is on screen.
+    await site.accounts.store.set_disabled(bob.key, True)
+
+    done = await browser.form(site.console("/enrol/confirm"), {"code": site.code(secret)}, qr)
+    assert done.status == 403
+    assert "disabled" in done.text
+    assert (await browser.get(site.console("/"))).location == "/login"
+    for key in await site.redis.keys("gw:session:*"):
+        assert b"principal" not in (await site.redis.get(key) or b"")
+    assert ("login", "success") not in await site.account_events()
+    assert not (await site.accounts.store.require(bob.key)).enrolled

@@ -84,24 +84,20 @@ async def test_forged_and_malformed_codes(site: Site, browser: Browser) -> None:
 
 async def test_app_cookie_is_for_its_host_only(site: Site, browser: Browser) -> None:
     cookie = await logged_in(site, browser)
-    other = site.browser()
-    try:
+    async with site.browser() as other:
         page = await other.get(site.routed(BETA, "/p"), headers={"Cookie": f"{APP}={cookie}"})
         assert page.status == 303
         assert page.location.startswith(site.console("/login?return="))
         same = await other.get(site.routed(ACME, "/p"), headers={"Cookie": f"{APP}={cookie}"})
         assert same.status == 403  # logged in; denied only for lack of a grant
         assert "no_grant" in same.text
-    finally:
-        await other.close()
 
 
 async def test_console_cookie_means_nothing_on_a_routed_host(site: Site, browser: Browser) -> None:
     await browser.login("alice@acme.example", PASSWORD, ALICE_SECRET)
     console_cookie = browser.cookie(CONSOLE, CONSOLE_HOST)
     assert console_cookie is not None
-    other = site.browser()
-    try:
+    async with site.browser() as other:
         page = await other.get(
             site.routed(ACME, "/p"), headers={"Cookie": f"{CONSOLE}={console_cookie}"}
         )
@@ -111,8 +107,6 @@ async def test_console_cookie_means_nothing_on_a_routed_host(site: Site, browser
             site.routed(ACME, "/p"), headers={"Cookie": f"{APP}={console_cookie}"}
         )
         assert as_app.status == 303
-    finally:
-        await other.close()
     assert site.upstream.paths == []
 
 
@@ -156,11 +150,8 @@ async def test_disable_ends_sessions_at_once(site: Site, browser: Browser) -> No
 
 async def test_step_up_when_mfa_is_stale(site_factory: SiteFactory) -> None:
     site = await site_factory("mfa_max_age_s: 300")
-    browser = site.browser()
-    try:
+    async with site.browser() as browser:
         await _step_up(site, browser)
-    finally:
-        await browser.close()
 
 
 async def _step_up(site: Site, browser: Browser) -> None:
@@ -248,7 +239,12 @@ async def test_concurrent_logins_with_one_code(site: Site) -> None:
         pages = await asyncio.gather(
             *(b.form(site.console("/login/totp"), {"code": code}) for b in browsers)
         )
-        assert sorted(p.status for p in pages) == [303] + [401] * 5
+        statuses = sorted(p.status for p in pages)
+        # One code, one login. The others: wrong code (401), or - since in-flight attempts
+        # count toward the lockout of 5 - refused as locked (403) when they all overlap.
+        assert statuses[0] == 303
+        assert set(statuses[1:]) <= {401, 403}
+        assert len(statuses) == 6
         assert await site.redis.scard(keys.principal_sessions("member:acme:alice")) == 1
     finally:
         for browser in browsers:
