@@ -201,11 +201,18 @@ class AccountStore:
         return await self.require(principal.key)
 
     # --- secrets ------------------------------------------------------------------------
-    async def set_password(self, principal_key: str, password: str) -> None:
+    async def set_password(self, principal_key: str, password: str) -> int:
+        """Set a new password; every session of the old credentials ends. Returns how many."""
         check_new_password(password)
         await self.require(principal_key)
         hashed = await self.hasher.hash(password)
         await self.redis.hset(redis_key(principal_key), "password_hash", hashed)
+        # SECURITY: a reset password usually means a leaked one; its sessions go with it.
+        return await self.end_sessions(principal_key)
+
+    async def end_sessions(self, principal_key: str) -> int:
+        """End every console session (and its app sessions) of one account."""
+        return await end_sessions_of(self.redis, principal_key)
 
     async def set_totp_secret(self, principal_key: str, secret: str) -> None:
         if not is_valid_secret(secret):
@@ -231,4 +238,4 @@ class AccountStore:
             # Live-grant checks cache the member's account: they re-read it now.
             await member_changed(self.redis, org, member_id)
         # SECURITY: a disabled account keeps no session, console or app, anywhere.
-        return await end_sessions_of(self.redis, principal_key) if disabled else 0
+        return await self.end_sessions(principal_key) if disabled else 0

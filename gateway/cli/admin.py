@@ -216,8 +216,8 @@ async def _member_create(accounts: Accounts, args: argparse.Namespace) -> int:
 async def _password_reset(accounts: Accounts, args: argparse.Namespace) -> int:
     await accounts.store.require(args.principal)
     password, generated = _new_password(args)
-    await accounts.store.set_password(args.principal, password)
-    print(f"password of {args.principal} reset")
+    ended = await accounts.store.set_password(args.principal, password)
+    print(f"password of {args.principal} reset; ended {ended} session(s)")
     if generated:
         print(f"password for {args.principal} (shown once): {password}")
     return 0
@@ -225,7 +225,9 @@ async def _password_reset(accounts: Accounts, args: argparse.Namespace) -> int:
 
 async def _totp_reset(accounts: Accounts, args: argparse.Namespace) -> int:
     token = await accounts.enrolment.issue(args.principal)
-    print(f"TOTP of {args.principal} removed")
+    # SECURITY: a lost or leaked second factor ends the sessions it opened.
+    ended = await accounts.store.end_sessions(args.principal)
+    print(f"TOTP of {args.principal} removed; ended {ended} session(s)")
     print(f"enrolment token for {args.principal} (shown once, valid 24 h): {token}")
     return 0
 

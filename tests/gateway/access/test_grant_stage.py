@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
+from audit.frame import decode_frame
 from gateway import keys
 from gateway.access import AccessStore
 from gateway.access.service import ACCESS
@@ -150,10 +151,15 @@ async def test_revocation_ends_an_in_flight_response(running: Running, store: Ac
     async with running.session.get(running.url + "/hang", headers={"Host": HOST}) as response:
         assert response.status == 200
         assert await response.content.readexactly(7) == b"partial"
+        loop = asyncio.get_running_loop()
+        revoked_at = loop.time()
         await store.revoke(rid, ALICE)
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
             async with asyncio.timeout(3):
                 await response.content.read()
+        # The route's upstream read timeout (1.5 s) would also cut this response: only a
+        # cut well before it shows that the revocation ended it.
+        assert loop.time() - revoked_at < 1.0
 
 
 async def test_revocation_closes_an_open_websocket(running: Running, store: AccessStore) -> None:
@@ -192,8 +198,23 @@ async def test_cache_is_dropped_when_the_subscription_is_lost(
     assert (await store.require(rid)).id == rid
 
 
+async def _outcome_error(directory: aioredis.Redis, path: str) -> str | None:
+    """The error code of the audit outcome for `path`, once written (after the answer)."""
+    for _ in range(250):
+        entries = await directory.xrange(keys.audit_stream())
+        for _, fields in entries:
+            body = decode_frame(fields[b"f"]).decode_body()
+            if body.get("record") in ("http.outcome", "http.denial") and (
+                body.get("url", {}).get("path") == path
+            ):
+                error = body.get("error", {}).get("code")
+                return str(error) if error is not None else None
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no audit outcome for {path}")
+
+
 async def test_expiry_ends_an_in_flight_response(
-    running: Running, store: AccessStore, clock: ManualClock
+    running: Running, store: AccessStore, clock: ManualClock, directory: aioredis.Redis
 ) -> None:
     await approved(store, duration_s=60)
     async with running.session.get(running.url + "/hang", headers={"Host": HOST}) as response:
@@ -204,6 +225,9 @@ async def test_expiry_ends_an_in_flight_response(
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
             async with asyncio.timeout(5):
                 await response.content.read()
+    # The route's upstream read timeout would also cut the response: the audit outcome
+    # shows it was the grant's end that did.
+    assert await _outcome_error(directory, "/hang") == "aborted"
 
 
 async def test_requests_under_a_grant_are_counted_for_the_summary(

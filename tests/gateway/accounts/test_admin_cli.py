@@ -89,9 +89,19 @@ async def test_create_reset_disable(tmp_path: Path, redis_url: str, redis: aiore
     assert isinstance(stored, bytes)
     assert stored.startswith(b"scrypt$")
 
+    await redis.sadd(keys.principal_sessions("member:acme:carol"), "sid0")
+    await redis.set(keys.console_session("sid0"), "{}")
     generated = admin(tmp_path, redis_url, "password", "reset", "member:acme:carol")
     assert "password for member:acme:carol (shown once): " in generated.stdout
-    assert admin(tmp_path, redis_url, "totp", "reset", "member:acme:carol").returncode == 0
+    assert "ended 1 session(s)" in generated.stdout
+    assert not await redis.exists(keys.console_session("sid0"))
+
+    await redis.sadd(keys.principal_sessions("member:acme:carol"), "sid2")
+    await redis.set(keys.console_session("sid2"), "{}")
+    totp_reset = admin(tmp_path, redis_url, "totp", "reset", "member:acme:carol")
+    assert totp_reset.returncode == 0
+    assert "ended 1 session(s)" in totp_reset.stdout
+    assert not await redis.exists(keys.console_session("sid2"))
 
     await redis.sadd(keys.principal_sessions("member:acme:carol"), "sid1")
     await redis.set(keys.console_session("sid1"), "{}")

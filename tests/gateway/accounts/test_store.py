@@ -121,21 +121,38 @@ async def test_bad_totp_secret_refused(accounts: Accounts, alice: str) -> None:
     assert accounts.store.totp_secret(account) == alice
 
 
-async def test_disable_ends_every_session(
-    accounts: Accounts, alice: str, redis: aioredis.Redis
-) -> None:
-    key = "member:acme:alice"
+async def _two_sessions(redis: aioredis.Redis, key: str) -> None:
     for sid in ("s1", "s2"):
         await redis.set(keys.console_session(sid), "{}")
         await redis.sadd(keys.principal_sessions(key), sid)
         await redis.set(keys.app_session(f"{sid}-app"), "{}")
         await redis.sadd(keys.app_sessions_of(sid), f"{sid}-app")
-    ended = await accounts.store.set_disabled(key, True)
-    assert ended == 2
+
+
+async def _assert_sessions_gone(redis: aioredis.Redis, key: str) -> None:
     for sid in ("s1", "s2"):
         assert not await redis.exists(keys.console_session(sid), keys.app_session(f"{sid}-app"))
     assert not await redis.exists(keys.principal_sessions(key))
+
+
+async def test_disable_ends_every_session(
+    accounts: Accounts, alice: str, redis: aioredis.Redis
+) -> None:
+    key = "member:acme:alice"
+    await _two_sessions(redis, key)
+    assert await accounts.store.set_disabled(key, True) == 2
+    await _assert_sessions_gone(redis, key)
     assert (await accounts.store.require(key)).disabled
+
+
+async def test_password_reset_ends_every_session(
+    accounts: Accounts, alice: str, redis: aioredis.Redis
+) -> None:
+    key = "member:acme:alice"
+    await _two_sessions(redis, key)
+    assert await accounts.store.set_password(key, "a fresh long passphrase 9") == 2
+    await _assert_sessions_gone(redis, key)
+    assert not (await accounts.store.require(key)).disabled
 
 
 @pytest.mark.parametrize("bad", ["staff", "staff:a:b", "member:acme", "org:acme", "staff:a b"])
