@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.access.errors import AccessInvalid, AccessNotFound
+from gateway.access.events import org_changed
 from gateway.access.text import as_text
 
 MAX_TICKET_PATTERN = 200  # long patterns invite catastrophic backtracking; keep them short
@@ -184,7 +185,11 @@ return 1
 
 async def load_settings(redis: aioredis.Redis, org: str) -> OrgSettings:
     """The org's settings; stored values are validated again (bad ones refuse, fail closed)."""
-    raw = await redis.hget(keys.org(org), "settings")
+    return settings_from(await redis.hget(keys.org(org), "settings"), org)
+
+
+def settings_from(raw: bytes | str | None, org: str) -> OrgSettings:
+    """Settings from their stored JSON; AccessInvalid when the stored value breaks a rule."""
     if not raw:
         return OrgSettings()
     try:
@@ -206,3 +211,5 @@ async def save_settings(redis: aioredis.Redis, org: str, settings: OrgSettings) 
     saved = await redis.eval(_SAVE, 1, keys.org(org), text)
     if not saved:
         raise AccessNotFound("no_such_org", f"no org {org!r}")
+    # Cached grant checks judged the old settings (e.g. whether admins may be acted as).
+    await org_changed(redis, org)

@@ -41,6 +41,7 @@ from gateway.access.settings import (
     MAX_TICKET_SCAN,
     OrgSettings,
     load_settings,
+    settings_from,
 )
 from gateway.access.text import as_text, check_id
 from gateway.clock import Clock
@@ -81,22 +82,25 @@ class GrantCheck:
 # KEYS[1]: the pointer; ARGV[1]: the org's member key with '{id}' for the member id.
 _READ_GRANT = """
 local pointer = redis.call('HGETALL', KEYS[1])
+local settings = redis.call('HGET', KEYS[2], 'settings') or ''
 local member_id = nil
 for i = 1, #pointer, 2 do
   if pointer[i] == 'member' then member_id = pointer[i + 1] end
 end
-if not member_id then return {pointer, {}} end
+if not member_id then return {pointer, {}, settings} end
 local member_key = string.gsub(ARGV[1], '{id}', function() return member_id end)
-return {pointer, redis.call('HGETALL', member_key)}
+return {pointer, redis.call('HGETALL', member_key), settings}
 """
 
 
 @dataclass(frozen=True)
 class GrantFacts:
-    """What a grant check reads: the live-grant pointer and its member's account fields."""
+    """What a grant check reads: the live-grant pointer, its member's account fields and
+    whether the org lets admins be acted as (read in the same round trip)."""
 
     pointer: dict[str, str]
     member: dict[str, str]  # empty when the member's account does not exist
+    admins_impersonable: bool = False
 
 
 class GrantReader:
@@ -107,10 +111,14 @@ class GrantReader:
 
     async def read(self, actor_key: str, org: str) -> GrantFacts:
         raw: Any = await self._script(
-            keys=[keys.live_grant(actor_key, org)], args=[keys.member(org, "{id}")]
+            keys=[keys.live_grant(actor_key, org), keys.org(org)], args=[keys.member(org, "{id}")]
         )
-        pointer, member = raw
-        return GrantFacts(_pairs(pointer), _pairs(member))
+        pointer, member, settings = raw
+        try:
+            admins = settings_from(settings, org).admins_impersonable
+        except AccessInvalid:
+            admins = False  # SECURITY: unreadable settings allow nothing extra
+        return GrantFacts(_pairs(pointer), _pairs(member), admins)
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
@@ -370,7 +378,7 @@ class AccessStore:
     async def check_grant(self, actor_key: str, org: str) -> GrantCheck:
         """The live grant of `actor_key` in `org`, judged by the Clock now (fails closed)."""
         facts = await self._guard(self._grants.read(actor_key, org))
-        return grant_check_from(facts.pointer, self.clock.now(), facts.member)
+        return grant_check_from(facts, self.clock.now())
 
     async def due(self) -> tuple[list[str], list[str]]:
         """Ids of pending requests whose time is up and of grants whose duration is over."""
@@ -458,13 +466,15 @@ class AccessStore:
             ) from exc
 
 
-def grant_check_from(raw: dict[Any, Any], now: float, member: dict[str, str]) -> GrantCheck:
+def grant_check_from(facts: GrantFacts, now: float) -> GrantCheck:
     """Judge a live-grant pointer hash at `now`: the one rule every check applies.
 
-    `member` is the account hash of the member the grant acts as: a member disabled, marked
-    not impersonable or gone since the approval is refused from then on, at every check
-    (the grant itself stays as it is; its approvers may still revoke it).
+    `facts.member` is the account hash of the member the grant acts as: a member disabled,
+    marked not impersonable, gone, or made an admin (where the org does not let admins be
+    acted as) since the approval is refused from then on, at every check (the grant itself
+    stays as it is; its approvers may still revoke it).
     """
+    raw, member = facts.pointer, facts.member
     if not raw:
         return GrantCheck(None, "no_grant", "no approved access to this org")
     f = {as_text(k): as_text(v) for k, v in raw.items()}
@@ -504,6 +514,12 @@ def grant_check_from(raw: dict[Any, Any], now: float, member: dict[str, str]) ->
             None,
             "member_not_impersonable",
             f"{grant.member_id} may no longer be impersonated (disabled or marked so)",
+        )
+    if member.get("role") == "admin" and not facts.admins_impersonable:
+        return GrantCheck(
+            None,
+            "member_not_impersonable",
+            f"{grant.member_id} is an admin now, and this org does not allow acting as admins",
         )
     return GrantCheck(grant, None, "granted")
 

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.access.errors import AccessUnavailable
+from gateway.access.events import MEMBER_CHANGED
 from gateway.access.model import RequestState
 from gateway.access.store import GrantCheck, GrantFacts, GrantReader, grant_check_from
 from gateway.clock import Clock
@@ -38,13 +39,6 @@ log = logging.getLogger(__name__)
 PING_EVERY_S = 5.0
 RECONNECT_S = 1.0
 FLUSH_EVERY_S = 1.0
-MEMBER_CHANGED = "member_changed"
-
-
-async def member_changed(redis: aioredis.Redis, org: str, member_id: str) -> None:
-    """Tell every gateway instance that a member's account changed (drop cached checks)."""
-    event = {"event": MEMBER_CHANGED, "org": org, "member": member_id}
-    await redis.publish(keys.grant_events_channel(), json.dumps(event))
 
 
 class GrantWatcher:
@@ -73,7 +67,7 @@ class GrantWatcher:
             if self.healthy and generation == self._generation:
                 self._cache[key] = cached
         # SECURITY: time is judged on every check, cached or not.
-        result = grant_check_from(cached.pointer, self.clock.now(), cached.member)
+        result = grant_check_from(cached, self.clock.now())
         if result.grant is not None:
             self._usage[result.grant.grant_id] += 1
             self._seen[result.grant.grant_id] = key
@@ -117,7 +111,7 @@ class GrantWatcher:
         now = self.clock.now()
         for grant_id, key in list(self._seen.items()):
             facts = await self._grants.read(*key)
-            result = grant_check_from(facts.pointer, now, facts.member)
+            result = grant_check_from(facts, now)
             if result.grant is None or result.grant.grant_id != grant_id:
                 self._seen.pop(grant_id, None)
                 self.in_flight.abort_grant(grant_id, result.error or "grant_ended")

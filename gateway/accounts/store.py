@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.access.watcher import member_changed
+from gateway.access.events import member_changed, org_changed
 from gateway.accounts.errors import AccountConflict, AccountNotFound, InvalidAccountInput
 from gateway.accounts.model import (
     Account,
@@ -84,6 +84,9 @@ class AccountStore:
             pipe.hsetnx(keys.org(org_id), "settings", "{}")
             pipe.sadd(keys.org_index(), org_id)
             await pipe.execute()
+        if settings is not None:
+            # Cached grant checks judged the old settings (e.g. whether admins may be acted as).
+            await org_changed(self.redis, org_id)
         org = await self.org(org_id)
         if org is None:
             raise AccountNotFound(f"org {org_id!r} vanished while being written")

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -201,7 +202,7 @@ async def test_cache_is_dropped_when_the_subscription_is_lost(
 async def _outcome_error(directory: aioredis.Redis, path: str) -> str | None:
     """The error code of the audit outcome for `path`, once written (after the answer)."""
     for _ in range(250):
-        entries = await directory.xrange(keys.audit_stream())
+        entries: Any = await directory.xrange(keys.audit_stream())
         for _, fields in entries:
             body = decode_frame(fields[b"f"]).decode_body()
             if body.get("record") in ("http.outcome", "http.denial") and (

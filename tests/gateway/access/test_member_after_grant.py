@@ -6,6 +6,7 @@ before it ends (its approvers may still revoke it)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.access import AccessStore
+from gateway.access import AccessStore, load_settings, save_settings
 from gateway.accounts import Accounts, PasswordHasher, open_accounts
 from gateway.clock import ManualClock
 from tests.gateway.access.conftest import BOB, ORG, SAM
@@ -95,3 +96,23 @@ async def test_disabling_the_member_ends_an_in_flight_response(
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
             async with asyncio.timeout(1.0):
                 await response.content.read()
+
+
+async def test_a_member_made_admin_is_refused_unless_the_org_allows_admins(
+    running: Running, store: AccessStore, accounts: Accounts, directory: aioredis.Redis
+) -> None:
+    await approved(store)
+    assert (await running.get())[0] == 200
+    assert (await running.get())[0] == 200  # served from the watcher's cache
+    await accounts.store.put_member(ORG, BOB.id, BOB.email, BOB.name, "admin", create=False)
+    status, body = await running.get()
+    assert (status, body["error"]) == (403, "member_not_impersonable")
+    assert "admin" in str(body["reason"])
+    # The org changes its mind: admins may be acted as; cached answers follow at once.
+    settings = await load_settings(directory, ORG)
+    await save_settings(directory, ORG, replace(settings, admins_impersonable=True))
+    assert (await running.get())[0] == 200
+    await save_settings(directory, ORG, replace(settings, admins_impersonable=False))
+    status, body = await running.get()
+    assert (status, body["error"]) == (403, "member_not_impersonable")
+    assert len(running.upstream.received) == 3
