@@ -34,6 +34,15 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class MetricsListener:
+    """Prometheus metrics, served plain on their own address: keep it on loopback or an
+    internal interface, never on a listener the public reaches."""
+
+    address: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -94,6 +103,7 @@ class GatewayConfig:
     smtp: Smtp | None = None
     audit: AuditConfig = AuditConfig()
     access_log: bool = False
+    metrics: MetricsListener | None = None  # None: no metrics listener
     source: str = field(default="", compare=False)
 
     @property
@@ -310,6 +320,7 @@ _READERS: dict[str, _Reader] = {
         },
     ),
     "access_log": _boolean,
+    "metrics": _nested(MetricsListener, {"address": _text, "port": _integer(0, 65535)}),
 }
 
 

@@ -34,6 +34,7 @@ from aiohttp import web
 from gateway.app import create_app, parser_limits, runner_kwargs
 from gateway.appkeys import POLICIES, REDIS
 from gateway.config import GatewayConfig, Listener
+from gateway.metrics import metrics_app
 from gateway.runner import GatewayRunner
 from gateway.tls import server_context
 
@@ -159,6 +160,7 @@ class GatewayServer:
         self._grace = shutdown_grace_s
         self._runners: list[web.AppRunner] = []
         self.bound: list[Bound] = []
+        self.metrics_bound: Bound | None = None
 
     async def start(self) -> None:
         """Bind every listener first (a busy port fails before anything starts), then serve."""
@@ -166,9 +168,14 @@ class GatewayServer:
         if context is None and any(lst.tls for lst in self.config.listeners):
             context = server_context(self.config.tls)
         sockets: list[tuple[Listener, socket.socket]] = []
+        metrics_sock: socket.socket | None = None
         try:
             for listener in self.config.listeners:
                 sockets.append((listener, _bind(listener)))
+            if self.config.metrics is not None:
+                metrics = Listener(self.config.metrics.address, self.config.metrics.port, tls=False)
+                metrics_sock = _bind(metrics)
+                self.metrics_bound = Bound(metrics.address, metrics_sock.getsockname()[1], False)
             self.bound = [
                 Bound(listener.address, int(sock.getsockname()[1]), listener.tls)
                 for listener, sock in sockets
@@ -199,7 +206,15 @@ class GatewayServer:
                 await plain.setup()
                 for sock in plain_sockets:
                     await web.SockSite(plain, sock).start()
+            if metrics_sock is not None:
+                # Apart from the console and routed hosts: scraping shares no origin with them.
+                runner_m = web.AppRunner(metrics_app(), handle_signals=False, access_log=None)
+                self._runners.append(runner_m)
+                await runner_m.setup()
+                await web.SockSite(runner_m, metrics_sock).start()
         except BaseException:
+            if metrics_sock is not None:
+                metrics_sock.close()
             await self.stop()
             for _, sock in sockets:
                 sock.close()

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.config import GatewayConfig, Listener, TlsFiles, parse_config
+from gateway.config import GatewayConfig, Listener, MetricsListener, TlsFiles, parse_config
+from gateway.errors import ConfigError
 from gateway.server import HSTS, Bound, GatewayServer, handler_settings
 from gateway.tls import ensure_demo_tls
 
@@ -319,3 +320,50 @@ def test_parser_limits_sit_above_the_gateways_own(config: GatewayConfig) -> None
     assert settings["auto_decompress"] is False
     assert settings["access_log"] is None
     assert "access_log" not in handler_settings(replace(config, access_log=True))
+
+
+async def test_metrics_listener_serves_prometheus_text_apart(config: GatewayConfig) -> None:
+    upstream = Upstream()
+    assert config.metrics is None
+    plain = GatewayServer(config, upstream.app, known_host=ROUTED.__contains__)
+    await plain.start()
+    try:
+        assert plain.metrics_bound is None  # no metrics listener unless configured
+    finally:
+        await plain.stop()
+
+    with_metrics = replace(config, metrics=MetricsListener("127.0.0.1", 0))
+    server = GatewayServer(with_metrics, upstream.app, known_host=ROUTED.__contains__)
+    await server.start()
+    try:
+        bound = server.metrics_bound
+        assert bound is not None
+        assert bound.port not in {b.port for b in server.bound}
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{bound.port}/metrics"
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/plain")
+                text = await response.text()
+            async with session.get(f"http://127.0.0.1:{bound.port}/") as other:
+                assert other.status == 404
+        assert "gateway_audit_outcome_lost_total" in text
+        assert "gateway_stage_failures_total" in text
+        assert upstream.seen == []  # scraping never reached the application
+    finally:
+        await server.stop()
+
+
+def test_metrics_key_is_checked(tmp_path: Path) -> None:
+    base = """
+console_url: https://gateway.localhost:8443
+data_dir: data
+listeners: [{address: 127.0.0.1, port: 0}]
+"""
+    loaded = parse_config(base + "metrics: {address: 127.0.0.1, port: 9464}\n", "m.yaml")
+    assert loaded.metrics == MetricsListener("127.0.0.1", 9464)
+    with pytest.raises(ConfigError) as refused:
+        parse_config(base + "metrics: {port: 70000, scheme: http}\n", "m.yaml")
+    text = str(refused.value)
+    assert "m.yaml:5: metrics.port" in text
+    assert "m.yaml:5: metrics.scheme: no such key" in text
