@@ -62,6 +62,33 @@ def frame_hash(version: int, stream: str, seq: int, prev: bytes, body: bytes) ->
     return hashlib.sha256(frame_hash_input(version, stream, seq, prev, body)).digest()
 
 
+class FrameSealer:
+    """Seals and encodes the frames of one stream, as `Frame.seal(...).encode()` does.
+
+    The writer's path for every frame: the stream's part of the hash input is made once,
+    and no Frame object is built. `seal(seq, prev, body)` -> (h, encoded frame bytes).
+    """
+
+    __slots__ = ("_prefix", "stream")
+
+    def __init__(self, stream: str) -> None:
+        sid = stream.encode("utf-8")
+        self.stream = stream
+        self._prefix = HASH_DOMAIN + struct.pack(">HH", FORMAT_VERSION, len(sid)) + sid
+
+    def seal(self, seq: int, prev: bytes, body: bytes) -> tuple[bytes, bytes]:
+        digest = hashlib.sha256(self._prefix)
+        digest.update(struct.pack(">Q", seq))
+        digest.update(prev)
+        digest.update(struct.pack(">Q", len(body)))
+        digest.update(body)
+        h = digest.digest()
+        data: bytes = msgpack.packb(
+            [FORMAT_VERSION, self.stream, seq, prev, body, h], use_bin_type=True
+        )
+        return h, data
+
+
 def encode_body(body: Any) -> bytes:
     """msgpack bytes for a record body; RecordError if it cannot be stored."""
     try:

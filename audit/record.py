@@ -30,7 +30,7 @@ Signatures:
                 grant_id=None, scope=None, route=None, session_id=None, decision=None,
                 reason=None, rule=None, error=None, status=None, request_bytes=None,
                 response_bytes=None, started_at=None, timings=None, request_headers=None,
-                response_headers=None, request_body=None, response_body=None) -> dict
+                response_headers=None, request_body=None, response_body=None) -> HttpRecord
     event_record(action, *, at, category, outcome="success", actor=None, effective=None,
                  org=None, grant_id=None, request_id=None, session_id=None, client_ip=None,
                  user_agent=None, reason=None, details=None) -> dict
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,6 +73,38 @@ EVENT_CATEGORIES = {
 TIMING_NAMES = frozenset({"blocked", "connect", "ssl", "send", "wait", "receive", "total"})
 
 MAX_TEXT = 8192  # any one string field outside captured bodies
+
+
+class HttpRecord(dict[str, Any]):
+    """A body made by `http_record`: a plain dict whose maps and keys are the builder's.
+
+    Text a client or an upstream chose lies only in its `UNTRUSTED_TEXT` fields, its
+    headers, query and captured bodies: the redactor scans those and nothing else (any
+    other body gets the walk over every field). Add nothing to one after it is built.
+    """
+
+    __slots__ = ()
+
+
+# Where an HttpRecord holds text a client or upstream chose, besides headers and bodies:
+# (path of a map, keys in it).
+UNTRUSTED_TEXT: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("http", "request"), ("method",)),
+    (("url",), ("domain", "path", "query")),
+    (("user_agent",), ("original",)),
+    (("error",), ("code", "message")),
+    (("gateway", "decision"), ("reason", "rule")),
+    # names and addresses come from directories (a customer's own, for members)
+    (("user",), ("email", "full_name")),
+    (("user", "effective"), ("email", "full_name")),
+    (("http", "request", "body"), ("mime_type", "content")),
+    (("http", "response", "body"), ("mime_type", "content")),
+)
+# Every top-level key `http_record` writes: a body with any other is not its own.
+HTTP_RECORD_KEYS = frozenset(
+    {"record", "@timestamp", "event", "user", "organization", "gateway", "source"}
+    | {"user_agent", "http", "url", "error"}
+)
 
 
 @dataclass(frozen=True)
@@ -122,8 +155,34 @@ class BodyCapture:
 
 
 def timestamp(at: float) -> str:
-    """RFC 3339 UTC with milliseconds, the form every record and export uses."""
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds, the form every record and export uses.
+
+    Equal to `datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")` with
+    `Z` (microseconds rounded half-even, then cut to milliseconds); the seconds part is
+    formatted once per second, as every record of a busy second shares it.
+    """
+    global _last_second
+    if not 0 <= at < _MAX_FAST_TIME:
+        return (
+            datetime.fromtimestamp(at, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+    second = int(at)
+    micros = round((at - second) * 1e6)
+    if micros >= 1_000_000:
+        second += 1
+        micros -= 1_000_000
+    cached = _last_second
+    if cached[0] != second:
+        # One tuple, swapped whole: a thread never sees one second's prefix with another's.
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _last_second = cached
+    return f"{cached[1]}.{micros // 1000:03d}Z"
+
+
+_MAX_FAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: four-digit years only
+_last_second: tuple[int, str] = (-1, "")
 
 
 def session_ref(session_id: str) -> str:
@@ -141,7 +200,17 @@ def _text(field: str, value: object) -> str:
 
 
 def _headers(field: str, headers: Iterable[tuple[str, str]]) -> list[list[str]]:
-    return [[_text(field, name), _text(field, value)] for name, value in headers]
+    out = []
+    for name, value in headers:
+        if not (
+            type(name) is str
+            and type(value) is str
+            and len(name) <= MAX_TEXT
+            and len(value) <= MAX_TEXT
+        ):
+            name, value = _text(field, name), _text(field, value)  # raises the RecordError
+        out.append([name, value])
+    return out
 
 
 def _common(
@@ -210,7 +279,7 @@ def http_record(
     response_headers: Iterable[tuple[str, str]] | None = None,
     request_body: BodyCapture | None = None,
     response_body: BodyCapture | None = None,
-) -> dict[str, Any]:
+) -> HttpRecord:
     """A proxied request: `phase` "attempt" (before forwarding) or "outcome" (after).
 
     An outcome with `error` set (a denial code such as `no_grant`) is a DENIAL record.
@@ -294,7 +363,7 @@ def http_record(
         gateway["timings"] = _timings(timings)
     if not gateway:
         del body["gateway"]
-    return body
+    return HttpRecord(body)
 
 
 def event_record(

@@ -18,7 +18,18 @@ in `gateway.redactions` as `{"field": ..., "kind": ...}`.
 denylisted value survived in plain text.
 
     redactor = Redactor(key=os.urandom(32), key_id="r1", headers={"x-tenant-secret"})
-    clean = redactor.scrub(body)
+    clean = redactor.scrub(body)                    # a redacted copy
+    data = redactor.scrub_encoded(body, encode)     # the same, as the stored bytes
+
+The hot path (`scrub_encoded`, used by the writer for every frame) first redacts the
+parts with structure of their own (headers, query, captured bodies; tokens in every
+header name and value). A proxied request's record (an `HttpRecord` from
+`audit.record.http_record`, with the builder's keys only) then has just its
+`UNTRUSTED_TEXT` fields scanned for tokens: every other field of it is the gateway's
+own (ids, timestamps, numbers, validated addresses). Any other body is read once without
+copying, asking the walk's own questions (a denylisted name, a token-like string), and
+walked and copied as `scrub` does only if one is answered yes. Either way the stored
+bytes are those `scrub` gives (the tests compare both on hostile input).
 """
 
 from __future__ import annotations
@@ -27,9 +38,11 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
+
+from audit.record import HTTP_RECORD_KEYS, UNTRUSTED_TEXT, HttpRecord
 
 DEFAULT_HEADERS = frozenset(
     {"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"}
@@ -62,6 +75,7 @@ BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+([A-Za-z0-9._~+/=-]{8,})")
 _JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.){1,128})"\s*:\s*"((?:[^"\\]|\\.)*)"?')
 
 Report = Callable[[str, str], None]
+Encoder = Callable[[Any], bytes]
 
 
 def _norm(name: str) -> str:
@@ -70,6 +84,23 @@ def _norm(name: str) -> str:
 
 def _is_redacted(value: str) -> bool:
     return MARKER.fullmatch(value) is not None
+
+
+def _token_like(text: str) -> bool:
+    """What the walk redacts in a string: a JWT, or a bearer/basic/token credential.
+
+    BEARER needs a word, whitespace and 8 token characters (at least 14 characters), with
+    whitespace between: a shorter string, or one that `split` cannot cut in two (no inner
+    whitespace, by the same definition `\\s` uses), never matches.
+    """
+    if "eyJ" in text:
+        return True
+    if len(text) < _SHORTEST_CREDENTIAL:
+        return False
+    return len(text.split(None, 1)) > 1 and BEARER.search(text) is not None
+
+
+_SHORTEST_CREDENTIAL = len("basic ") + 8
 
 
 class Denylist:
@@ -114,19 +145,64 @@ class Redactor:
         self._key = key
         self.key_id = key_id
         self.denylist = Denylist(DEFAULT_FIELDS | set(fields), DEFAULT_HEADERS | set(headers))
+        self._last_jwt = ("", "")  # (token, its marker): see `_tokens`
 
     def hash(self, secret: str) -> str:
         digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return f"[redacted:hmac-sha256:{self.key_id}:{digest.hexdigest()[:32]}]"
 
-    def scrub(self, body: dict[str, Any]) -> dict[str, Any]:
+    def scrub(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """A redacted deep copy of `body`, with `gateway.redactions` listing each redaction."""
         listed: list[dict[str, str]] = []
+        out = self._walk_all(self._parts(body, listed), listed)
+        return _listing(out, listed)
+
+    def scrub_encoded(self, body: Mapping[str, Any], encode: Encoder) -> bytes:
+        """`encode(self.scrub(body))`, without walking fields that cannot hold a secret."""
+        listed: list[dict[str, str]] = []
+        parts = self._parts(body, listed)
+        if type(body) is HttpRecord and body.keys() <= HTTP_RECORD_KEYS:
+            # The builder's own record: only its untrusted text can hold a token.
+            self._untrusted_text(parts, listed)
+        elif self._walk_would_change(parts):
+            # SECURITY: `_walk_would_change` asks exactly the walk's questions; on any
+            # doubt the record gets the full walk, as `scrub` would give it.
+            parts = self._walk_all(parts, listed)
+        return encode(_listing(parts, listed))
+
+    def _untrusted_text(self, body: dict[str, Any], listed: list[dict[str, str]]) -> None:
+        """Tokens in the UNTRUSTED_TEXT fields of an HttpRecord's copy, replaced in place.
+
+        Maps on the way to a replaced field are copied first (they may be the input's).
+        """
+        for path, names in UNTRUSTED_TEXT:
+            parent: Any = body
+            for step in path:
+                parent = parent.get(step) if isinstance(parent, dict) else None
+            if not isinstance(parent, dict):
+                continue
+            for name in names:
+                text = parent.get(name)
+                if not isinstance(text, str) or not _token_like(text):
+                    continue
+                target = body
+                for step in path:
+                    target[step] = target = dict(target[step])
+                where = ".".join((*path, name))
+                target[name] = self._tokens(
+                    text, where, lambda field, kind: listed.append({"field": field, "kind": kind})
+                )
+                parent = target
+
+    def _parts(self, body: Mapping[str, Any], listed: list[dict[str, str]]) -> dict[str, Any]:
+        """A copy of `body` whose headers, query and captured bodies are redacted.
+
+        Only the maps on the way to those parts are copied: the input stays intact.
+        """
 
         def note(field: str, kind: str) -> None:
             listed.append({"field": field, "kind": kind})
 
-        # The parts with structure of their own first, on copies of just those parts ...
         out: dict[str, Any] = dict(body)
         http = out.get("http")
         if isinstance(http, dict):
@@ -145,25 +221,64 @@ class Redactor:
         if isinstance(url, dict) and isinstance(url.get("query"), str):
             out["url"] = url = dict(url)
             url["query"] = self._query(url["query"], "url.query", note)
-        # ... then every map, list and string, copying as it goes: the input stays intact.
-        out = {key: self._walk(item, "", key, note) for key, item in out.items()}
-        if listed:
-            gateway = out.setdefault("gateway", {})
-            if isinstance(gateway, dict):
-                gateway["redactions"] = listed
         return out
+
+    def _walk_would_change(self, value: Any) -> bool:
+        """Whether `_walk` would replace anything in `value` (it reads, never copies)."""
+        field = self.denylist.field
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                if _token_like(item):
+                    return True
+            elif isinstance(item, dict):
+                for key, inner in item.items():
+                    if (
+                        inner is not None
+                        and isinstance(key, str)
+                        and field(key)
+                        and not isinstance(inner, bool)
+                        and not (isinstance(inner, str) and _is_redacted(inner))
+                    ):
+                        return True
+                    if isinstance(inner, str):
+                        if _token_like(inner):
+                            return True
+                    elif isinstance(inner, dict | list | tuple):
+                        stack.append(inner)
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
+        return False
+
+    def _walk_all(self, body: dict[str, Any], listed: list[dict[str, str]]) -> dict[str, Any]:
+        """Every map, list and string of `body`, copied as it goes: the input stays intact."""
+
+        def note(field: str, kind: str) -> None:
+            listed.append({"field": field, "kind": kind})
+
+        return {key: self._walk(item, "", key, note) for key, item in body.items()}
 
     # -- the parts ---------------------------------------------------------------------
     def _headers(self, headers: list[Any], where: str, note: Report) -> list[Any]:
         out = []
         for pair in headers:
             if not (
-                isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+                isinstance(pair, list)
+                and len(pair) == 2
+                and isinstance(pair[0], str)
+                and isinstance(pair[1], str)
             ):
                 out.append(pair)
                 continue
             name, value = pair
             lower = name.lower()
+            key = lower.strip()
+            if key not in _SPECIAL_HEADERS and key not in self.denylist.headers:
+                # The common case: no secret by name; any header may still carry a token
+                # (the gateway's own assertion, for one).
+                out.append([self._tokens(name, where, note), self._tokens(value, where, note)])
+                continue
             if lower == "cookie":
                 value = "; ".join(self._cookie(c) for c in value.split(";"))
             elif lower == "set-cookie":
@@ -172,10 +287,11 @@ class Redactor:
             elif self.denylist.header(name) and not _is_redacted(value):
                 value = self.hash(value)
             else:
-                out.append([name, value])
+                # Any header may carry a token (the gateway's own assertion, for one).
+                out.append([self._tokens(name, where, note), self._tokens(value, where, note)])
                 continue
             note(f"{where}.{lower}", "header")
-            out.append([name, value])
+            out.append([self._tokens(name, where, note), self._tokens(value, where, note)])
         return out
 
     def _cookie(self, item: str) -> str:
@@ -229,7 +345,7 @@ class Redactor:
     def _walk(self, value: Any, parent: str, name: object, note: Report) -> Any:
         """A copy of `value` (found at `parent`.`name`) with secrets replaced."""
         if isinstance(value, str):
-            if "eyJ" not in value and not BEARER.search(value):
+            if not _token_like(value):
                 return value  # the common case: nothing token-like, no path string built
             return self._tokens(value, f"{parent}.{name}" if parent else str(name), note)
         if isinstance(value, dict):
@@ -254,12 +370,18 @@ class Redactor:
         return value
 
     def _tokens(self, text: str, where: str, note: Report) -> str:
-        if "eyJ" not in text and not BEARER.search(text):
+        if not _token_like(text):
             return text
 
         def jwt(match: re.Match[str]) -> str:
             note(where, "jwt")
-            return self.hash(match.group(0))
+            token = match.group(0)
+            last = self._last_jwt
+            if last[0] != token:
+                # One token remembered: the gateway's own assertion recurs in every
+                # outcome record of a grant's requests for a minute at a time.
+                last = self._last_jwt = (token, self.hash(token))
+            return last[1]
 
         def bearer(match: re.Match[str]) -> str:
             if _is_redacted(match.group(2)) or match.group(2).startswith("[redacted"):
@@ -268,6 +390,19 @@ class Redactor:
             return f"{match.group(1)} {self.hash(match.group(2))}"
 
         return BEARER.sub(bearer, JWT.sub(jwt, text))
+
+
+_SPECIAL_HEADERS = frozenset({"cookie", "set-cookie"})
+
+
+def _listing(body: dict[str, Any], listed: list[dict[str, str]]) -> dict[str, Any]:
+    """`body` with `gateway.redactions` set to `listed` (the gateway map copied first)."""
+    if listed:
+        if "gateway" not in body:
+            body["gateway"] = {"redactions": listed}
+        elif isinstance(body["gateway"], dict):
+            body["gateway"] = {**body["gateway"], "redactions": listed}
+    return body
 
 
 def find_plaintext_secrets(body: Any, denylist: Denylist | None = None) -> list[str]:

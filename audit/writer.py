@@ -16,15 +16,19 @@ Signature:
     await checkpoint() -> int | None; await close() -> None; .stream_id: str
 
 `append` redacts the body, gives it the next seq and chains it at once (so seq order is
-call order), then waits for the group commit: every frame queued while no pipeline is in
-flight goes out in ONE pipeline of XADDs, started on the next event-loop tick. A request's
-cost is thus one Redis round trip shared with the other requests of that tick.
+call order), then waits for the group commit: every frame queued while no batch is in
+flight goes out in ONE command (a Lua script XADDing each frame in order, plus the
+checkpoint mark when the batch holds a checkpoint), started on the next event-loop tick.
+A request's cost is thus one Redis round trip shared with the other requests of that tick,
+and one command for the whole batch (a pipeline of N commands costs N to pack and parse).
+`pipelines` counts these batches.
 
-Failure: if Redis does not accept a pipeline (error or `timeout_s`), every append in it
+Failure: if Redis does not accept a batch (error or `timeout_s`), every append in it
 and every append queued behind it raises AuditUnavailable, and the stream ends there
 (its tail stays unsealed). The next append starts a new stream whose genesis cites the
 last checkpoint Redis accepted, so that no stream ever has a seq that Redis refused
-followed by one it kept.
+followed by one it kept. (A script stops at its first failing call, so a refused batch
+never has a frame kept after one refused.)
 
 Durability is Redis's: with `appendfsync always` an accepted frame is on disk before the
 reply; with `everysec` up to a second of accepted frames can be lost in a Redis crash.
@@ -46,11 +50,23 @@ from redis.exceptions import RedisError
 
 from audit.checkpoint import NO_CHECKPOINT, Checkpoint, genesis_body
 from audit.errors import AuditUnavailable, RecordError
-from audit.frame import GENESIS_PREV, Frame, encode_body
+from audit.frame import GENESIS_PREV, FrameSealer, encode_body
 from audit.keys import SigningKey
 from audit.redact import Redactor
 
 FRAME_FIELD = b"f"  # the one field of each Redis stream entry: the frame's bytes
+
+# KEYS: the stream, the last-checkpoint key. ARGV: the checkpoint mark ("" for none),
+# then the frames in seq order, each XADDed as one entry with its bytes in FRAME_FIELD.
+APPEND_SCRIPT = f"""
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], '*', '{FRAME_FIELD.decode()}', ARGV[i])
+end
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return #ARGV - 1
+"""
 
 
 def new_stream_id(at: float) -> str:
@@ -89,6 +105,7 @@ class AuditWriter:
         if checkpoint_every_s <= 0:
             raise ValueError(f"checkpoint_every_s must be > 0, got {checkpoint_every_s}")
         self._redis = redis
+        self._append_script = redis.register_script(APPEND_SCRIPT)
         self._signer = signer
         self._key = stream
         self._checkpoint_key = last_checkpoint_key or f"{stream}:last-checkpoint"
@@ -99,6 +116,7 @@ class AuditWriter:
         self._redactor = redactor or Redactor(os.urandom(32), "ephemeral")
         self._timeout_s = timeout_s
         self.stream_id = ""
+        self._sealer = FrameSealer("-")
         self._seq = 0
         self._head = GENESIS_PREV
         self._last_cp_seq = -1  # seq of the last checkpoint frame in this stream
@@ -113,7 +131,7 @@ class AuditWriter:
         self._closed = False
         self._timer: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
-        self.pipelines = 0  # pipelines sent: with group commit, far fewer than frames
+        self.pipelines = 0  # batches sent: with group commit, far fewer than frames
         self.frames = 0  # frames Redis accepted
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -157,9 +175,9 @@ class AuditWriter:
             raise AuditUnavailable("the audit writer is not open")
         if not isinstance(body, Mapping):
             raise RecordError(f"a record body is a mapping, got {type(body).__name__}")
-        data = encode_body(self._redactor.scrub(dict(body)))
+        data = self._redactor.scrub_encoded(body, encode_body)
         if self._broken:
-            # The previous stream ended at a refused pipeline: continue in a fresh one.
+            # The previous stream ended at a refused batch: continue in a fresh one.
             self._begin_stream()
         seq, done = self._queue_frame(data)
         self._frames_since_cp += 1
@@ -189,6 +207,7 @@ class AuditWriter:
     def _begin_stream(self) -> asyncio.Future[None]:
         at = self._now()
         self.stream_id = new_stream_id(at)
+        self._sealer = FrameSealer(self.stream_id)
         self._seq = 0
         self._head = GENESIS_PREV
         self._last_cp_seq = -1
@@ -204,19 +223,19 @@ class AuditWriter:
         self, data: bytes, mark: dict[str, Any] | None = None
     ) -> tuple[int, asyncio.Future[None]]:
         seq = self._seq
-        frame = Frame.seal(self.stream_id, seq, self._head, data)
-        self._head = frame.h
+        h, encoded = self._sealer.seal(seq, self._head, data)
+        self._head = h
         self._seq += 1
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Genesis and checkpoint futures may have no awaiter: retrieve their failure here
         # so that it is not reported as "never retrieved" (awaiters still get it raised).
         done.add_done_callback(_retrieve)
         if mark is not None:
-            mark = {**mark, "seq": seq, "h": frame.h}
-        self._queue.append(_Pending(frame.encode(), done, mark))
+            mark = {**mark, "seq": seq, "h": h}
+        self._queue.append(_Pending(encoded, done, mark))
         if not self._flushing:
             self._flushing = True
-            # Group commit: everything queued during this tick goes out in one pipeline.
+            # Group commit: everything queued during this tick goes out in one batch.
             asyncio.get_running_loop().call_soon(self._start_flush)
         return seq, done
 
@@ -250,17 +269,13 @@ class AuditWriter:
             marks = [item.mark for item in batch if item.mark is not None]
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    if len(batch) == 1 and not marks:
-                        # A lone frame: a plain XADD costs less than a pipeline of one.
-                        await self._redis.xadd(self._key, {FRAME_FIELD: batch[0].data})
-                    else:
-                        pipe = self._redis.pipeline(transaction=False)
-                        for item in batch:
-                            pipe.xadd(self._key, {FRAME_FIELD: item.data})
-                        if marks:
-                            mark = msgpack.packb(marks[-1], use_bin_type=True)
-                            pipe.set(self._checkpoint_key, mark)
-                        await pipe.execute()
+                    mark = msgpack.packb(marks[-1], use_bin_type=True) if marks else b""
+                    # One command for the whole batch: the script appends every frame in
+                    # order (and stores the checkpoint mark) before Redis replies.
+                    await self._append_script(
+                        keys=[self._key, self._checkpoint_key],
+                        args=[mark, *(item.data for item in batch)],
+                    )
             except (RedisError, OSError, TimeoutError) as exc:
                 failure = exc
             if failure is None:

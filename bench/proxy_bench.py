@@ -1,16 +1,22 @@
 """The forward-path benchmark: the gateway against a bare proxy and the upstream directly.
 
 Three processes answer the same small request: the upstream itself, a bare streaming
-aiohttp proxy in front of it (`bench.peers`), and the gateway in front of it (the real
-app with every production stage, only the session/MFA/grant stages replaced by a test
-stage that supplies a live grant: `tests.gateway.gateway_process`). Its Redis is an
-embedded redis-server with the production default: AOF with `appendfsync always`, so
-every audit record is on disk before the request is forwarded. The same load (32
+aiohttp proxy in front of it (`bench.peers`), and the gateway in front of it
+(`bench.gateway_peer`: the real app with every production stage, a real approved grant
+in Redis checked by the real grant stage; only the session and MFA stages are replaced
+by a stand-in naming the logged-in staff member). Its Redis is an embedded redis-server
+with the production default: AOF with `appendfsync always`, so every audit record is on
+disk before the request is forwarded. Both proxies run on uvloop (when installed) with
+access logs off, over the same upstream, under the same load, in the same run. The same load (32
 keep-alive connections) hits each in turn, in interleaved rounds; then 1 GiB goes down
 and 1 GiB goes up through the gateway while its peak RSS (VmHWM) is watched.
 
 All three listen on plain HTTP on loopback: wrk sets the TLS server name from the URL's
 host, and these hosts do not resolve here, so TLS would make the comparison unequal.
+
+Each line also shows the CPU time the answering process used per request while it was
+measured: on this 2-core machine, shared with the load generator, the upstream and
+Redis, requests/s swing with other load, while CPU per request says where the cost is.
 
 Targets: gateway >= 0.9x the bare proxy's requests/s; a 1 GiB transfer raises the
 gateway's peak RSS by <= 32 MiB.
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.gateway_peer import STAND_IN
 from bench.load import LoadResult, generate_load, which_tool
 from gateway.embedded_redis import EmbeddedRedis
 from tests.gateway.gateway_process import HOST
@@ -123,6 +130,12 @@ async def _transfer(port: int, direction: str) -> int:
             return int((await response.json())["size"])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (its own threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _measure(name: str, port: int) -> LoadResult:
     return generate_load(
         f"http://127.0.0.1:{port}/small",
@@ -144,12 +157,13 @@ def main() -> int:
         f"  {CONNECTIONS} connections, {DURATION_S:g} s per run, {ROUNDS} interleaved rounds, "
         "small JSON answers, plain HTTP on loopback"
     )
+    print(f"  gateway: {STAND_IN}")
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     redis = EmbeddedRedis(work / "redis", appendfsync="always", persistent=True)
     redis.start()
     try:
         with (
-            _process(work / "upstream.log", "bench.peers", "upstream") as (_, upstream_port),
+            _process(work / "upstream.log", "bench.peers", "upstream") as (upstream, upstream_port),
             _process(
                 work / "bare-proxy.log",
                 "bench.peers",
@@ -157,13 +171,12 @@ def main() -> int:
                 "--upstream-port",
                 str(upstream_port),
             ) as (
-                _,
+                bare,
                 bare_port,
             ),
             _process(
                 work / "gateway.log",
-                "tests.gateway.gateway_process",
-                "--plain",
+                "bench.gateway_peer",
                 "--data-dir",
                 str(work / "gateway"),
                 "--redis-url",
@@ -184,15 +197,21 @@ def main() -> int:
                     duration_s=1,
                 )
             results: dict[str, list[LoadResult]] = {name: [] for name in targets}
+            pids = {"direct": upstream.pid, "bare proxy": bare.pid, "gateway": gateway.pid}
+            cpu_s: dict[str, float] = dict.fromkeys(targets, 0.0)
             for _ in range(ROUNDS):
                 for name, port in targets.items():
+                    before = cpu_seconds(pids[name])
                     results[name].append(_measure(name, port))
+                    cpu_s[name] += cpu_seconds(pids[name]) - before
             rps = {name: statistics.mean(r.rps for r in runs) for name, runs in results.items()}
             errors = {name: sum(r.errors for r in runs) for name, runs in results.items()}
             print()
             for name in targets:
                 runs = ", ".join(f"{r.rps:,.0f}" for r in results[name])
-                detail = f"(runs: {runs}; errors: {errors[name]})"
+                served = sum(r.requests for r in results[name])
+                cpu = cpu_s[name] / served * 1e6 if served else 0.0
+                detail = f"(runs: {runs}; errors: {errors[name]}; {cpu:,.0f} µs CPU/request)"
                 print(f"  {name:<11} {rps[name]:>10,.0f} req/s   {detail}")
             to_bare = rps["gateway"] / rps["bare proxy"]
             to_direct = rps["gateway"] / rps["direct"]
@@ -228,3 +247,7 @@ def main() -> int:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

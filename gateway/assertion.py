@@ -6,6 +6,7 @@ claims of every assertion:
 
     signer = load_signer(config.data_dir / "keys", issuer=config.console_url)
     token = signer.sign(grant, audience="https://acme.localhost:8443", now=clock.now())
+    token = signer.assertion(grant, audience, now)   # per request: reuses a recent one
     claims = verify(token, signer.jwks(), audience="https://acme.localhost:8443",
                     issuer=config.console_url)
     # {"iss": ..., "aud": ..., "sub": "bob", "act": {"sub": "sam"}, "org": "acme",
@@ -17,6 +18,14 @@ left alone): the newest signs, every kept key is published so that tokens signed
 before a rotation still verify. `rotate()` adds a key and prunes the oldest.
 Alternatively GATEWAY_ASSERTION_KEYS holds one or more PEM private keys (the last signs)
 and nothing is read from or written to disk.
+
+`assertion()` is what the forwarder calls for every request: it hands out the token
+last signed for the same grant (same member, actor, org, scope, start and end), audience
+and key while that token has at least REUSE_MIN_LIFE_S (4 of its 5 minutes) left, or
+lasts until the grant's end anyway; otherwise it signs a new one. An upstream thus sees
+the same token (and `jti`) for up to a minute of one grant's requests. Revocation
+still takes effect at once: the grant is checked live before every request and no token
+is handed out for a grant that did not pass. Entries are dropped once expired.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from gateway.identity import ActingGrant
 
 ALGORITHM = "ES256"
 MAX_LIFETIME_S = 300  # DESIGN: an assertion lives at most 5 minutes
+REUSE_MIN_LIFE_S = 240  # a reused assertion has at least this long left (4 of its 5 min)
 KEEP_KEYS = 3  # published keys after a rotation: the new one and the two before it
 ENV_KEYS = "GATEWAY_ASSERTION_KEYS"
 JWKS_MAX_AGE_S = 300
@@ -114,6 +124,52 @@ class AssertionSigner:
         self.issuer = issuer
         self.current = self.keys[-1]
         self._jwks = {"keys": [key.public_jwk for key in self.keys]}
+        # (grant facts, audience, kid) -> (token, iat, exp) of the last token signed
+        self._recent: dict[tuple[object, ...], tuple[str, int, int]] = {}
+        self._prune_at = 0.0
+
+    def assertion(self, grant: ActingGrant, audience: str, now: float) -> str:
+        """The assertion for one forwarded request: a recent one while it is good enough.
+
+        Raises AssertionRefused, as `sign` does, for a grant that is not live at `now`.
+        """
+        issued = math.floor(now)
+        # SECURITY: every fact a token states (and the grant's times) is part of the key,
+        # so a token is only ever reused for exactly the grant it was signed for.
+        key = (
+            grant.grant_id,
+            grant.member_id,
+            grant.actor.id,
+            grant.org,
+            grant.scope.value,
+            grant.starts_at,
+            grant.expires_at,
+            audience,
+            self.current.kid,
+        )
+        recent = self._recent.get(key)
+        if recent is not None and now >= grant.starts_at:
+            token, iat, exp = recent
+            # A fresh token would expire at min(now + 5 min, grant end): the recent one is
+            # as good when it has 4 minutes left or already lasts until the grant's end.
+            fresh_exp = min(issued + MAX_LIFETIME_S, math.floor(grant.expires_at))
+            if iat <= issued < exp and (exp - now >= REUSE_MIN_LIFE_S or exp >= fresh_exp):
+                return token
+        token = self.sign(grant, audience, now)
+        expires = min(issued + MAX_LIFETIME_S, math.floor(grant.expires_at))
+        if now >= self._prune_at:
+            # Tokens past their exp are never handed out again: drop them (ended grants).
+            self._recent = {k: v for k, v in self._recent.items() if v[2] > issued}
+            self._prune_at = now + REUSE_MIN_LIFE_S / 4
+        self._recent[key] = (token, issued, expires)
+        return token
+
+    def forget_grant(self, grant_id: str) -> int:
+        """Drop the recent tokens of `grant_id` (its grant ended); returns how many."""
+        keys = [key for key in self._recent if key[0] == grant_id]
+        for key in keys:
+            del self._recent[key]
+        return len(keys)
 
     def sign(self, grant: ActingGrant, audience: str, now: float) -> str:
         """One assertion for one forwarded request of `grant` to the origin `audience`."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -72,6 +73,9 @@ class Flow:
     websocket_close_code: int | None = None  # the close code passed on to the client
 
     # --- audit ------------------------------------------------------------------------------
+    # `http_record` arguments both phases share, made once by audit-in (actor, member,
+    # grant, route, path, decision: none of them changes after the policy stage)
+    audit_fields: dict[str, Any] | None = None
     audit_attempt_seq: int | None = None  # seq of the accepted attempt record (audit-in)
     audit_outcome_seq: int | None = None  # seq of the outcome record (audit-out)
     outcome_attempted: bool = False  # audit-out has begun its one write (never a second)

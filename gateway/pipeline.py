@@ -27,7 +27,7 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import Counter
 
-from gateway.denials import Denial, denial_response, internal_error
+from gateway.denials import Denial, denial_response, failure, internal_error
 from gateway.flow import Flow
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ async def run(flow: Flow, stages: list[Stage]) -> web.StreamResponse:
             else:
                 # SECURITY: fail closed; whatever the stage was doing, nothing is forwarded.
                 flow.response = None
-                flow.denial = internal_error()
+                flow.denial = failure(exc)
     response = conclude(flow)
     _check_outcome(flow)
     return response

@@ -146,6 +146,8 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def is_trusted(peer: str, trusted: Sequence[IPNetwork]) -> bool:
+    if not trusted:
+        return False  # no trusted proxies configured: nobody's word is taken (no parsing)
     address = _address(peer)
     return address is not None and any(address in network for network in trusted)
 

@@ -13,6 +13,7 @@ so a truncated body is never mistaken for a whole one.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
@@ -33,14 +34,37 @@ SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Conte
 
 def upstream_url(upstream: Upstream, path: str, query: str) -> URL:
     """The upstream URL for the judged path, taken as already encoded (no re-encoding)."""
+    target = _upstream_base(upstream) + path
+    if query:
+        target += "?" + query
+    if len(target) > _CACHED_URL_CHARS:
+        return URL(target, encoded=True)
+    return _encoded_url(target)
+
+
+@functools.lru_cache(maxsize=64)
+def _upstream_base(upstream: Upstream) -> str:
     port = (
         "" if upstream.port == (443 if upstream.scheme == "https" else 80) else f":{upstream.port}"
     )
     host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
-    target = f"{upstream.scheme}://{host}{port}{upstream.base_path}{path}"
-    if query:
-        target += "?" + query
+    return f"{upstream.scheme}://{host}{port}{upstream.base_path}"
+
+
+_CACHED_URL_CHARS = 1024  # longer targets are parsed each time: the cache stays small
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded_url(target: str) -> URL:
+    # URLs are immutable: the same target (most requests of an app repeat a few) is
+    # parsed once. Bounded, so distinct hostile targets only evict each other.
     return URL(target, encoded=True)
+
+
+@functools.lru_cache(maxsize=64)
+def upstream_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    """The route's upstream timeouts (one immutable object per distinct pair)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
 
 def upstream_origin(upstream: Upstream) -> str:
@@ -118,11 +142,7 @@ async def exchange(
     loop = asyncio.get_running_loop()
     cap = route.capture.max_bytes if route.capture.bodies else None
     request_capture, response_capture = _Capture(cap), _Capture(cap)
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        sock_connect=route.timeouts.connect_s,
-        sock_read=route.timeouts.read_s,
-    )
+    timeout = upstream_timeout(route.timeouts.connect_s, route.timeouts.read_s)
     data = None
     if _has_body(request):
         await send_continue(request)
@@ -165,11 +185,25 @@ async def exchange(
         flow.response = response
         flow.status = upstream.status
         try:
+            # What already arrived with the upstream's headers (a small answer: all of it)
+            # goes out in the same write as the client's headers; nothing waits for it.
+            content = upstream.content
+            first = content.read_nowait(CHUNK_LIMIT) if content.exception() is None else b""
+            if first:
+                response._send_headers_immediately = False  # sent with `first`, just below
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                response_capture.feed(chunk)
-                flow.response_bytes += len(chunk)
-                await response.write(chunk)
+            if first:
+                response_capture.feed(first)
+                flow.response_bytes += len(first)
+                if upstream.content.at_eof():
+                    await response.write_eof(first)
+                else:
+                    await response.write(first)
+            if not upstream.content.at_eof():
+                async for chunk in upstream.content.iter_any():
+                    response_capture.feed(chunk)
+                    flow.response_bytes += len(chunk)
+                    await response.write(chunk)
             await response.write_eof()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # Mid-body failure on either side: the client must see a broken response.

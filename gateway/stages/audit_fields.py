@@ -67,6 +67,8 @@ def text(value: str) -> str:
     aiohttp hands over undecodable bytes as surrogates; a record must never fail on them
     (the attempt record failing would refuse the request).
     """
+    if value.isascii() and len(value) <= MAX_TEXT:
+        return value  # the common case: nothing to replace or cut
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:MAX_TEXT]
 
 

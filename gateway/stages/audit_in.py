@@ -34,7 +34,8 @@ class AuditIn:
 
     async def __call__(self, flow: Flow) -> None:
         try:
-            body = http_record("attempt", at=self.app[CLOCK].now(), **http_fields(flow))
+            flow.audit_fields = fields = http_fields(flow)
+            body = http_record("attempt", at=self.app[CLOCK].now(), **fields)
             flow.audit_attempt_seq = await self.app[AUDIT].append(body)
         except Exception:
             # SECURITY: no record, no forwarding (AuditUnavailable or anything else).

@@ -38,7 +38,8 @@ class AuditOut:
         flow.outcome_attempted = True
         if flow.duration_s is None:
             flow.duration_s = asyncio.get_running_loop().time() - flow.started_monotonic
-        fields = http_fields(flow)
+        # The attempt's fields when audit-in made them: both records name the same facts.
+        fields = dict(flow.audit_fields) if flow.audit_fields is not None else http_fields(flow)
         error: str | None = None
         if flow.denial is not None:
             error = flow.denial.error

@@ -53,7 +53,7 @@ class Inject:
                 ("Host", name if upstream.port == default else f"{name}:{upstream.port}")
             )
         try:
-            assertion = self.app[ASSERTION_SIGNER].sign(
+            assertion = self.app[ASSERTION_SIGNER].assertion(
                 grant, audience=public_origin(request), now=self.app[CLOCK].now()
             )
         except AssertionRefused:

@@ -13,6 +13,7 @@ It refuses, before anything else looks at the request:
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -39,6 +40,12 @@ _IPV6_CHARS = frozenset("0123456789abcdef:.")
 
 def split_host(value: str) -> tuple[str, str] | None:
     """`Host` -> (name, port) with the name lower-case and without a trailing dot."""
+    if len(value) > 300:
+        return _parse_host(value)  # not remembered: the cache holds short values only
+    return _remembered_host(value)
+
+
+def _parse_host(value: str) -> tuple[str, str] | None:
     value = value.strip().lower()
     if not value or len(value) > 255:
         return None
@@ -60,6 +67,11 @@ def split_host(value: str) -> tuple[str, str] | None:
     if port and (not port.isdigit() or not 0 < int(port) < 65536):
         return None
     return name, port
+
+
+# Every request parses its Host twice (flow creation, route stage) and a gateway serves
+# few hosts: the parse, a pure function of the value, is remembered (bounded).
+_remembered_host = functools.lru_cache(maxsize=256)(_parse_host)
 
 
 def header_limit_denial(flow: Flow) -> Denial | None:

@@ -233,6 +233,7 @@ def test_the_writers_path_redacts_what_the_walk_redacts() -> None:
         "header_value",
         "mime",
         "text_body",
+        "actor_name",
     ],
 )
 def test_tokens_in_any_client_supplied_field_of_an_http_record_are_redacted(where: str) -> None:
@@ -261,9 +262,14 @@ def test_tokens_in_any_client_supplied_field_of_an_http_record_are_redacted(wher
         fields["request_headers"] = [("X-Gateway-Assertion", JWT)]
     elif where == "mime":
         fields["request_body"] = BodyCapture(b"hi", f"text/plain; x={JWT}", 2)
-    else:
+    elif where == "text_body":
         fields["request_body"] = BodyCapture(f"see {JWT} here".encode(), "text/plain", 30)
-    record = http_record("outcome", at=1.0, request_id="r", host="h", status=200, **fields)
+    actor = Person(
+        "sam", kind="staff", name="Token abcdefgh12345" if where == "actor_name" else "S"
+    )
+    record = http_record(
+        "outcome", at=1.0, request_id="r", host="h", status=200, actor=actor, **fields
+    )
     original = json.dumps(record, sort_keys=True)
     redactor = Redactor(b"r" * 32)
     fast, full = _both(redactor, record)
