@@ -329,6 +329,7 @@ def test_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
                 "smtp",
                 "audit",
                 "access_log",
+                "metrics",
             ]
         ),
         f"{bad}:6: access_log: true or false (got 3)",
