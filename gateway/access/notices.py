@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,15 @@ def _when(at: float | None) -> str:
     if at is None:
         return "-"
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _review(request: AccessRequest, link: str) -> str:
+    """The approvers' closing lines: when the request lapses and where to decide it."""
+    return (
+        f"Undecided requests lapse at {_when(request.lapses_at)}.\n\n"
+        f"Review it in the console (sign-in required; this link alone approves "
+        f"nothing):\n{link}\n"
+    )
 
 
 def _person(principal_key: str) -> Person:
@@ -185,14 +194,10 @@ class Notices:
         if event == "filed":
             body = (
                 f"{who} asks to act as {request.member} in {request.org}.\n\n{facts}"
-                f"Undecided requests lapse at {_when(request.lapses_at)}.\n\n"
-                f"Review it in the console (sign-in required; this link alone approves "
-                f"nothing):\n{link}\n"
+                f"{_review(request, link)}"
             )
             subject = f"Access request: {request.requester.id} -> {request.org}/{request.member}"
-            for approver in await directory.approvers(self.redis, request.org):
-                if approver.email:
-                    await self.mail.enqueue(approver.email, subject, body)
+            await self._mail_approvers(request, subject, body)
             return
         if event in ("approved", "denied", "lapsed", "expired", "revoked"):
             said = f"\nComment: {comment}\n" if comment else ""
@@ -233,13 +238,9 @@ class Notices:
             f"Scope now:     {request.scope.value}\n"
             f"Duration now:  {request.duration_s} s\n"
             f"Justification: {request.justification}\n"
-            f"Undecided requests lapse at {_when(request.lapses_at)}.\n\n"
-            f"Review it in the console (sign-in required; this link alone approves "
-            f"nothing):\n{link}\n"
+            f"{_review(request, link)}"
         )
-        for member in await directory.approvers(self.redis, request.org):
-            if member.email and member.id not in request.approvals:
-                await self.mail.enqueue(member.email, subject, body)
+        await self._mail_approvers(request, subject, body, skip=request.approvals)
 
     async def _summary(self, event: str, request: AccessRequest, facts: str, link: str) -> None:
         used = await self.redis.hget(keys.access_request(request.id), "requests")
@@ -253,6 +254,12 @@ class Notices:
             f"Workflow steps recorded: {len(history)}\n\n{link}\n"
         )
         subject = f"Access ended ({event}): {request.requester.id} in {request.org}"
+        await self._mail_approvers(request, subject, body)
+
+    async def _mail_approvers(
+        self, request: AccessRequest, subject: str, body: str, *, skip: Collection[str] = ()
+    ) -> None:
+        """Queue the mail for every approver of the request's org with an address, but `skip`."""
         for approver in await directory.approvers(self.redis, request.org):
-            if approver.email:
+            if approver.email and approver.id not in skip:
                 await self.mail.enqueue(approver.email, subject, body)

@@ -1,8 +1,8 @@
 """The access workflow's transition scripts: Lua files run atomically inside Redis.
 
 Each script is `common.lua` + `keys.lua` + its own file, so every transition shares one
-definition of history entries, events and grant start/end. Scripts are loaded once per
-Redis client (`TransitionScripts(redis)`) and called by EVALSHA.
+definition of the pending-request checks, history entries, events and grant start/end.
+Scripts are loaded once per Redis client (`TransitionScripts(redis)`) and called by EVALSHA.
 """
 
 from __future__ import annotations

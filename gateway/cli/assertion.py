@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.assertion import ENV_KEYS, KEEP_KEYS, load_signer, rotate
-from gateway.config import load_config
-from gateway.errors import ConfigError, KeyMaterialError
+from gateway.cli.configfile import load_config_or_report
+from gateway.errors import KeyMaterialError
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 ISSUER_UNKNOWN = "gateway"  # `show` only lists public keys: no token is signed
@@ -58,11 +58,8 @@ def _where(parser: argparse.ArgumentParser) -> None:
 def _key_dir(args: argparse.Namespace) -> Path | None:
     if args.dir is not None:
         return Path(args.dir)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         print(
             f"cannot read the gateway config {args.config} (name it with --config, or the "
             f"key directory with --dir)",

@@ -29,11 +29,12 @@ from gateway.accounts.directory import Directory, import_directory, parse_direct
 from gateway.accounts.totp import code_at, provisioning_uri
 from gateway.app import create_app
 from gateway.appkeys import REDIS
+from gateway.cli.configfile import load_config_or_report
 from gateway.clock import SystemClock
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig
 from gateway.demo.acme import AcmeSettings, create_acme_app
 from gateway.demo.mail_catcher import MailCatcher
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import GatewayError
 from gateway.server import GatewayServer, loop_factory
 from gateway.tls import ensure_demo_tls
 
@@ -255,11 +256,8 @@ def _demo(args: argparse.Namespace) -> int:
             return 1
         print("(each code is valid for about 30 s and usable once)")
         return 0
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     directory = None
     if args.directory.exists():

@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import load_config
-from gateway.errors import ConfigError
+from gateway.cli.configfile import load_config_or_report
 from policies.decide import decide
 from policies.errors import PathRejected, PolicyError
 from policies.load import load_policy_files
@@ -80,12 +79,10 @@ def _check(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     files: list[Path] | None = args.policy
     if not files:
-        try:
-            files = list(load_config(args.config).policy_files)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
+        config = load_config_or_report(args.config)
+        if config is None:
             return 1
+        files = list(config.policy_files)
         if not files:
             print(f"{args.config}: names no policy_files; pass --policy FILE", file=sys.stderr)
             return 1

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.cli.configfile import load_config_or_report
+from gateway.errors import GatewayError
 from gateway.server import GatewayServer, loop_factory, run
 
 
@@ -29,11 +29,8 @@ def _announce(server: GatewayServer) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     print(f"event loop: {loop_factory()[1]}", flush=True)
     try:

@@ -74,6 +74,20 @@ async def make_writer(
         await writer.close()
 
 
+BARE_HTTP: dict[str, Any] = {
+    "at": 1.0,
+    "request_id": "r",
+    "method": "GET",
+    "host": "h",
+    "path": "/",
+}
+
+
+def bare_http_record(phase: str = "outcome", **fields: Any) -> dict[str, Any]:
+    """An http record of `phase` with only the required fields, and `fields` on top."""
+    return http_record(phase, **{**BARE_HTTP, **fields})
+
+
 def request_pair(
     n: int, at: float, *, grant: str = "g1", status: int = 200
 ) -> tuple[dict[str, object], dict[str, object]]:
@@ -124,35 +138,42 @@ def request_pair(
     return attempt, outcome
 
 
+def _grant_event(action: str, at: float, **fields: Any) -> dict[str, Any]:
+    """A workflow event of grant g1 by Alice, acme's admin."""
+    return event_record(
+        action, at=at, category="workflow", actor=ALICE, org="acme", grant_id="g1", **fields
+    )
+
+
 async def write_session(writer: AuditWriter, clock: ManualClock, requests: int) -> None:
     """A small realistic session: approval, requests, revocation."""
-    await writer.append(
-        event_record(
-            "grant.approved",
-            at=clock.now(),
-            category="workflow",
-            actor=ALICE,
-            org="acme",
-            grant_id="g1",
-            details={"scope": "write"},
-        )
-    )
+    await writer.append(_grant_event("grant.approved", clock.now(), details={"scope": "write"}))
     for n in range(requests):
         clock.advance(1)
         attempt, outcome = request_pair(n, clock.now())
         await writer.append(attempt)
         await writer.append(outcome)
     clock.advance(1)
-    await writer.append(
-        event_record(
-            "grant.revoked",
-            at=clock.now(),
-            category="workflow",
-            actor=ALICE,
-            org="acme",
-            grant_id="g1",
-        )
-    )
+    await writer.append(_grant_event("grant.revoked", clock.now()))
+
+
+SessionWriter = Callable[..., Awaitable[list[Frame]]]
+
+
+@pytest.fixture
+def write_closed_session(
+    redis: aioredis.Redis, make_writer: WriterFactory, clock: ManualClock
+) -> SessionWriter:
+    """Writes a session of `requests` requests with a writer it then closes, and returns every
+    frame the stream holds afterwards; keyword arguments go to the writer."""
+
+    async def write(requests: int, **overrides: Any) -> list[Frame]:
+        writer = await make_writer(**overrides)
+        await write_session(writer, clock, requests)
+        await writer.close()
+        return await stream_frames(redis)
+
+    return write
 
 
 async def collect(redis: aioredis.Redis, segment_dir: Path, consumer: str = "c1") -> int:

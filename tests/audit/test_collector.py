@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from audit.collector import GROUP, PAUSE_BEFORE_ACK_ENV, Collector, SeqRanges, trim_stream
+from audit.frame import Frame
 from audit.keys import Keyring
 from audit.segment import SegmentWriter, read_segment
 from audit.verify import verify
@@ -24,10 +25,10 @@ from gateway.clock import ManualClock
 from tests.audit.chains import read_frames, write_segment
 from tests.audit.conftest import (
     STREAM,
+    SessionWriter,
     WriterFactory,
     collect,
     request_pair,
-    stream_frames,
     write_session,
 )
 
@@ -65,21 +66,37 @@ def seq_counts(segment_dir: Path) -> Counter[tuple[str, int]]:
     return Counter((f.stream, f.seq) for f in read_frames(segment_dir))
 
 
-async def test_collects_every_frame_once_and_trims_what_was_acknowledged(
-    redis: aioredis.Redis,
-    make_writer: WriterFactory,
-    clock: ManualClock,
-    tmp_path: Path,
-    keyring: Keyring,
-) -> None:
-    writer = await make_writer(checkpoint_every_frames=5)
-    await write_session(writer, clock, requests=10)
-    await writer.close()
-    written = await stream_frames(redis)
-    assert await collect(redis, tmp_path / "seg") == len(written)
-    counts = seq_counts(tmp_path / "seg")
+def assert_stored_once(segment_dir: Path, written: list[Frame]) -> None:
+    """Every written frame is in the segment files, none twice, nothing else."""
+    counts = seq_counts(segment_dir)
     assert sorted(counts) == sorted((f.stream, f.seq) for f in written)
     assert set(counts.values()) == {1}
+
+
+async def wait_for_pause(collector: subprocess.Popen[bytes], pause: Path) -> None:
+    """Until the collector has written its segment and paused before acknowledging."""
+    for _ in range(500):
+        if await asyncio.to_thread(pause.exists) or collector.poll() is not None:
+            break
+        await asyncio.sleep(0.02)
+    paused = await asyncio.to_thread(pause.exists)
+    assert paused, collector.stderr.read() if collector.stderr else b""
+
+
+def logging_collector(redis: aioredis.Redis, segment_dir: Path) -> tuple[Collector, io.StringIO]:
+    log = io.StringIO()
+    collector = Collector(
+        redis, stream=STREAM, segment_dir=segment_dir, consumer="c1", now=time.time, log=log
+    )
+    return collector, log
+
+
+async def test_collects_every_frame_once_and_trims_what_was_acknowledged(
+    redis: aioredis.Redis, write_closed_session: SessionWriter, tmp_path: Path, keyring: Keyring
+) -> None:
+    written = await write_closed_session(10, checkpoint_every_frames=5)
+    assert await collect(redis, tmp_path / "seg") == len(written)
+    assert_stored_once(tmp_path / "seg", written)
     assert await pending(redis) == 0
     assert await redis.xlen(STREAM) == 0  # acknowledged by the only group: trimmed
     assert verify([tmp_path / "seg"], keyring).ok(strict=True)
@@ -89,23 +106,15 @@ async def test_collects_every_frame_once_and_trims_what_was_acknowledged(
 async def test_collector_killed_between_write_and_ack_loses_and_duplicates_nothing(
     redis: aioredis.Redis,
     redis_url: str,
-    make_writer: WriterFactory,
-    clock: ManualClock,
+    write_closed_session: SessionWriter,
     tmp_path: Path,
     keyring: Keyring,
 ) -> None:
-    writer = await make_writer(checkpoint_every_frames=7)
-    await write_session(writer, clock, requests=15)
-    await writer.close()
-    written = await stream_frames(redis)
+    written = await write_closed_session(15, checkpoint_every_frames=7)
     pause = tmp_path / "paused"
     first = run_collector(redis_url, tmp_path / "seg", "c1", env={PAUSE_BEFORE_ACK_ENV: str(pause)})
     try:
-        for _ in range(500):
-            if pause.exists() or first.poll() is not None:
-                break
-            await asyncio.sleep(0.02)
-        assert pause.exists(), first.stderr.read() if first.stderr else b""
+        await wait_for_pause(first, pause)
         os.kill(first.pid, signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
     finally:
@@ -123,51 +132,34 @@ async def test_collector_killed_between_write_and_ack_loses_and_duplicates_nothi
     _out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     assert f"skipped {len(written)} already stored".encode() in err
-    counts = seq_counts(tmp_path / "seg")
-    assert sorted(counts) == sorted((f.stream, f.seq) for f in written)
-    assert set(counts.values()) == {1}
+    assert_stored_once(tmp_path / "seg", written)
     assert await pending(redis) == 0
     assert verify([tmp_path / "seg"], keyring).ok(strict=True)
 
 
 async def test_restarted_collector_rereads_its_own_pending_entries(
-    redis: aioredis.Redis,
-    redis_url: str,
-    make_writer: WriterFactory,
-    clock: ManualClock,
-    tmp_path: Path,
+    redis: aioredis.Redis, redis_url: str, write_closed_session: SessionWriter, tmp_path: Path
 ) -> None:
-    writer = await make_writer()
-    await write_session(writer, clock, requests=3)
-    await writer.close()
-    total = len(await stream_frames(redis))
+    written = await write_closed_session(3)
     pause = tmp_path / "paused"
     first = run_collector(redis_url, tmp_path / "seg", "c1", env={PAUSE_BEFORE_ACK_ENV: str(pause)})
-    for _ in range(500):
-        if pause.exists():
-            break
-        await asyncio.sleep(0.02)
-    first.kill()
-    first.communicate()
-    assert await pending(redis) == total
+    try:
+        await wait_for_pause(first, pause)
+    finally:
+        first.kill()
+        first.communicate()
+    assert await pending(redis) == len(written)
     again = run_collector(redis_url, tmp_path / "seg", "c1")  # same name, default claim idle
     _, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
-    assert set(seq_counts(tmp_path / "seg").values()) == {1}
-    assert len(seq_counts(tmp_path / "seg")) == total
+    assert_stored_once(tmp_path / "seg", written)
     assert await pending(redis) == 0
 
 
 async def test_partial_record_left_by_a_crash_is_cut_and_redelivered(
-    redis: aioredis.Redis,
-    make_writer: WriterFactory,
-    clock: ManualClock,
-    tmp_path: Path,
-    keyring: Keyring,
+    redis: aioredis.Redis, write_closed_session: SessionWriter, tmp_path: Path, keyring: Keyring
 ) -> None:
-    writer = await make_writer()
-    await write_session(writer, clock, requests=2)
-    await writer.close()
+    frames = await write_closed_session(2)
     seg = tmp_path / "seg"
     collector = Collector(
         redis, stream=STREAM, segment_dir=seg, consumer="c1", now=time.time, trim=False
@@ -178,14 +170,12 @@ async def test_partial_record_left_by_a_crash_is_cut_and_redelivered(
     (only,) = list(seg.glob("*.seg")) if seg.exists() else [None]
     assert only is None
     # A crashed earlier run left a segment whose last record is cut short.
-    frames = await stream_frames(redis)
     path = write_segment(tmp_path / "seg-early.seg", frames[:2])
     seg.mkdir()
     broken = seg / "20260101T000000-c1-000001.seg"
     broken.write_bytes(path.read_bytes()[:-5])
     await collector.run_once()
-    assert set(seq_counts(seg).values()) == {1}
-    assert len(seq_counts(seg)) == len(frames)
+    assert_stored_once(seg, frames)
     assert verify([seg], keyring).ok(strict=True)
 
 
@@ -212,15 +202,7 @@ async def test_gaps_are_reported(
     await write_session(writer, clock, requests=3)
     entries: Any = await redis.xrange(STREAM)
     await redis.xdel(STREAM, entries[3][0], entries[4][0])
-    out = io.StringIO()
-    collector = Collector(
-        redis,
-        stream=STREAM,
-        segment_dir=tmp_path / "seg",
-        consumer="c1",
-        now=time.time,
-        log=out,
-    )
+    collector, out = logging_collector(redis, tmp_path / "seg")
     await collector.run_once()
     assert collector.gaps() == [(writer.stream_id, 3, 4)]
     assert f"gap: stream {writer.stream_id} lacks seq 3..4" in out.getvalue()
@@ -252,15 +234,7 @@ async def test_non_frame_entries_are_acknowledged_and_reported(
 ) -> None:
     await redis.xadd(STREAM, {"x": "1"})
     await redis.xadd(STREAM, {"f": b"\xc1not a frame"})
-    out = io.StringIO()
-    collector = Collector(
-        redis,
-        stream=STREAM,
-        segment_dir=tmp_path / "seg",
-        consumer="c1",
-        now=time.time,
-        log=out,
-    )
+    collector, out = logging_collector(redis, tmp_path / "seg")
     written = await collector.run_once()
     assert written == 1  # the undecodable frame is kept for verify to report
     assert await pending(redis) == 0
@@ -270,16 +244,10 @@ async def test_non_frame_entries_are_acknowledged_and_reported(
 
 
 async def test_segments_rotate_by_size_and_age_and_verify_across_files(
-    redis: aioredis.Redis,
-    make_writer: WriterFactory,
-    clock: ManualClock,
-    tmp_path: Path,
-    keyring: Keyring,
+    redis: aioredis.Redis, write_closed_session: SessionWriter, tmp_path: Path, keyring: Keyring
 ) -> None:
-    writer = await make_writer(checkpoint_every_frames=6)
-    await write_session(writer, clock, requests=8)
-    await writer.close()
-    total = await redis.xlen(STREAM)
+    total = len(await write_closed_session(8, checkpoint_every_frames=6))
+    assert await redis.xlen(STREAM) == total
     ticks = iter(range(1_000_000))
     collector = Collector(
         redis,

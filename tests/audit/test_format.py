@@ -6,6 +6,7 @@ import base64
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -24,6 +25,7 @@ from audit.frame import (
 from audit.keys import ENV_SIGNING_KEY, KeyDirectory, Keyring, SigningKey
 from audit.record import BodyCapture, Person, RecordKind, event_record, http_record
 from audit.segment import MAGIC, read_segment
+from tests.audit.conftest import bare_http_record
 
 
 def test_http_record_names_both_identities_in_ecs_fields() -> None:
@@ -70,13 +72,7 @@ def test_http_record_names_both_identities_in_ecs_fields() -> None:
 
 
 def test_an_outcome_with_a_denial_code_is_a_denial_record() -> None:
-    body = http_record(
-        "outcome",
-        at=1.0,
-        request_id="r",
-        method="GET",
-        host="h",
-        path="/",
+    body = bare_http_record(
         error="no_grant",
         reason="no live grant",
         status=403,
@@ -102,18 +98,9 @@ def test_an_outcome_with_a_denial_code_is_a_denial_record() -> None:
         ({"method": b"GET"}, "expected a string"),
     ],
 )
-def test_bad_record_fields_are_refused(kwargs: dict[str, object], message: str) -> None:
-    args: dict[str, object] = {
-        "phase": "outcome",
-        "at": 1.0,
-        "request_id": "r",
-        "method": "GET",
-        "host": "h",
-        "path": "/",
-    }
-    args.update(kwargs)
+def test_bad_record_fields_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(RecordError, match=message):
-        http_record(**args)  # type: ignore[arg-type]
+        bare_http_record(**kwargs)
 
 
 def test_event_record_validation() -> None:

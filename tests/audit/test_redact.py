@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from audit.frame import encode_body
 from audit.record import BodyCapture, Person, event_record, http_record
 from audit.redact import MARKER, Denylist, Redactor, find_plaintext_secrets
+from tests.audit.conftest import bare_http_record
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLXZhbHVl"
 SECRETS = ["hunter2-pw", "tok-123456789", "sk_live_abcdef", "sessionsecret99", JWT, "s3cr3t-q"]
@@ -104,13 +105,9 @@ def test_scrub_leaves_the_input_alone_and_is_idempotent() -> None:
 
 def test_truncated_json_body_is_still_redacted() -> None:
     cut = b'{"a": 1, "password": "hunter2-pw", "token": "abc'
-    record = http_record(
+    record = bare_http_record(
         "attempt",
-        at=1.0,
-        request_id="r",
         method="POST",
-        host="h",
-        path="/",
         request_body=BodyCapture(cut, "application/json", 4000),
     )
     clean = Redactor(b"r" * 32).scrub(record)
@@ -133,13 +130,9 @@ def test_event_details_are_redacted() -> None:
 
 
 def test_binary_bodies_are_base64_and_not_parsed() -> None:
-    record = http_record(
+    record = bare_http_record(
         "attempt",
-        at=1.0,
-        request_id="r",
         method="POST",
-        host="h",
-        path="/",
         request_body=BodyCapture(b"\xff\xfe\x00password=1", "application/octet-stream", 12),
     )
     clean = Redactor(b"r" * 32).scrub(record)
@@ -184,13 +177,9 @@ json_values = st.recursive(
 @given(doc=json_values, secret=st.text(min_size=6, max_size=16, alphabet="abcdefXYZ0123"))
 def test_hostile_json_bodies_never_leak_the_secret(doc: Any, secret: str) -> None:
     wrapped = {"keep": doc, "password": secret, "deep": [{"token": secret}]}
-    record = http_record(
+    record = bare_http_record(
         "attempt",
-        at=1.0,
-        request_id="r",
         method="POST",
-        host="h",
-        path="/",
         request_body=BodyCapture(json.dumps(wrapped).encode(), "application/json", 10),
     )
     clean = Redactor(b"r" * 32).scrub(record)
@@ -282,7 +271,7 @@ def test_tokens_in_any_client_supplied_field_of_an_http_record_are_redacted(wher
 
 
 def test_a_plain_dict_shaped_like_an_http_record_gets_the_full_walk() -> None:
-    record = dict(http_record("attempt", at=1.0, request_id="r", method="GET", host="h", path="/"))
+    record = dict(bare_http_record("attempt"))
     record["user"] = {"id": "sam", "api-key": "sk_live_abcdef", "note": f"Bearer {SECRETS[1]}"}
     redactor = Redactor(b"r" * 32)
     fast, full = _both(redactor, record)
@@ -293,7 +282,7 @@ def test_a_plain_dict_shaped_like_an_http_record_gets_the_full_walk() -> None:
 
 
 def test_an_http_record_with_foreign_keys_gets_the_full_walk() -> None:
-    record = http_record("attempt", at=1.0, request_id="r", method="GET", host="h", path="/")
+    record = bare_http_record("attempt")
     record["extra"] = {"password": "hunter2-pw"}
     fast, full = _both(Redactor(b"r" * 32), record)
     assert fast == full
@@ -313,12 +302,8 @@ def test_event_records_take_the_walk_only_when_it_changes_something() -> None:
 @settings(max_examples=100, deadline=None)
 @given(doc=json_values, text=st.text(max_size=40))
 def test_the_writers_path_equals_the_walk_on_hostile_bodies(doc: Any, text: str) -> None:
-    record = http_record(
-        "outcome",
-        at=1.0,
-        request_id="r",
+    record = bare_http_record(
         method="POST",
-        host="h",
         path="/" + text.replace("\x00", ""),
         status=200,
         request_headers=[("X-Note", text)],

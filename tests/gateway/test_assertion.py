@@ -29,26 +29,11 @@ from gateway.assertion import (
     verify,
 )
 from gateway.errors import AssertionRefused, KeyMaterialError
-from gateway.identity import ActingGrant, Principal, PrincipalKind
-from policies.model import Scope
-
-ISSUER = "https://gateway.localhost:8443"
-AUDIENCE = "https://acme.localhost:8443"
-NOW = 1_800_000_000.0
-
-
-def _grant(expires_at: float = NOW + 3600, starts_at: float = NOW - 60) -> ActingGrant:
-    sam = Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Sam")
-    return ActingGrant("r-1", "acme", "bob", sam, Scope.READ, starts_at, expires_at)
-
-
-@pytest.fixture
-def signer(tmp_path: Path) -> AssertionSigner:
-    return load_signer(tmp_path / "keys", issuer=ISSUER, environ={})
+from tests.gateway.conftest import AUDIENCE, ISSUER, NOW, acting_grant
 
 
 def test_claims_name_both_identities_and_the_grant(signer: AssertionSigner) -> None:
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     claims = verify(token, signer.jwks(), audience=AUDIENCE, issuer=ISSUER, now=NOW)
     assert claims["sub"] == "bob"
     assert claims["act"] == {"sub": "sam"}
@@ -63,15 +48,13 @@ def test_claims_name_both_identities_and_the_grant(signer: AssertionSigner) -> N
 
 
 def test_every_token_has_a_fresh_jti(signer: AssertionSigner) -> None:
-    ids = {
-        jwt.decode(signer.sign(_grant(), AUDIENCE, NOW), options={"verify_signature": False})["jti"]
-        for _ in range(50)
-    }
+    tokens = [signer.sign(acting_grant(), AUDIENCE, NOW) for _ in range(50)]
+    ids = {jwt.decode(token, options={"verify_signature": False})["jti"] for token in tokens}
     assert len(ids) == 50
 
 
 def test_exp_is_never_past_the_grants_end(signer: AssertionSigner) -> None:
-    token = signer.sign(_grant(expires_at=NOW + 42.9), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(expires_at=NOW + 42.9), AUDIENCE, NOW)
     claims = verify(token, signer.jwks(), audience=AUDIENCE, issuer=ISSUER, now=NOW)
     assert claims["exp"] == int(NOW) + 42
     with pytest.raises(jwt.ExpiredSignatureError):
@@ -86,28 +69,28 @@ def test_no_assertion_for_a_grant_that_is_not_live(
     signer: AssertionSigner, starts_at: float, expires_at: float
 ) -> None:
     with pytest.raises(AssertionRefused):
-        signer.sign(_grant(expires_at=expires_at, starts_at=starts_at), AUDIENCE, NOW)
+        signer.sign(acting_grant(expires_at=expires_at, starts_at=starts_at), AUDIENCE, NOW)
 
 
 def test_expired_token_fails(signer: AssertionSigner) -> None:
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     with pytest.raises(jwt.ExpiredSignatureError):
         verify(token, signer.jwks(), audience=AUDIENCE, issuer=ISSUER, now=NOW + MAX_LIFETIME_S)
     # On the wall clock (no `now`), a token signed an hour ago is expired too.
     an_hour_ago = time.time() - 3600
-    old = signer.sign(_grant(an_hour_ago + 7200, an_hour_ago - 60), AUDIENCE, an_hour_ago)
+    old = signer.sign(acting_grant(an_hour_ago + 7200, an_hour_ago - 60), AUDIENCE, an_hour_ago)
     with pytest.raises(jwt.ExpiredSignatureError):
         verify(old, signer.jwks(), audience=AUDIENCE, issuer=ISSUER)
 
 
 def test_not_yet_valid_token_fails(signer: AssertionSigner) -> None:
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     with pytest.raises(jwt.ImmatureSignatureError):
         verify(token, signer.jwks(), audience=AUDIENCE, issuer=ISSUER, now=NOW - 5)
 
 
 def test_wrong_audience_or_issuer_fails(signer: AssertionSigner) -> None:
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     with pytest.raises(jwt.InvalidAudienceError):
         verify(token, signer.jwks(), audience="https://other.localhost", issuer=ISSUER, now=NOW)
     with pytest.raises(jwt.InvalidIssuerError):
@@ -123,7 +106,7 @@ def _unb64(text: str) -> bytes:
 
 
 def test_tampered_tokens_fail(signer: AssertionSigner) -> None:
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     header, payload, signature = token.split(".")
     claims = json.loads(_unb64(payload))
     claims["sub"] = "alice"
@@ -145,7 +128,7 @@ def _hand_made(header: dict[str, str], claims: dict[str, object], key: bytes | N
 
 
 def test_alg_none_and_hmac_confusion_fail(signer: AssertionSigner) -> None:
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     claims = jwt.decode(token, options={"verify_signature": False})
     kid = signer.current.kid
     public_jwk = json.dumps(signer.jwks()["keys"][0]).encode()
@@ -168,7 +151,7 @@ def test_token_from_another_key_with_the_same_kid_fails(
 ) -> None:
     other = load_signer(tmp_path / "other", issuer=ISSUER, environ={})
     forged = jwt.encode(
-        jwt.decode(signer.sign(_grant(), AUDIENCE, NOW), options={"verify_signature": False}),
+        jwt.decode(signer.sign(acting_grant(), AUDIENCE, NOW), options={"verify_signature": False}),
         other.current.private_key,
         algorithm="ES256",
         headers={"kid": signer.current.kid},
@@ -179,7 +162,7 @@ def test_token_from_another_key_with_the_same_kid_fails(
 
 def test_unknown_kid_fails(signer: AssertionSigner, tmp_path: Path) -> None:
     other = load_signer(tmp_path / "other", issuer=ISSUER, environ={})
-    token = other.sign(_grant(), AUDIENCE, NOW)
+    token = other.sign(acting_grant(), AUDIENCE, NOW)
     with pytest.raises(jwt.InvalidTokenError, match="kid"):
         verify(token, signer.jwks(), audience=AUDIENCE, issuer=ISSUER, now=NOW)
 
@@ -237,7 +220,7 @@ def test_keys_from_the_environment_last_signs_all_published(tmp_path: Path) -> N
     )
     assert not (tmp_path / "unused").exists()
     assert len(signer.jwks()["keys"]) == 2
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     jwt.decode(
         token,
         new.public_key(),
@@ -268,14 +251,14 @@ def test_non_p256_keys_are_refused(tmp_path: Path) -> None:
 def test_rotation_publishes_old_keys_and_signs_with_the_new(tmp_path: Path) -> None:
     directory = tmp_path / "keys"
     before = load_signer(directory, issuer=ISSUER, environ={})
-    old_token = before.sign(_grant(), AUDIENCE, NOW)
+    old_token = before.sign(acting_grant(), AUDIENCE, NOW)
     new_key = rotate(directory)
     after = load_signer(directory, issuer=ISSUER, environ={})
     assert after.current.kid == new_key.kid != before.current.kid
     assert {k["kid"] for k in after.jwks()["keys"]} == {before.current.kid, new_key.kid}
     # A token signed just before the rotation still verifies against the new key set.
     verify(old_token, after.jwks(), audience=AUDIENCE, issuer=ISSUER, now=NOW)
-    new_token = after.sign(_grant(), AUDIENCE, NOW)
+    new_token = after.sign(acting_grant(), AUDIENCE, NOW)
     assert jwt.get_unverified_header(new_token)["kid"] == new_key.kid
     for _ in range(4):
         rotate(directory, keep=3)
@@ -306,7 +289,7 @@ async def test_a_token_verifies_against_the_jwks_fetched_over_http(
             published = await response.json(content_type=None)
     finally:
         await server.close()
-    token = signer.sign(_grant(), AUDIENCE, NOW)
+    token = signer.sign(acting_grant(), AUDIENCE, NOW)
     claims = verify(token, published, audience=AUDIENCE, issuer=ISSUER, now=NOW + 1)
     assert claims["sub"] == "bob"
     # PyJWT's own JWK Set reader accepts what is published, as any upstream library would.
@@ -323,7 +306,7 @@ async def test_a_token_verifies_against_the_jwks_fetched_over_http(
 
 async def test_concurrent_signing_gives_distinct_valid_tokens(signer: AssertionSigner) -> None:
     async def one() -> str:
-        return await asyncio.to_thread(signer.sign, _grant(), AUDIENCE, NOW)
+        return await asyncio.to_thread(signer.sign, acting_grant(), AUDIENCE, NOW)
 
     tokens = await asyncio.gather(*(one() for _ in range(40)))
     assert len(set(tokens)) == 40

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jwt
 import pytest
@@ -12,26 +11,12 @@ from gateway.assertion import (
     MAX_LIFETIME_S,
     REUSE_MIN_LIFE_S,
     AssertionSigner,
-    load_signer,
     verify,
 )
 from gateway.errors import AssertionRefused
-from gateway.identity import ActingGrant, Principal, PrincipalKind
+from gateway.identity import Principal, PrincipalKind
 from policies.model import Scope
-
-ISSUER = "https://gateway.localhost:8443"
-AUDIENCE = "https://acme.localhost:8443"
-NOW = 1_800_000_000.0
-
-
-def _grant(expires_at: float = NOW + 3600, starts_at: float = NOW - 60) -> ActingGrant:
-    sam = Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Sam")
-    return ActingGrant("r-1", "acme", "bob", sam, Scope.READ, starts_at, expires_at)
-
-
-@pytest.fixture
-def signer(tmp_path: Path) -> AssertionSigner:
-    return load_signer(tmp_path / "keys", issuer=ISSUER, environ={})
+from tests.gateway.conftest import AUDIENCE, ISSUER, NOW, acting_grant
 
 
 def _claims(token: str) -> dict[str, object]:
@@ -41,11 +26,11 @@ def _claims(token: str) -> dict[str, object]:
 def test_a_recent_assertion_is_reused_while_it_has_four_minutes_left(
     signer: AssertionSigner,
 ) -> None:
-    first = signer.assertion(_grant(), AUDIENCE, NOW)
-    assert signer.assertion(_grant(), AUDIENCE, NOW + 0.5) == first
+    first = signer.assertion(acting_grant(), AUDIENCE, NOW)
+    assert signer.assertion(acting_grant(), AUDIENCE, NOW + 0.5) == first
     last_reuse = NOW + MAX_LIFETIME_S - REUSE_MIN_LIFE_S
-    assert signer.assertion(_grant(), AUDIENCE, last_reuse) == first
-    later = signer.assertion(_grant(), AUDIENCE, last_reuse + 1)
+    assert signer.assertion(acting_grant(), AUDIENCE, last_reuse) == first
+    later = signer.assertion(acting_grant(), AUDIENCE, last_reuse + 1)
     assert later != first
     claims = verify(later, signer.jwks(), audience=AUDIENCE, issuer=ISSUER, now=last_reuse + 1)
     assert claims["exp"] == int(last_reuse + 1) + MAX_LIFETIME_S
@@ -56,7 +41,7 @@ def test_every_handed_out_assertion_verifies_with_enough_life_left(
 ) -> None:
     for step in range(0, 1200, 7):
         now = NOW + step
-        token = signer.assertion(_grant(), AUDIENCE, now)
+        token = signer.assertion(acting_grant(), AUDIENCE, now)
         claims = verify(token, signer.jwks(), audience=AUDIENCE, issuer=ISSUER, now=now)
         assert isinstance(claims["exp"], int)
         assert claims["exp"] - now >= REUSE_MIN_LIFE_S
@@ -79,8 +64,8 @@ def test_every_handed_out_assertion_verifies_with_enough_life_left(
 def test_a_different_grant_never_gets_the_same_token(
     signer: AssertionSigner, change: dict[str, object]
 ) -> None:
-    first = signer.assertion(_grant(), AUDIENCE, NOW)
-    other = dataclasses.replace(_grant(), **change)  # type: ignore[arg-type]
+    first = signer.assertion(acting_grant(), AUDIENCE, NOW)
+    other = dataclasses.replace(acting_grant(), **change)  # type: ignore[arg-type]
     token = signer.assertion(other, AUDIENCE, NOW)
     assert token != first
     claims = _claims(token)
@@ -94,49 +79,51 @@ def test_a_different_grant_never_gets_the_same_token(
 
 
 def test_another_audience_gets_its_own_token(signer: AssertionSigner) -> None:
-    first = signer.assertion(_grant(), AUDIENCE, NOW)
-    other = signer.assertion(_grant(), "https://beta.localhost:8443", NOW)
+    first = signer.assertion(acting_grant(), AUDIENCE, NOW)
+    other = signer.assertion(acting_grant(), "https://beta.localhost:8443", NOW)
     assert other != first
     assert _claims(other)["aud"] == "https://beta.localhost:8443"
 
 
-def test_near_the_grants_end_the_token_still_ends_with_the_grant(signer: AssertionSigner) -> None:
+def test_near_the_grants_end_the_token_still_ends_with_the_grant(
+    signer: AssertionSigner,
+) -> None:
     end = NOW + 100.7
-    first = signer.assertion(_grant(expires_at=end), AUDIENCE, NOW)
+    first = signer.assertion(acting_grant(expires_at=end), AUDIENCE, NOW)
     assert _claims(first)["exp"] == int(end)
     # A fresh one would expire at the grant's end too: the recent one is as good.
-    assert signer.assertion(_grant(expires_at=end), AUDIENCE, NOW + 50) == first
+    assert signer.assertion(acting_grant(expires_at=end), AUDIENCE, NOW + 50) == first
     with pytest.raises(AssertionRefused):
-        signer.assertion(_grant(expires_at=end), AUDIENCE, end)
+        signer.assertion(acting_grant(expires_at=end), AUDIENCE, end)
 
 
 @pytest.mark.parametrize("starts_at", [NOW + 10])
 def test_no_assertion_before_the_grant_starts_even_if_one_is_cached(
     signer: AssertionSigner, starts_at: float
 ) -> None:
-    signer.assertion(_grant(starts_at=NOW - 60), AUDIENCE, NOW)
+    signer.assertion(acting_grant(starts_at=NOW - 60), AUDIENCE, NOW)
     with pytest.raises(AssertionRefused):
-        signer.assertion(_grant(starts_at=starts_at), AUDIENCE, NOW)
+        signer.assertion(acting_grant(starts_at=starts_at), AUDIENCE, NOW)
 
 
 def test_a_clock_gone_back_gets_a_fresh_token(signer: AssertionSigner) -> None:
-    first = signer.assertion(_grant(), AUDIENCE, NOW)
-    earlier = signer.assertion(_grant(), AUDIENCE, NOW - 5)
+    first = signer.assertion(acting_grant(), AUDIENCE, NOW)
+    earlier = signer.assertion(acting_grant(), AUDIENCE, NOW - 5)
     assert earlier != first
     assert _claims(earlier)["nbf"] == int(NOW - 5)
 
 
 def test_forgetting_a_grant_drops_its_tokens(signer: AssertionSigner) -> None:
-    first = signer.assertion(_grant(), AUDIENCE, NOW)
-    signer.assertion(_grant(), "https://beta.localhost:8443", NOW)
+    first = signer.assertion(acting_grant(), AUDIENCE, NOW)
+    signer.assertion(acting_grant(), "https://beta.localhost:8443", NOW)
     assert signer.forget_grant("r-1") == 2
     assert signer.forget_grant("r-1") == 0
-    assert signer.assertion(_grant(), AUDIENCE, NOW) != first
+    assert signer.assertion(acting_grant(), AUDIENCE, NOW) != first
 
 
 def test_expired_tokens_are_pruned(signer: AssertionSigner) -> None:
     for n in range(20):
-        grant = dataclasses.replace(_grant(), grant_id=f"r-{n}")
+        grant = dataclasses.replace(acting_grant(), grant_id=f"r-{n}")
         signer.assertion(grant, AUDIENCE, NOW)
-    signer.assertion(_grant(), AUDIENCE, NOW + MAX_LIFETIME_S + 1)
+    signer.assertion(acting_grant(), AUDIENCE, NOW + MAX_LIFETIME_S + 1)
     assert signer.forget_grant("r-5") == 0  # long expired: already gone

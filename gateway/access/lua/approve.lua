@@ -1,18 +1,9 @@
 -- One approver approves. ARGV: 3 approver id, 4 approver key, 5 approver org, 6 comment,
 -- 7 duration_s ('' keeps), 8 scope ('' keeps), 9 member key template. Shortest duration and narrowest scope apply;
 -- the grant starts at the final approval.
-local r = hash_of(k.request)
-if not r or r.org ~= ARGV[5] then return fail('not_found', 'no such request') end
-if r.state ~= 'pending' then return fail('wrong_state', 'the request is ' .. r.state) end
-if tonumber(now) >= tonumber(r.lapses_at) then
-  lapse(k, r, now)
-  return fail('wrong_state', 'the request lapsed before it was decided')
-end
--- SECURITY: nobody approves their own request; only approvers in force now decide.
-if r.requester_key == ARGV[4] then return fail('self_approval', 'nobody approves their own request') end
-if not may_decide(k.approvers, k.member, ARGV[3]) then
-  return fail('not_approver', 'only the org\'s approvers decide requests')
-end
+local r, refused = decidable_request(k, now, ARGV[3], ARGV[4], ARGV[5],
+  'nobody approves their own request')
+if not r then return refused end
 if redis.call('SISMEMBER', k.approvals, ARGV[3]) == 1 then
   return fail('already_approved', 'each approver counts once')
 end

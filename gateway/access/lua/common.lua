@@ -59,11 +59,42 @@ local function live_elsewhere(live_grant_key, now, except_id)
   return ends > tonumber(now)
 end
 
-local function lapse(k, r, now)
-  redis.call('HSET', k.request, 'state', 'lapsed', 'ended_at', now, 'ended_by', 'gateway')
+-- End a pending request (denied, cancelled, lapsed): state, pending index, history, event.
+local function end_request(k, r, now, state, actor, comment)
+  redis.call('HSET', k.request, 'state', state, 'ended_at', now, 'ended_by', actor)
   redis.call('ZREM', k.pending, r.id)
-  remember(k.history, now, 'lapsed', 'gateway', '')
-  emit(k.outbox, k.channel, 'lapsed', r, now, 'gateway', '')
+  remember(k.history, now, state, actor, comment)
+  emit(k.outbox, k.channel, state, r, now, actor, comment)
+end
+
+local function lapse(k, r, now)
+  end_request(k, r, now, 'lapsed', 'gateway', '')
+end
+
+-- The request, if r[owner_field] is `owner` and it is still pending at `now`; else nil and the
+-- failure reply. A request whose time is up is lapsed on the way ("lapsed before it was <verb>").
+local function pending_request(k, now, owner_field, owner, verb)
+  local r = hash_of(k.request)
+  if not r or r[owner_field] ~= owner then return nil, fail('not_found', 'no such request') end
+  if r.state ~= 'pending' then return nil, fail('wrong_state', 'the request is ' .. r.state) end
+  if tonumber(now) >= tonumber(r.lapses_at) then
+    lapse(k, r, now)
+    return nil, fail('wrong_state', 'the request lapsed before it was ' .. verb)
+  end
+  return r
+end
+
+-- The pending request of approver_org that approver_id (key approver_key) may decide now;
+-- else nil and the failure reply (`own_reason` when it is the approver's own request).
+local function decidable_request(k, now, approver_id, approver_key, approver_org, own_reason)
+  local r, refused = pending_request(k, now, 'org', approver_org, 'decided')
+  if not r then return nil, refused end
+  -- SECURITY: nobody decides their own request; only approvers in force now decide.
+  if r.requester_key == approver_key then return nil, fail('self_approval', own_reason) end
+  if not may_decide(k.approvers, k.member, approver_id) then
+    return nil, fail('not_approver', 'only the org\'s approvers decide requests')
+  end
+  return r
 end
 
 -- End a grant (expired or revoked): state, indexes, and the live pointer if it is ours.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -174,13 +176,28 @@ async def test_lapse_by_the_clock(store: AccessStore, clock: ManualClock) -> Non
     assert await store.due() == ([], [])
 
 
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        ("approve", "the request lapsed before it was decided"),
+        ("deny", "the request lapsed before it was decided"),
+        ("cancel", "the request lapsed before it was cancelled"),
+    ],
+)
 async def test_deciding_after_the_lapse_time_lapses_it(
-    store: AccessStore, clock: ManualClock
+    store: AccessStore, clock: ManualClock, action: str, reason: str
 ) -> None:
     request = await file(store)
     clock.advance(12 * 3600)
-    with pytest.raises(AccessConflict):
-        await store.approve(request.id, ALICE)
+    decisions: dict[str, Callable[[], Awaitable[AccessRequest]]] = {
+        "approve": lambda: store.approve(request.id, ALICE),
+        "deny": lambda: store.deny(request.id, ALICE, comment="late"),
+        "cancel": lambda: store.cancel(request.id, SAM),
+    }
+    decide = decisions[action]
+    with pytest.raises(AccessConflict) as caught:
+        await decide()
+    assert (caught.value.code, caught.value.reason) == ("wrong_state", reason)
     assert (await store.require(request.id)).state is RequestState.LAPSED
 
 
@@ -205,6 +222,7 @@ async def test_self_approval_refused(store: AccessStore, directory: aioredis.Red
     with pytest.raises(AccessForbidden) as caught:
         await store.approve(request.id, SAM)
     assert caught.value.code == "self_approval"
+    assert caught.value.reason == "nobody decides their own request"
     with pytest.raises(AccessNotFound):
         await store.approve(request.id, SUE)
     assert (await store.require(request.id)).state is RequestState.PENDING
