@@ -42,17 +42,13 @@ from audit.export import har_document, jsonl_lines, ocsf_lines
 from audit.frame import decode_frame
 from audit.keys import KeyDirectory, Keyring
 from audit.reader import (
-    INTERNAL_KINDS,
-    REQUEST_KINDS,
     RecordFilter,
-    get,
-    merge_outcome,
+    RequestMerger,
     merge_requests,
     parse_time,
     read_records,
     record_of,
 )
-from audit.record import RecordKind
 from audit.replay import format_bodies, format_line
 from audit.segment import segment_paths
 from audit.verify import verify
@@ -345,7 +341,7 @@ def _show(body: dict[str, Any], bodies: bool) -> None:
 
 async def _follow(url: str, key: str, wanted: RecordFilter, bodies: bool, from_start: bool) -> None:
     client: aioredis.Redis = aioredis.Redis.from_url(url)
-    attempts: dict[str, dict[str, Any]] = {}
+    merger = RequestMerger()
     last = "0-0"
     if not from_start:
         # "$" would skip whatever arrives between two XREADs: start after the newest id.
@@ -369,17 +365,8 @@ async def _follow(url: str, key: str, wanted: RecordFilter, bodies: bool, from_s
                         record = record_of(decode_frame(data))
                     except AuditError:
                         continue
-                    if record is None or record.kind in INTERNAL_KINDS:
-                        continue
-                    body = record.body
-                    request_id = get(body, "event.id")
-                    if record.kind in REQUEST_KINDS and isinstance(request_id, str):
-                        if record.kind == RecordKind.HTTP_ATTEMPT:
-                            attempts[request_id] = body
-                            continue
-                        attempt = attempts.pop(request_id, None)
-                        body = merge_outcome(attempt, body) if attempt is not None else body
-                    if wanted.matches(body):
+                    body = merger.add(record) if record is not None else None
+                    if body is not None and wanted.matches(body):
                         _show(body, bodies)
     finally:
         await client.aclose()

@@ -8,7 +8,11 @@ Each round: read a batch with XREADGROUP (group `collectors`), append the frames
 yet on disk to the current segment, fsync, and only then XACK. A crash anywhere before
 the XACK leaves the entries pending: a restarted collector re-reads its own pending
 entries first, and any collector claims entries left pending by a dead one with
-XAUTOCLAIM (Redis 6.2: the reply is `[next_id, entries]`). Writing is idempotent on
+XAUTOCLAIM (Redis 6.2: the reply is `[next_id, entries]`); claimed entries start a new
+segment file, so that within a file each stream's frames stay in seq order (verify
+checks that order; claimed frames are older than those already written). An entry
+without frame bytes a segment can hold (missing, empty, oversized) is acknowledged and
+reported, never stored. Writing is idempotent on
 (stream, seq): the collector knows every (stream, seq) in its segment directory (read
 at start, kept as ranges), so redelivered frames are acknowledged without being
 written twice.
@@ -36,7 +40,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from audit.errors import FrameError
-from audit.frame import decode_frame
+from audit.frame import MAX_FRAME_BYTES, decode_frame
 from audit.segment import SegmentWriter, read_segment, repair_tail, segment_paths
 from audit.writer import FRAME_FIELD
 
@@ -219,6 +223,9 @@ class Collector:
             start = _entry_id(reply[0])
             entries = [e for e in reply[1] if e is not None and e[1] is not None]
             if entries:
+                # Claimed frames are older than ones this collector may already have
+                # written: a new file keeps every file in seq order, which verify checks.
+                self._out.close()
                 await self._store(entries)
                 handled += len(entries)
             if start == "0-0" or not reply[1]:
@@ -227,11 +234,18 @@ class Collector:
     async def _store(self, entries: list[Any]) -> None:
         ids: list[str] = []
         frames: list[bytes] = []
+        stored: set[tuple[str, int]] = set()  # this batch's frames, not yet durable
         for entry_id, fields in entries:
             ids.append(_entry_id(entry_id))
             data = fields.get(FRAME_FIELD) if fields else None
-            if not isinstance(data, bytes):
-                self._say(f"entry {_entry_id(entry_id)} holds no frame; acknowledged, not stored")
+            # SECURITY: a record a segment cannot hold (empty or oversized) would end every
+            # reading of its file there, and the next start's repair_tail would cut off the
+            # acknowledged frames after it.
+            if not isinstance(data, bytes) or not 0 < len(data) <= MAX_FRAME_BYTES:
+                self._say(
+                    f"entry {_entry_id(entry_id)} holds no frame (none, empty or over "
+                    f"{MAX_FRAME_BYTES} bytes); acknowledged, not stored"
+                )
                 continue
             try:
                 frame = decode_frame(data)
@@ -240,16 +254,20 @@ class Collector:
                 self._say(f"entry {_entry_id(entry_id)}: {exc}; stored for verify to report")
                 frames.append(data)
                 continue
-            seen = self._seen.setdefault(frame.stream, SeqRanges())
-            if frame.seq in seen:
+            seen = self._seen.get(frame.stream)
+            if (seen is not None and frame.seq in seen) or (frame.stream, frame.seq) in stored:
                 self.skipped += 1  # redelivered after a crash: already durable on disk
                 continue
-            seen.add(frame.seq)
+            stored.add((frame.stream, frame.seq))
             frames.append(data)
         if frames:
             self._out.write(frames)
             self._out.sync()  # durable before acknowledged
             self.written += len(frames)
+        # SECURITY: a seq counts as stored only once it is durable; were it marked before a
+        # failed write or fsync, the retry would skip it and acknowledge a frame on no disk.
+        for stream, seq in stored:
+            self._seen.setdefault(stream, SeqRanges()).add(seq)
         if self._pause_file:
             _announce_pause(Path(self._pause_file))
             await asyncio.Event().wait()  # killed here by the crash test

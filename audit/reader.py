@@ -145,30 +145,47 @@ def merge_outcome(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class RequestMerger:
+    """Folds each proxied request's attempt and outcome into one body, as records arrive.
+
+    `add(record)` returns the body to show now, or None while a request awaits its outcome
+    (or for the internal stream-start and checkpoint records); `unfinished()` gives the
+    attempts never followed by an outcome, with `event.outcome` "unknown".
+    """
+
+    def __init__(self) -> None:
+        self._attempts: dict[str, dict[str, Any]] = {}
+
+    def add(self, record: Record) -> dict[str, Any] | None:
+        kind = record.kind
+        if kind in INTERNAL_KINDS:
+            return None
+        request_id = get(record.body, "event.id")
+        if kind not in REQUEST_KINDS or not isinstance(request_id, str):
+            return record.body
+        if kind == RecordKind.HTTP_ATTEMPT:
+            self._attempts[request_id] = record.body
+            return None
+        attempt = self._attempts.pop(request_id, None)
+        return merge_outcome(attempt, record.body) if attempt is not None else record.body
+
+    def unfinished(self) -> Iterator[dict[str, Any]]:
+        for body in self._attempts.values():
+            event = dict(body.get("event") or {})
+            event["outcome"] = "unknown"
+            yield {**body, "event": event}
+        self._attempts = {}
+
+
 def merge_requests(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
     """One body per proxied request (attempt + outcome merged) or per other event.
 
     A request is emitted at its outcome; attempts never followed by an outcome are
     emitted at the end with `event.outcome` "unknown".
     """
-    open_attempts: dict[str, dict[str, Any]] = {}
+    merger = RequestMerger()
     for record in records:
-        kind = record.kind
-        if kind in INTERNAL_KINDS:
-            continue
-        if kind not in REQUEST_KINDS:
-            yield record.body
-            continue
-        request_id = get(record.body, "event.id")
-        if not isinstance(request_id, str):
-            yield record.body
-            continue
-        if kind == RecordKind.HTTP_ATTEMPT:
-            open_attempts[request_id] = record.body
-            continue
-        attempt = open_attempts.pop(request_id, None)
-        yield merge_outcome(attempt, record.body) if attempt is not None else record.body
-    for body in open_attempts.values():
-        event = dict(body.get("event") or {})
-        event["outcome"] = "unknown"
-        yield {**body, "event": event}
+        body = merger.add(record)
+        if body is not None:
+            yield body
+    yield from merger.unfinished()

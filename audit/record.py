@@ -146,9 +146,15 @@ class BodyCapture:
             out["mime_type"] = _text("mime_type", self.content_type)
         try:
             out["content"] = self.data.decode("utf-8")
-        except UnicodeDecodeError:
-            out["content"] = base64.b64encode(self.data).decode("ascii")
-            out["encoding"] = "base64"
+        except UnicodeDecodeError as exc:
+            # SECURITY: a text body the cap cut inside a character stays text, so that it is
+            # redacted; as base64 its secrets would be stored as they came.
+            cut_in_char = self.size > len(self.data) and exc.end == len(self.data)
+            if cut_in_char and exc.reason == "unexpected end of data":
+                out["content"] = self.data[: exc.start].decode("utf-8")
+            else:
+                out["content"] = base64.b64encode(self.data).decode("ascii")
+                out["encoding"] = "base64"
         if self.size > len(self.data):
             out["truncated"] = True
         return out

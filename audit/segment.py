@@ -168,6 +168,9 @@ class SegmentWriter:
     def write(self, frames: Iterable[bytes]) -> None:
         """Append frames (not yet durable: call sync())."""
         for data in frames:
+            if not 0 < len(data) <= MAX_FRAME_BYTES:
+                # The reader stops at such a record and repair_tail would cut what follows.
+                raise SegmentError(f"a record of {len(data)} bytes does not fit a segment")
             if self._file is None or self._due():
                 self._rotate()
             record = _LEN.pack(len(data)) + data

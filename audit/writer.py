@@ -23,7 +23,8 @@ A request's cost is thus one Redis round trip shared with the other requests of 
 and one command for the whole batch (a pipeline of N commands costs N to pack and parse).
 `pipelines` counts these batches.
 
-Failure: if Redis does not accept a batch (error or `timeout_s`), every append in it
+Failure: if Redis does not accept a batch (any error, `timeout_s`, a reply that does not
+count every frame appended, or the flush cancelled before the reply), every append in it
 and every append queued behind it raises AuditUnavailable, and the stream ends there
 (its tail stays unsealed). The next append starts a new stream whose genesis cites the
 last checkpoint Redis accepted, so that no stream ever has a seq that Redis refused
@@ -160,9 +161,10 @@ class AuditWriter:
             with contextlib.suppress(AuditUnavailable):
                 await self._queue_checkpoint(final=True)
         self._closed = True
-        if self._flush_task is not None:
+        flush = self._flush_task
+        if flush is not None and not flush.done():
             with contextlib.suppress(Exception):
-                await self._flush_task
+                await flush
 
     # -- appending ---------------------------------------------------------------------
     async def append(self, body: Mapping[str, Any]) -> int:
@@ -263,40 +265,56 @@ class AuditWriter:
         self._flush_task = asyncio.create_task(self._flush(), name="audit-flush")
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            failure: BaseException | None = None
-            marks = [item.mark for item in batch if item.mark is not None]
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    mark = msgpack.packb(marks[-1], use_bin_type=True) if marks else b""
-                    # One command for the whole batch: the script appends every frame in
-                    # order (and stores the checkpoint mark) before Redis replies.
-                    await self._append_script(
-                        keys=[self._key, self._checkpoint_key],
-                        args=[mark, *(item.data for item in batch)],
-                    )
-            except (RedisError, OSError, TimeoutError) as exc:
-                failure = exc
-            if failure is None:
+        batch: list[_Pending] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                marks = [item.mark for item in batch if item.mark is not None]
+                try:
+                    accepted = await self._send(batch, marks[-1] if marks else None)
+                except Exception as exc:  # SECURITY: whatever failed, Redis did not accept
+                    self._refuse(batch, exc)
+                    continue
                 self.pipelines += 1
-                self.frames += len(batch)
+                self.frames += accepted
                 if marks:
                     self._accepted_cp = marks[-1]
                 for item in batch:
                     if not item.done.done():
                         item.done.set_result(None)
-                continue
-            # SECURITY: fail closed. Frames queued behind a refused batch chain onto frames
-            # Redis may not hold, so they are refused too and the stream ends here.
-            self._broken = True
-            refused = [*batch, *self._queue]
-            self._queue = []
-            error = AuditUnavailable(f"the audit stream did not accept the frames: {failure}")
-            for item in refused:
-                if not item.done.done():
-                    item.done.set_exception(error)
-        self._flushing = False
+        except BaseException as exc:  # cancelled: nobody may wait for a reply that never comes
+            self._refuse(batch, exc)
+            raise
+        finally:
+            self._flushing = False
+
+    async def _send(self, batch: list[_Pending], mark: dict[str, Any] | None) -> int:
+        """One command for the whole batch; the number of frames Redis appended."""
+        async with asyncio.timeout(self._timeout_s):
+            # The script appends every frame in order (and stores the checkpoint mark)
+            # before Redis replies.
+            reply = await self._append_script(
+                keys=[self._key, self._checkpoint_key],
+                args=[
+                    msgpack.packb(mark, use_bin_type=True) if mark else b"",
+                    *(item.data for item in batch),
+                ],
+            )
+        if reply != len(batch):
+            # SECURITY: success only when Redis says it appended every frame of the batch.
+            raise AuditUnavailable(f"appended {reply!r} of {len(batch)} frames")
+        return len(batch)
+
+    def _refuse(self, batch: list[_Pending], failure: BaseException) -> None:
+        # SECURITY: fail closed. Frames queued behind a refused batch chain onto frames
+        # Redis may not hold, so they are refused too and the stream ends here.
+        self._broken = True
+        refused = [*batch, *self._queue]
+        self._queue = []
+        error = AuditUnavailable(f"the audit stream did not accept the frames: {failure}")
+        for item in refused:
+            if not item.done.done():
+                item.done.set_exception(error)
 
     async def _tick(self) -> None:
         while True:

@@ -22,24 +22,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.proxy.headers import HOP_BY_HOP
 from gateway.server import loop_factory
 
 SMALL_BODY = b'{"id": 1, "name": "Ann Archer", "email": "ann@acme.example"}\n'
 BLOCK = 1 << 20
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
+# The gateway's hop-by-hop set, plus what aiohttp sets itself for the next hop.
+DROPPED = HOP_BY_HOP | {"host", "content-length"}
 
 
 def upstream_app() -> web.Application:
@@ -90,7 +79,7 @@ def bare_proxy_app(upstream_port: int) -> web.Application:
         await app[CLIENT].close()
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROPPED]
         body = request.content if request.body_exists else None
         async with request.app[CLIENT].request(
             request.method,
@@ -101,7 +90,7 @@ def bare_proxy_app(upstream_port: int) -> web.Application:
         ) as upstream:
             response = web.StreamResponse(status=upstream.status)
             for name, value in upstream.headers.items():
-                if name.lower() not in HOP_BY_HOP:
+                if name.lower() not in DROPPED:
                     response.headers.add(name, value)
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length

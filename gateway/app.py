@@ -211,7 +211,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return await probe(request)
     app = request.app
     flow = _new_flow(request, app)
-    response = await run(flow, app[STAGES])
+    try:
+        response = await run(flow, app[STAGES])
+    finally:
+        app[IN_FLIGHT].discard(flow)  # the grant stage added it; ended flows leave
     if not response.prepared:
         response.headers["X-Request-Id"] = flow.request_id
     return response

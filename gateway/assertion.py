@@ -164,13 +164,6 @@ class AssertionSigner:
         self._recent[key] = (token, issued, expires)
         return token
 
-    def forget_grant(self, grant_id: str) -> int:
-        """Drop the recent tokens of `grant_id` (its grant ended); returns how many."""
-        keys = [key for key in self._recent if key[0] == grant_id]
-        for key in keys:
-            del self._recent[key]
-        return len(keys)
-
     def sign(self, grant: ActingGrant, audience: str, now: float) -> str:
         """One assertion for one forwarded request of `grant` to the origin `audience`."""
         # SECURITY: an assertion never outlives the grant it speaks for, nor 5 minutes.

@@ -81,8 +81,14 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)  # SECURITY: only the gateway's user reaches the socket
+        if self._answers_ping():
+            # Two servers appending to one AOF would corrupt grants, sessions and audit frames.
+            raise RedisStartError(
+                f"a redis-server already answers on {self.socket_path}: "
+                f"another process is using {self.directory}"
+            )
         if self.socket_path.exists():
-            self.socket_path.unlink()
+            self.socket_path.unlink()  # left by a server that died
         args = [
             self.binary,
             "--port",

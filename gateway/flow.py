@@ -142,8 +142,9 @@ class Flow:
 class InFlightFlows:
     """The flows of this process currently forwarding under a grant, by grant id.
 
-    The forwarder adds a flow before it contacts the upstream and discards it when done,
-    so that revoking a grant can end its open responses and websockets at once.
+    The grant stage adds a flow as soon as a grant authorises it and the app discards it
+    when the flow ends, so that revoking a grant ends its flows at once: those about to
+    be forwarded as well as open responses and websockets.
     """
 
     def __init__(self) -> None:

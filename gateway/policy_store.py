@@ -78,13 +78,16 @@ def load_gateway_policies(paths: Iterable[Path | str], console_host: str | None)
     On top of the policy language's own checks, no route may name `console_host`.
     """
     policy_set = load_policy_files(paths)
-    if console_host:
+    # Compared as route hosts are stored: lower case, no trailing dot (a console URL may
+    # carry one, and `route_for` ignores it).
+    console = (console_host or "").lower().rstrip(".")
+    if console:
         problems = [
             _console_host_problem(route.name, route.source, host)
             for route in policy_set.routes
             for host in route.hosts
             # SECURITY: the console origin is never proxied (its cookie and CSRF live there).
-            if host == console_host.lower()
+            if host == console
         ]
         if problems:
             raise PolicyError(problems)

@@ -25,7 +25,7 @@ import re
 import signal
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,6 +213,8 @@ class GatewayServer:
                 await runner_m.setup()
                 await web.SockSite(runner_m, metrics_sock).start()
         except BaseException:
+            # Nothing is listening any more: report nothing bound.
+            self.bound, self.metrics_bound = [], None
             if metrics_sock is not None:
                 metrics_sock.close()
             await self.stop()
@@ -245,6 +247,20 @@ def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
     return factory, "uvloop"
 
 
+@contextlib.contextmanager
+def stop_requested() -> Iterator[asyncio.Event]:
+    """An event SIGTERM or SIGINT sets while the block runs; the handlers go with it."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        yield stopping
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
 async def serve(
     config: GatewayConfig,
     app: web.Application,
@@ -252,21 +268,16 @@ async def serve(
     on_started: Callable[[GatewayServer], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    server = GatewayServer(config, app)
-    try:
-        await server.start()
-        if on_started is not None:
-            on_started(server)
-        await stopping.wait()
-        log.info("stopping: finishing in-flight requests")
-    finally:
-        await server.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    with stop_requested() as stopping:
+        server = GatewayServer(config, app)
+        try:
+            await server.start()
+            if on_started is not None:
+                on_started(server)
+            await stopping.wait()
+            log.info("stopping: finishing in-flight requests")
+        finally:
+            await server.stop()
 
 
 def run(

@@ -133,6 +133,9 @@ def load_yaml(text: str, problems: Problems) -> object:
         problems.add(line, "(syntax)", None, f"valid YAML: {exc.problem or exc.context}")
     except yaml.YAMLError as exc:
         problems.add(1, "(syntax)", None, f"valid YAML: {exc}")
+    except RecursionError:
+        # The parser recurses per nesting level; a hostile file must not escape as a crash.
+        problems.add(1, "(document)", None, "YAML nested less deeply")
     return None
 
 

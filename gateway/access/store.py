@@ -78,8 +78,9 @@ class GrantCheck:
     reason: str
 
 
-# The live-grant pointer and the hash of the member it acts as, in one round trip.
-# KEYS[1]: the pointer; ARGV[1]: the org's member key with '{id}' for the member id.
+# The live-grant pointer, the hash of the member it acts as and the org's settings, in one
+# round trip. KEYS[1]: the pointer; KEYS[2]: the org hash; ARGV[1]: the org's member key
+# with '{id}' for the member id.
 _READ_GRANT = """
 local pointer = redis.call('HGETALL', KEYS[1])
 local settings = redis.call('HGET', KEYS[2], 'settings') or ''

@@ -101,6 +101,12 @@ class GrantWatcher:
                 log.info("grant %s %s: ended %d in-flight flow(s)", grant_id, name, ended)
         return False
 
+    def _subscribed(self) -> None:
+        # SECURITY: a read begun before the subscription was up may predate an event it
+        # never heard of; the new generation keeps such a read out of the cache.
+        self._generation += 1
+        self.healthy = True
+
     def _lost(self) -> None:
         self.healthy = False
         self._generation += 1
@@ -136,7 +142,7 @@ class GrantWatcher:
                 message = await pubsub.get_message(timeout=0.5)
                 if message is not None:
                     if message["type"] == "subscribe":
-                        self.healthy = True
+                        self._subscribed()
                         await self._recheck()
                     elif message["type"] == "message" and self.on_event(message["data"]):
                         await self._recheck()

@@ -65,10 +65,11 @@ class PasswordHasher:
             if scheme != "scrypt" or not 10 <= int(log2_n) <= 20:
                 return False
             digest = _derive(password, base64.b64decode(salt), int(log2_n), int(r), int(p))
+            wanted = base64.b64decode(expected)
         except (ValueError, TypeError):
             # SECURITY: a damaged stored hash never verifies (fail closed).
             return False
-        return hmac.compare_digest(digest, base64.b64decode(expected))
+        return hmac.compare_digest(digest, wanted)
 
     async def verify(self, password: str, stored: str) -> bool:
         return await asyncio.to_thread(self.verify_sync, password, stored)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from gateway.config import GatewayConfig
 from gateway.demo.acme import AcmeSettings, create_acme_app
 from gateway.demo.mail_catcher import MailCatcher
 from gateway.errors import GatewayError
-from gateway.server import GatewayServer, loop_factory
+from gateway.server import GatewayServer, loop_factory, stop_requested
 from gateway.tls import ensure_demo_tls
 
 DEMO_DIRECTORY = Path("config/demo-directory.yaml")
@@ -219,18 +218,15 @@ async def run_demo(
     directory: DirectoryFile | None,
     out: TextIO,
 ) -> None:
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    demo = Demo(config, out)
-    try:
-        await demo.start(app_port, directory)
-        demo.announce()
-        await stopping.wait()
-        print("stopping the demo", file=out, flush=True)
-    finally:
-        await demo.stop()
+    with stop_requested() as stopping:
+        demo = Demo(config, out)
+        try:
+            await demo.start(app_port, directory)
+            demo.announce()
+            await stopping.wait()
+            print("stopping the demo", file=out, flush=True)
+        finally:
+            await demo.stop()
 
 
 def print_codes(directory: Directory, now: float, out: TextIO) -> None:

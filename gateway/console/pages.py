@@ -15,6 +15,8 @@ one-time hand-off code (`/.gateway/auth?code=…`), or to a console path.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import logging
 from typing import Any
@@ -208,6 +210,20 @@ def _pending(session: Session, logins: Logins, name: str) -> dict[str, Any] | No
     return value
 
 
+def _password_proof(account: Account) -> str:
+    """Names the password an account has now, without the session holding its hash."""
+    return hashlib.sha256(account.password_hash.encode()).hexdigest()
+
+
+def _password_unchanged(step: dict[str, Any], account: Account | None) -> bool:
+    """Whether a pending step's proven password is still the account's (no reset since)."""
+    proof = step.get("proof")
+    if account is None or not isinstance(proof, str):
+        return False
+    # SECURITY: a password reset ends every session; it voids a half-done login too.
+    return hmac.compare_digest(_password_proof(account), proof)
+
+
 # --- pages ----------------------------------------------------------------------------
 async def home(request: web.Request) -> web.Response:
     who = await signed_in(request, "/")
@@ -251,7 +267,11 @@ async def login_submit(request: web.Request) -> web.Response:
                 "email": account.principal.email,
             },
         )
-    session["pending"] = {"principal": account.key, "at": logins.clock.now()}
+    session["pending"] = {
+        "principal": account.key,
+        "at": logins.clock.now(),
+        "proof": _password_proof(account),
+    }
     return see_other("/login/totp")
 
 
@@ -272,6 +292,20 @@ async def totp_submit(request: web.Request) -> web.Response:
             session,
             "login.html",
             {"error": "That took too long: enter your password again."},
+            status=401,
+            headers={"WWW-Authenticate": LOGIN_CHALLENGE},
+        )
+    proven = await logins.accounts.store.get(str(pending["principal"]))
+    if not _password_unchanged(pending, proven):
+        session.pop("pending", None)
+        await logins.record_failure(
+            "login.totp", client_ip=client_ip(request), reason="password_changed"
+        )
+        return render(
+            request,
+            session,
+            "login.html",
+            {"error": "Your password has changed: enter it again."},
             status=401,
             headers={"WWW-Authenticate": LOGIN_CHALLENGE},
         )
@@ -327,7 +361,12 @@ async def enrol_submit(request: web.Request) -> web.Response:
             status=403,
         )
     digest, secret = started
-    session["enrol"] = {"principal": account.key, "token_hash": digest, "at": logins.clock.now()}
+    session["enrol"] = {
+        "principal": account.key,
+        "token_hash": digest,
+        "at": logins.clock.now(),
+        "proof": _password_proof(account),
+    }
     uri = provisioning_uri(secret, account.principal.email, ISSUER)
     buffer = io.BytesIO()
     segno.make(uri, error="m").save(buffer, kind="svg", scale=5, xmldecl=False, svgns=True)
@@ -360,6 +399,18 @@ async def enrol_confirm(request: web.Request) -> web.Response:
         )
         return render(
             request, session, "enrol.html", {"error": "This account is disabled."}, status=403
+        )
+    if not _password_unchanged(pending, current):
+        session.pop("enrol", None)
+        await logins.record_failure(
+            "enrol.code", client_ip=client_ip(request), reason="password_changed"
+        )
+        return render(
+            request,
+            session,
+            "enrol.html",
+            {"error": "Your password has changed: start the enrolment again."},
+            status=403,
         )
     if not await logins.accounts.enrolment.complete(str(pending["token_hash"]), key, code):
         await logins.record_failure(
@@ -469,7 +520,8 @@ async def logout_submit(request: web.Request) -> web.Response:
                 session_id=login.session_id,
             )
         except Exception:
-            await logins.record_failure("logout", reason="audit_unavailable")
+            # The logout itself has happened; a lost record of it is logged, not undone.
+            log.exception("logout of %s could not be recorded", login.principal_key)
     return render(request, await get_session(request), "logout.html", {"logged_in": False})
 
 

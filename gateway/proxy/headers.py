@@ -116,8 +116,6 @@ def upstream_request_headers(headers: Headers, edits: HeaderEdits) -> list[tuple
         if key == "cookie":
             cookies.append(value)
             continue
-        if name.lower() in edits.remove:
-            continue
         out.append((name, value))
     cookie = strip_gateway_cookies(cookies)
     if cookie is not None:
@@ -273,7 +271,7 @@ def downstream_response_headers(
     out: list[tuple[str, str]] = []
     for name, value in headers:
         key = name.lower()
-        if key in drop or key in edits.remove:
+        if key in drop:
             continue
         if key == "set-cookie":
             rewritten = rewrite_set_cookie(value)

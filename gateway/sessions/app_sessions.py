@@ -11,7 +11,6 @@ lifetime and disabling the account all end the app session too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import redis.asyncio as aioredis
 from gateway import keys
 from gateway.clock import Clock
 from gateway.config import Sessions
-from gateway.sessions.records import json_object, live_record, valid_token
+from gateway.sessions.records import json_object, live_record, sid_of, valid_token
 
 # KEYS: console session, app session, app-session set. ARGV: record, ttl, app id.
 # Created only while the console session exists: a hand-off never outlives a logout.
@@ -43,10 +42,6 @@ class AppLogin:
     app_session_id: str
 
 
-def app_session_id(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
 class AppSessions:
     def __init__(self, redis: aioredis.Redis, clock: Clock, limits: Sessions) -> None:
         self._redis = redis
@@ -61,7 +56,7 @@ class AppSessions:
             "host": host.lower(),
             "created_at": self._clock.now(),
         }
-        ident = app_session_id(token)
+        ident = sid_of(token)
         created = await self._create(
             keys=[
                 keys.console_session(session_id),
@@ -75,7 +70,7 @@ class AppSessions:
     async def lookup(self, token: str | None, host: str) -> AppLogin | None:
         if token is None or not valid_token(token):
             return None
-        ident = app_session_id(token)
+        ident = sid_of(token)
         record = json_object(await self._redis.get(keys.app_session(ident)))
         if record is None or record.get("host") != host.lower():
             # SECURITY: an app cookie is good only on the routed host it was issued for.
@@ -95,7 +90,7 @@ class AppSessions:
     async def end(self, token: str | None) -> None:
         if token is None or not valid_token(token):
             return
-        ident = app_session_id(token)
+        ident = sid_of(token)
         record = json_object(await self._redis.getdel(keys.app_session(ident)))
         sid = record.get("sid") if record is not None else None
         if isinstance(sid, str):

@@ -8,8 +8,9 @@ session maps:
     principal  the principal key once password AND TOTP were verified
     mfa_at     Clock time of the last TOTP check (step-up renews it)
     login_at   Clock time of the login
-    pending    {principal, at}: password verified, TOTP still to come
-    enrol      {principal, token_hash, at}: enrolment under way
+    pending    {principal, at, proof}: password verified, TOTP still to come
+    enrol      {principal, token_hash, at, proof}: enrolment under way
+               (proof: SHA-256 of the password hash then proven; a reset voids the step)
     return     signed return address to a routed host; next: a console path
 
 `rotate` gives a fresh id at login (the old session and its cookie die). A save never

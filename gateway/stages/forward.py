@@ -2,8 +2,9 @@
 
 Plain HTTP goes through `gateway.proxy.streaming`, websocket upgrades (only on routes
 with `websockets: true`) through `gateway.proxy.websockets`. While forwarding, the flow
-is registered in the app's in-flight set under its grant so that revoking the grant
-ends it at once: an HTTP exchange is cancelled (before the answer: a `grant_ended`
+is in the app's in-flight set under its grant (the grant stage put it there) so that
+revoking the grant ends it at once: a flow aborted before forwarding is a `grant_ended`
+denial and reaches nothing; an HTTP exchange is cancelled (before the answer: the same
 denial; during it: the client connection is cut), a websocket is closed with 1008.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 
 from aiohttp import web
 
-from gateway.appkeys import IN_FLIGHT, UPSTREAM_CLIENT
+from gateway.appkeys import UPSTREAM_CLIENT
 from gateway.denials import Denial
 from gateway.flow import Flow
 from gateway.proxy.streaming import exchange, upstream_url
@@ -33,20 +34,19 @@ class Forward:
             # SECURITY: only a routed, judged, granted flow is ever forwarded.
             flow.deny(Denial(500, "internal_error", "The request was not authorised."))
             return
+        if _was_aborted(flow):
+            # SECURITY: the grant ended after it was checked: nothing reaches the upstream.
+            self._aborted(flow)
+            return
         url = upstream_url(route.upstream, flow.path, flow.query)
         client = self.app[UPSTREAM_CLIENT]
-        in_flight = self.app[IN_FLIGHT]
         if is_websocket_upgrade(flow.request):
             if not route.websockets:
                 flow.deny(
                     Denial(403, "websockets_disabled", "This application takes no websockets.")
                 )
                 return
-            in_flight.add(flow)
-            try:
-                await relay(flow, client, url, flow.upstream_request_headers)
-            finally:
-                in_flight.discard(flow)
+            await relay(flow, client, url, flow.upstream_request_headers)
             return
         task = asyncio.current_task()
 
@@ -55,7 +55,6 @@ class Forward:
                 task.cancel()
 
         remove = flow.on_abort(cancel)
-        in_flight.add(flow)
         try:
             await exchange(flow, client, url, flow.upstream_request_headers)
         except asyncio.CancelledError:
@@ -65,7 +64,6 @@ class Forward:
             self._aborted(flow)
         finally:
             remove()
-            in_flight.discard(flow)
 
     @staticmethod
     def _aborted(flow: Flow) -> None:
@@ -75,3 +73,8 @@ class Forward:
             return
         flow.response = None
         flow.deny(Denial(403, "grant_ended", f"Access ended: {flow.aborted}"))
+
+
+def _was_aborted(flow: Flow) -> bool:
+    # A function, not an inline test: `flow.aborted` changes while this stage awaits.
+    return flow.aborted is not None

@@ -4,6 +4,8 @@ The check goes to Redis unless the grant watcher's cache may answer (only while 
 pub/sub subscription is healthy); either way the Clock judges the grant's times now.
 No grant, a pending request, an expired or a revoked grant each end the flow with a
 clear denial (`no_grant`, `grant_expired`, `grant_revoked`); Redis down means 503.
+A granted flow joins the app's in-flight set at once (the app drops it when the flow
+ends), so a revocation from here on aborts it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from aiohttp import web
 
 from gateway.access.errors import AccessUnavailable
 from gateway.access.service import access_service
+from gateway.appkeys import IN_FLIGHT
 from gateway.denials import Denial
 from gateway.flow import Flow
 
@@ -52,6 +55,9 @@ class GrantLookup:
             flow.deny(Denial(403, "no_grant", "There is no approved access to this application."))
             return
         flow.grant = result.grant
+        # SECURITY: in flight from the moment the grant authorises it, so that a revocation
+        # heard before the forwarder contacts the upstream still ends this flow.
+        self.app[IN_FLIGHT].add(flow)
 
 
 _REASONS = {

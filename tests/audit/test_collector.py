@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from audit.collector import GROUP, PAUSE_BEFORE_ACK_ENV, Collector, SeqRanges, trim_stream
-from audit.frame import Frame
+from audit.frame import MAX_FRAME_BYTES, Frame, decode_frame
 from audit.keys import Keyring
 from audit.segment import SegmentWriter, read_segment
 from audit.verify import verify
@@ -29,6 +29,7 @@ from tests.audit.conftest import (
     WriterFactory,
     collect,
     request_pair,
+    stream_frames,
     write_session,
 )
 
@@ -356,3 +357,91 @@ async def test_concurrent_writers_and_collectors_keep_every_chain_whole(
     report = verify([tmp_path / "c1", tmp_path / "c2"], keyring)
     assert report.errors == []
     assert await pending(redis) == 0
+
+
+async def test_a_failed_segment_write_acknowledges_nothing_and_the_retry_stores_it(
+    redis: aioredis.Redis, write_closed_session: SessionWriter, tmp_path: Path, keyring: Keyring
+) -> None:
+    written = await write_closed_session(3)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the segment directory's parent should be")
+    seg = blocker / "seg"
+    collector = Collector(
+        redis, stream=STREAM, segment_dir=seg, consumer="c1", now=time.time, trim=False
+    )
+    with pytest.raises(NotADirectoryError):
+        await collector.run_once()
+    assert collector.acked == 0
+    assert await pending(redis) == len(written)  # delivered, nothing acknowledged
+    blocker.unlink()
+    # The same collector retries: the frames it failed to store are written, not skipped.
+    await collector.run_once()
+    assert_stored_once(seg, written)
+    assert await pending(redis) == 0
+    assert verify([seg], keyring).ok(strict=True)
+
+
+@pytest.mark.parametrize("hostile", [b"", b"\x00" * (MAX_FRAME_BYTES + 1)])
+async def test_an_entry_a_segment_cannot_hold_never_hides_the_frames_after_it(
+    redis: aioredis.Redis,
+    make_writer: WriterFactory,
+    clock: ManualClock,
+    tmp_path: Path,
+    keyring: Keyring,
+    hostile: bytes,
+) -> None:
+    writer = await make_writer()
+    await writer.append({"record": "event", "n": 1})
+    await redis.xadd(STREAM, {"f": hostile})  # between two frames of one stream
+    await write_session(writer, clock, 2)
+    await writer.close()
+    entries: Any = await redis.xrange(STREAM)
+    written = [decode_frame(f[b"f"]) for _id, f in entries if f[b"f"] != hostile]
+    seg = tmp_path / "seg"
+    collector, out = logging_collector(redis, seg)
+    assert await collector.run_once() == len(written)
+    assert "holds no frame" in out.getvalue()
+    assert await pending(redis) == 0
+    # A restarted collector cuts only partial tails: the acknowledged frames stay.
+    assert await collect(redis, seg) == 0
+    assert_stored_once(seg, written)
+    assert verify([seg], keyring).ok(strict=True)
+
+
+async def test_entries_claimed_from_a_dead_collector_keep_verify_clean(
+    redis: aioredis.Redis,
+    make_writer: WriterFactory,
+    clock: ManualClock,
+    tmp_path: Path,
+    keyring: Keyring,
+) -> None:
+    writer = await make_writer()
+    await write_session(writer, clock, 2)
+    seg = tmp_path / "seg"
+    collector = Collector(
+        redis,
+        stream=STREAM,
+        segment_dir=seg,
+        consumer="c1",
+        now=time.time,
+        claim_idle_ms=300,
+        block_ms=50,
+        trim=False,
+    )
+    await collector.ensure_group()
+    await redis.xreadgroup(GROUP, "c2", {STREAM: ">"}, count=3)  # c2 dies holding seq 0..2
+    await write_session(writer, clock, 2)
+    await writer.close()
+    written = await stream_frames(redis)
+    stop = asyncio.Event()
+    running = asyncio.create_task(collector.run(stop))
+    for _ in range(200):  # until c2's entries were claimed, stored and acknowledged
+        await asyncio.sleep(0.02)
+        if collector.acked == len(written):
+            break
+    stop.set()
+    await running
+    assert await pending(redis) == 0
+    assert_stored_once(seg, written)
+    report = verify([seg], keyring)
+    assert report.errors == []  # seq 0..2 came late, yet nothing is out of order in a file

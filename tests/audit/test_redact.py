@@ -116,6 +116,20 @@ def test_truncated_json_body_is_still_redacted() -> None:
     assert clean["http"]["request"]["body"]["truncated"] is True
 
 
+def test_a_body_cut_inside_a_character_is_still_text_and_redacted() -> None:
+    full = '{"password": "hunter2-pw", "name": "Zoë"}'.encode()
+    cut = full[: full.index("ë".encode()) + 1]  # the cap falls inside the two-byte "ë"
+    record = bare_http_record(
+        "attempt", method="POST", request_body=BodyCapture(cut, "application/json", len(full))
+    )
+    stored = Redactor(b"r" * 32).scrub_encoded(record, encode_body)
+    body = msgpack.unpackb(stored)["http"]["request"]["body"]
+    assert "encoding" not in body
+    assert body["content"].endswith('"name": "Zo')
+    assert b"hunter2" not in stored
+    assert find_plaintext_secrets(msgpack.unpackb(stored)) == []
+
+
 def test_event_details_are_redacted() -> None:
     record = event_record(
         "enrolment.created",

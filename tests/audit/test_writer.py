@@ -224,3 +224,25 @@ async def test_accepted_frames_survive_a_redis_crash_with_appendfsync_always(
         await writer.close()
         await client.aclose()
         server.stop()
+
+
+async def test_a_batch_cut_short_in_flight_is_refused_not_left_hanging(
+    redis: aioredis.Redis, make_writer: WriterFactory, clock: ManualClock
+) -> None:
+    writer = await make_writer()
+    first = writer.stream_id
+    await redis.client_pause(300, all=False)  # WRITE pause: the batch waits in Redis
+    appending = asyncio.ensure_future(writer.append(request_pair(0, clock.now())[0]))
+    for _ in range(50):
+        await asyncio.sleep(0.005)
+        if writer._flush_task is not None and not writer._flush_task.done():
+            break
+    flush = writer._flush_task
+    assert flush is not None
+    assert not flush.done()
+    flush.cancel()  # as at shutdown: the reply never reaches this writer
+    with pytest.raises(AuditUnavailable):
+        await asyncio.wait_for(appending, 2.0)
+    await asyncio.sleep(0.35)  # the pause ends
+    assert await writer.append(request_pair(1, clock.now())[0]) == 1
+    assert writer.stream_id != first  # the refused batch ended its stream

@@ -52,8 +52,9 @@ class GrantForTest:
 
     name = "grant"
 
-    def __init__(self, grant: ActingGrant | None) -> None:
+    def __init__(self, grant: ActingGrant | None, in_flight: InFlightFlows) -> None:
         self.grant = grant
+        self.in_flight = in_flight
         self.seen: list[Flow] = []
 
     async def __call__(self, flow: Flow) -> None:
@@ -61,6 +62,7 @@ class GrantForTest:
         if self.grant is not None:
             flow.principal = self.grant.actor
             flow.grant = self.grant
+            self.in_flight.add(flow)  # as the grant stage does
 
 
 @dataclass
@@ -360,7 +362,7 @@ async def gateway_factory(
             **(limits or {}),
         )
         app = create_app(config, clock=clock, redis_url=redis_url_override or redis_url)
-        stage = GrantForTest(make_grant(clock, scope) if grant else None)
+        stage = GrantForTest(make_grant(clock, scope) if grant else None, app[IN_FLIGHT])
         # The test stage stands in for the session, mfa and grant stages, in their place.
         stages = app[STAGES]
         stages[:] = [s for s in stages if s.name not in STANDS_IN_FOR]

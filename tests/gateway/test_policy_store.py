@@ -156,8 +156,27 @@ async def wait_for(condition: Callable[[], bool], within_s: float = 5.0) -> None
     raise AssertionError("condition not reached in time")
 
 
-async def write(path: Path, text: str) -> None:
-    await asyncio.to_thread(path.write_text, text)
+def test_a_hostile_file_fails_the_reload_and_keeps_the_last_good(
+    policy_file: Path, registry: CollectorRegistry
+) -> None:
+    store = PolicyStore([policy_file], registry=registry)
+    policy_file.write_text("routes: " + "[" * 100_000 + "]" * 100_000)
+    assert store.reload() is False
+    assert counts(registry) == (0.0, 1.0)
+    assert "a.example" in store.current.by_host
+
+
+async def write(path: Path, text: str, *, mtime_ns: int | None = None) -> None:
+    """Replace `path` in one rename, so a poll never sees it half written or mid-utime."""
+
+    def replace() -> None:
+        staged = path.with_name(path.name + ".new")
+        staged.write_text(text)
+        if mtime_ns is not None:
+            os.utime(staged, ns=(mtime_ns, mtime_ns))
+        os.replace(staged, path)
+
+    await asyncio.to_thread(replace)
 
 
 async def test_watch_reloads_on_change_and_reports_a_bad_file_once(
@@ -172,8 +191,7 @@ async def test_watch_reloads_on_change_and_reports_a_bad_file_once(
         await wait_for(lambda: "b.example" in store.current.by_host)
         # Same size, mtime forced back: only the content hash can notice this change.
         stat = await asyncio.to_thread(policy_file.stat)
-        await write(policy_file, policy("d.example"))
-        os.utime(policy_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        await write(policy_file, policy("d.example"), mtime_ns=stat.st_mtime_ns)
         await wait_for(lambda: "d.example" in store.current.by_host)
         await write(policy_file, BROKEN)
         await wait_for(lambda: counts(registry)[1] == 1.0)

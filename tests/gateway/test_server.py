@@ -312,6 +312,23 @@ async def test_a_port_in_use_fails_start_before_the_app_starts(config: GatewayCo
         socket.create_connection(("127.0.0.1", free_port), timeout=1).close()
 
 
+async def test_an_app_that_fails_to_start_leaves_nothing_bound(config: GatewayConfig) -> None:
+    upstream = Upstream()
+
+    async def on_startup(app: web.Application) -> None:
+        raise RuntimeError("startup failed")
+
+    upstream.app.on_startup.append(on_startup)
+    listeners = (Listener("127.0.0.1", 0, True), Listener("127.0.0.1", 0, False))
+    server = GatewayServer(
+        replace(config, listeners=listeners), upstream.app, known_host=ROUTED.__contains__
+    )
+    with pytest.raises(RuntimeError, match="startup failed"):
+        await server.start()
+    assert server.bound == []
+    assert server.metrics_bound is None
+
+
 def test_parser_limits_sit_above_the_gateways_own(config: GatewayConfig) -> None:
     settings = handler_settings(config)
     assert settings["max_field_size"] > config.limits.max_header_bytes

@@ -403,6 +403,13 @@ def test_oversized_document_refused() -> None:
     assert problems_of(text) == ["p.yaml:1: (document): at most 4194304 bytes"]
 
 
+@pytest.mark.parametrize(
+    "nested", ["[" * 100_000 + "]" * 100_000, "{a: " * 5_000 + "1" + "}" * 5_000]
+)
+def test_deeply_nested_document_is_a_problem_not_a_crash(nested: str) -> None:
+    assert problems_of("routes: " + nested) == ["p.yaml:1: (document): YAML nested less deeply"]
+
+
 def test_files_combine_and_duplicate_host_across_files_is_an_error(tmp_path: Path) -> None:
     one = tmp_path / "one.yaml"
     two = tmp_path / "two.yaml"

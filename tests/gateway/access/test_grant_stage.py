@@ -27,6 +27,7 @@ from gateway.app import STAGES, create_app, runner_kwargs
 from gateway.clock import ManualClock
 from gateway.flow import Flow
 from gateway.identity import Principal
+from gateway.pipeline import Stage
 from tests.gateway.access.conftest import ALICE, ORG, SAM
 from tests.gateway.proxyharness import (
     HOST,
@@ -55,6 +56,7 @@ class Running:
     upstream: Upstream
     watcher: GrantWatcher
     session: aiohttp.ClientSession
+    stages: list[Stage]
 
     async def get(self, path: str = "/page") -> tuple[int, dict[str, object]]:
         async with self.session.get(self.url + path, headers={"Host": HOST}) as response:
@@ -86,7 +88,7 @@ async def running(
     assert service.watcher.healthy
     session = aiohttp.ClientSession()
     try:
-        yield Running(f"http://127.0.0.1:{server.port}", upstream, service.watcher, session)
+        yield Running(f"http://127.0.0.1:{server.port}", upstream, service.watcher, session, stages)
     finally:
         await session.close()
         await server.close()
@@ -161,6 +163,40 @@ async def test_revocation_ends_an_in_flight_response(running: Running, store: Ac
         # The route's upstream read timeout (1.5 s) would also cut this response: only a
         # cut well before it shows that the revocation ended it.
         assert loop.time() - revoked_at < 1.0
+
+
+class HeldAfterGrant:
+    """A test stage right after the grant stage: holds each flow until released."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, flow: Flow) -> None:
+        self.entered.set()
+        await self.release.wait()
+
+
+async def test_revocation_between_check_and_forward_forwards_nothing(
+    running: Running, store: AccessStore
+) -> None:
+    rid = await approved(store)
+    held = HeldAfterGrant()
+    at = next(i for i, s in enumerate(running.stages) if s.name == "grant")
+    running.stages.insert(at + 1, held)
+    request = asyncio.ensure_future(running.get())
+    await asyncio.wait_for(held.entered.wait(), 3)
+    await store.revoke(rid, ALICE)
+    async with asyncio.timeout(3):
+        while rid in running.watcher._seen:  # noqa: ASYNC110 (the watcher heard the revocation)
+            await asyncio.sleep(0.01)
+    held.release.set()
+    status, body = await request
+    assert status == 403
+    assert body["error"] == "grant_ended"
+    assert running.upstream.received == []
 
 
 async def test_revocation_closes_an_open_websocket(running: Running, store: AccessStore) -> None:

@@ -26,7 +26,15 @@ async def test_same_password_hashes_differently(hasher: PasswordHasher) -> None:
 
 @pytest.mark.parametrize(
     "stored",
-    ["", "plain", "scrypt$10$8$1$$", "scrypt$99$8$1$AAAA$AAAA", "bcrypt$x", "scrypt$a$b$c$d$e"],
+    [
+        "",
+        "plain",
+        "scrypt$10$8$1$$",
+        "scrypt$99$8$1$AAAA$AAAA",
+        "bcrypt$x",
+        "scrypt$a$b$c$d$e",
+        "scrypt$10$8$1$AAAA$A",
+    ],
 )
 async def test_damaged_hash_never_verifies(hasher: PasswordHasher, stored: str) -> None:
     assert not await hasher.verify("anything", stored)

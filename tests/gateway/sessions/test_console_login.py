@@ -190,3 +190,19 @@ async def test_idle_timeout_and_absolute_lifetime(site_factory: SiteFactory) -> 
             assert (await browser.get(site.console("/"))).status == 200
         site.clock.advance(100)  # never idle, but past the absolute lifetime
         assert (await browser.get(site.console("/"))).location == "/login"
+
+
+async def test_password_reset_voids_a_pending_totp_step(site: Site, browser: Browser) -> None:
+    status, _ = await password_step(browser, site, "alice@acme.example", PASSWORD)
+    assert status == 303
+    # The password proven a moment ago is reset before the code arrives.
+    await site.accounts.store.set_password("member:acme:alice", "a-brand-new-password-42")
+    page = await browser.form(site.console("/login/totp"), {"code": site.code(ALICE_SECRET)})
+    assert page.status == 401
+    assert message(page.text) == "Your password has changed: enter it again."
+    assert (await browser.get(site.console("/"))).location == "/login"
+    assert not await site.redis.smembers(keys.principal_sessions("member:acme:alice"))
+    # The new password then logs in as usual.
+    site.clock.advance(30)
+    done = await browser.login("alice@acme.example", "a-brand-new-password-42", ALICE_SECRET)
+    assert done.status == 303

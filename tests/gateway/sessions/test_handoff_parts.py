@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from gateway import keys
 from gateway.clock import ManualClock
 from gateway.config import Sessions
-from gateway.sessions.app_sessions import AppSessions, app_session_id
+from gateway.sessions.app_sessions import AppSessions
 from gateway.sessions.handoff import HandoffCodes, ReturnAddresses, routed_url_parts
-from gateway.sessions.records import alive, live_record
+from gateway.sessions.records import alive, live_record, sid_of
 
 KEY = bytes(range(32))
 LIMITS = Sessions(idle_timeout_s=600, absolute_lifetime_s=3600, mfa_max_age_s=300)
@@ -172,7 +172,7 @@ async def test_app_session_without_a_principal_is_no_login(
     # record naming none must not add up to a login of "nobody".
     await redis.set(keys.console_session("sid"), _console_record(clock, principal=None))
     await redis.set(
-        keys.app_session(app_session_id("T" * 43)),
+        keys.app_session(sid_of("T" * 43)),
         json.dumps({"sid": "sid", "host": "acme.example"}),
     )
     sessions = AppSessions(redis, clock, LIMITS)

@@ -108,3 +108,28 @@ async def test_account_disabled_during_enrolment_gets_no_login(
         assert b"principal" not in (await site.redis.get(key) or b"")
     assert ("login", "success") not in await site.account_events()
     assert not (await site.accounts.store.require(bob.key)).enrolled
+
+
+async def test_password_reset_during_enrolment_logs_nobody_in(site: Site, browser: Browser) -> None:
+    bob = await site.accounts.store.put_member("acme", "bob", "bob@acme.example", "Bob", "member")
+    await site.accounts.store.set_password(bob.key, PASSWORD)
+    token = await site.accounts.enrolment.issue(bob.key)
+    page = await browser.get(site.console("/enrol"))
+    qr = await browser.form(
+        site.console("/enrol"),
+        {"email": "bob@acme.example", "password": PASSWORD, "token": token},
+        page,
+    )
+    assert qr.status == 200, qr.text
+    secret = qr.text.split('id="secret">')[1].split("<")[0]
+    # An admin resets the password just proven while its QR code is on screen.
+    await site.accounts.store.set_password(bob.key, "a-brand-new-password-42")
+
+    done = await browser.form(site.console("/enrol/confirm"), {"code": site.code(secret)}, qr)
+    assert done.status == 403
+    assert "password has changed" in done.text
+    assert (await browser.get(site.console("/"))).location == "/login"
+    for key in await site.redis.keys("gw:session:*"):
+        assert b"principal" not in (await site.redis.get(key) or b"")
+    assert ("login", "success") not in await site.account_events()
+    assert not (await site.accounts.store.require(bob.key)).enrolled

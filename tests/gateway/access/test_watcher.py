@@ -1,0 +1,63 @@
+"""The grant watcher's cache: what it may keep, and when it must read Redis again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from gateway.access import AccessStore
+from gateway.access.store import GrantFacts, GrantReader
+from gateway.access.watcher import GrantWatcher
+from gateway.clock import ManualClock
+from gateway.flow import InFlightFlows
+from tests.gateway.access.conftest import ALICE, ORG, SAM
+
+
+class HeldReader(GrantReader):
+    """A real reader whose answer, once read from Redis, is held until released."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        super().__init__(redis)
+        self.read_done = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def read(self, actor_key: str, org: str) -> GrantFacts:
+        facts = await super().read(actor_key, org)
+        self.read_done.set()
+        await self.release.wait()
+        return facts
+
+
+async def test_a_read_begun_before_the_subscription_is_never_cached(
+    store: AccessStore, directory: aioredis.Redis, clock: ManualClock
+) -> None:
+    request = await store.file(
+        SAM,
+        org=ORG,
+        member="bob",
+        justification="TICKET-1 checking the invoices page",
+        duration_s=3600,
+        scope="write",
+    )
+    await store.approve(request.id, ALICE)
+    watcher = GrantWatcher(directory, clock, InFlightFlows())
+    reader = HeldReader(directory)
+    watcher._grants = reader
+    # The read happens while no subscription is up: the revocation below is never heard.
+    first = asyncio.create_task(watcher.check(SAM.key, ORG))
+    await asyncio.wait_for(reader.read_done.wait(), 5)
+    await store.revoke(request.id, ALICE)
+    listening = asyncio.create_task(watcher.run())
+    try:
+        async with asyncio.timeout(5):
+            while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
+                await asyncio.sleep(0.01)
+        reader.release.set()
+        assert (await first).grant is not None  # what Redis said when it was asked
+        again = await watcher.check(SAM.key, ORG)
+        assert again.grant is None
+        assert again.error == "grant_revoked"
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
