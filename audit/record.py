@@ -152,12 +152,27 @@ class BodyCapture:
             cut_in_char = self.size > len(self.data) and exc.end == len(self.data)
             if cut_in_char and exc.reason == "unexpected end of data":
                 out["content"] = self.data[: exc.start].decode("utf-8")
+            elif _redactable_text(self.content_type):
+                # SECURITY: a JSON, form or text body with a stray byte is still text to
+                # redact; stored as base64 its secrets would pass unredacted and unseen.
+                out["content"] = self.data.decode("utf-8", errors="replace")
+                out["encoding"] = "utf-8-replaced"
             else:
                 out["content"] = base64.b64encode(self.data).decode("ascii")
                 out["encoding"] = "base64"
         if self.size > len(self.data):
             out["truncated"] = True
         return out
+
+
+def _redactable_text(content_type: str | None) -> bool:
+    """Whether a body of this type is text the redactor reads (JSON, forms, text, XML)."""
+    mime = (content_type or "").split(";")[0].strip().lower()
+    return (
+        mime in ("application/json", "application/x-www-form-urlencoded", "application/xml")
+        or mime.endswith(("+json", "+xml"))
+        or mime.startswith("text/")
+    )
 
 
 def timestamp(at: float) -> str:

@@ -130,6 +130,26 @@ def test_a_body_cut_inside_a_character_is_still_text_and_redacted() -> None:
     assert find_plaintext_secrets(msgpack.unpackb(stored)) == []
 
 
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        ("application/json", b'{"password": "hunter2-pw", "n": "\xff"}'),
+        ("application/x-www-form-urlencoded", b"password=hunter2-pw&n=%C3\xc3"),
+        ("text/plain; charset=latin-1", b'"password":"hunter2-pw" caf\xe9'),
+    ],
+)
+def test_a_text_body_with_a_stray_byte_is_still_redacted(content_type: str, data: bytes) -> None:
+    record = bare_http_record(
+        "attempt", method="POST", request_body=BodyCapture(data, content_type, len(data))
+    )
+    stored = Redactor(b"r" * 32).scrub_encoded(record, encode_body)
+    body = msgpack.unpackb(stored)["http"]["request"]["body"]
+    assert body["encoding"] == "utf-8-replaced"
+    assert "\ufffd" in body["content"]
+    assert b"hunter2" not in stored
+    assert find_plaintext_secrets(msgpack.unpackb(stored)) == []
+
+
 def test_event_details_are_redacted() -> None:
     record = event_record(
         "enrolment.created",
