@@ -456,6 +456,11 @@ async def _collect_async(args: argparse.Namespace) -> int:
         await client.aclose()
     for stream, start, end in collector.gaps():
         print(f"gap: stream {stream} lacks seq {start}..{end}", file=sys.stderr)
+    if collector.lost:
+        print(
+            f"gap: {collector.lost} frame(s) lost: deleted from the stream before stored",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -15,10 +15,22 @@ without frame bytes a segment can hold (missing, empty, oversized) is acknowledg
 reported, never stored. Writing is idempotent on
 (stream, seq): the collector knows every (stream, seq) in its segment directory (read
 at start, kept as ranges), so redelivered frames are acknowledged without being
-written twice.
+written twice. A failed write or fsync acknowledges nothing of its batch (the segment
+writer undoes it) and ends the round with the error; a restarted collector re-reads
+those entries as its own pending ones.
+
+Lost frames: an entry deleted from the stream (XDEL, or a trim by someone else) while
+it was pending keeps its place in the group's pending list without its fields. Redis
+6.2's XAUTOCLAIM claims it but answers nil in its place, without its id; own pending
+history (XREADGROUP from 0) lists it as an id without fields. Left there it would be
+claimed again every round and hold the trimming MINID back for ever, so the collector
+acknowledges it, logs it at error and counts it (`lost`, `lost_entries()`); its frame
+is gone, and the hole shows in `gaps()` (and in verify) once later frames of its stream
+are stored.
 
 Gaps (a stream whose seqs this directory holds with holes, or that does not start at
-0) are reported through `gaps()` and logged at each round where they change.
+0) are reported through `gaps()` and logged, with the lost frames, at each round where
+they change.
 
 Trimming: XTRIM MINID with the smallest id any consumer group still needs (its oldest
 pending entry, or the entry after its last delivered one), so that no frame any group
@@ -32,6 +44,7 @@ import bisect
 import contextlib
 import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,6 +61,8 @@ GROUP = "collectors"
 # Fault injection for the crash test: when set, the collector creates this file after
 # the first batch is durable and then hangs before acknowledging it.
 PAUSE_BEFORE_ACK_ENV = "GATEWAY_AUDIT_COLLECTOR_PAUSE_BEFORE_ACK"
+# The ids of this many most recent lost entries are kept for the report (the count is exact).
+LOST_IDS_KEPT = 100
 
 
 class SeqRanges:
@@ -130,22 +145,31 @@ class Collector:
         )
         self._pause_file = os.environ.get(PAUSE_BEFORE_ACK_ENV)
         self._reported_gaps: list[tuple[str, int, int]] = []
+        self._lost_ids: deque[str] = deque(maxlen=LOST_IDS_KEPT)
+        self._reported_lost = 0
         self.written = 0
         self.skipped = 0
         self.acked = 0
+        self.lost = 0  # entries deleted from the stream before their frame was stored
 
     # -- start-up ----------------------------------------------------------------------
     def load_index(self) -> None:
         """Learn every (stream, seq) already in the segment directory; cut partial tails."""
         if not self._dir.exists():
             return
+        # SECURITY: a file abandoned after a failed write or fsync may still hold frames of
+        # that batch; never made durable, they must be written again, not counted as stored.
+        undurable = self._out.retry_abandoned()
         for path in segment_paths([self._dir]):
             removed = repair_tail(path)
             if removed:
                 self._say(f"cut a partial record ({removed} bytes) from the end of {path}")
+            durable = undurable.get(path)
             for item in read_segment(path):
                 if item.data is None:
                     continue
+                if durable is not None and item.end > durable:
+                    break
                 with contextlib.suppress(FrameError):
                     frame = decode_frame(item.data)
                     self._seen.setdefault(frame.stream, SeqRanges()).add(frame.seq)
@@ -167,8 +191,8 @@ class Collector:
 
     async def run_once(self) -> int:
         """Collect everything available now (own pending, claimable, new); frames written."""
-        await self._start()
         before = self.written
+        await self._start()
         while await self._round(block=False):
             pass
         self._out.close()
@@ -177,7 +201,15 @@ class Collector:
     async def _start(self) -> None:
         self.load_index()
         await self.ensure_group()
-        # Entries delivered to this consumer before a crash and never acknowledged.
+        await self._reread_own_pending()
+
+    async def _reread_own_pending(self) -> int:
+        """Store and acknowledge what was delivered to this consumer and never acknowledged
+        (a crash, a failed write, claimed entries deleted from the stream); entries handled."""
+        # Older than frames the current segment may hold: a new file keeps every file in
+        # seq order, which verify checks.
+        self._out.close()
+        handled = 0
         start = "0-0"
         while True:
             reply: Any = await self._redis.xreadgroup(
@@ -185,8 +217,9 @@ class Collector:
             )
             entries = _entries(reply)
             if not entries:
-                break
+                return handled
             await self._store(entries)
+            handled += len(entries)
             start = _entry_id(entries[-1][0])
 
     async def _round(self, *, block: bool) -> int:
@@ -221,14 +254,20 @@ class Collector:
                 count=self._batch,
             )
             start = _entry_id(reply[0])
-            entries = [e for e in reply[1] if e is not None and e[1] is not None]
+            claimed = list(reply[1])
+            entries = [e for e in claimed if e is not None and e[0] is not None and e[1]]
             if entries:
                 # Claimed frames are older than ones this collector may already have
                 # written: a new file keeps every file in seq order, which verify checks.
                 self._out.close()
                 await self._store(entries)
                 handled += len(entries)
-            if start == "0-0" or not reply[1]:
+            if len(entries) < len(claimed):
+                # Redis 6.2 answers nil, without the id, for a claimed entry deleted from
+                # the stream while pending; it is ours now, and our own pending history
+                # names it, so that it can be acknowledged and reported lost.
+                handled += await self._reread_own_pending()
+            if start == "0-0" or not claimed:
                 return handled
 
     async def _store(self, entries: list[Any]) -> None:
@@ -237,7 +276,12 @@ class Collector:
         stored: set[tuple[str, int]] = set()  # this batch's frames, not yet durable
         for entry_id, fields in entries:
             ids.append(_entry_id(entry_id))
-            data = fields.get(FRAME_FIELD) if fields else None
+            if not fields:
+                # XADD refuses an entry without fields: this one was deleted from the stream
+                # while pending. Acknowledged, or it would stay pending and pin the MINID.
+                self._lose(_entry_id(entry_id))
+                continue
+            data = fields.get(FRAME_FIELD)
             # SECURITY: a record a segment cannot hold (empty or oversized) would end every
             # reading of its file there, and the next start's repair_tail would cut off the
             # acknowledged frames after it.
@@ -274,7 +318,20 @@ class Collector:
         if ids:
             self.acked += await self._redis.xack(self._key, GROUP, *ids)
 
+    def _lose(self, entry_id: str) -> None:
+        self.lost += 1
+        self._lost_ids.append(entry_id)
+        self._say(
+            f"entry {entry_id} was deleted from the stream before its frame was stored: "
+            "the frame is lost (acknowledged; verify reports the hole)",
+            error=True,
+        )
+
     # -- gaps --------------------------------------------------------------------------
+    def lost_entries(self) -> list[str]:
+        """The ids of the latest lost entries (at most LOST_IDS_KEPT; `lost` counts all)."""
+        return list(self._lost_ids)
+
     def gaps(self) -> list[tuple[str, int, int]]:
         """(stream, first missing seq, last missing seq) for every hole in this directory."""
         return [
@@ -290,9 +347,17 @@ class Collector:
                 if (stream, start, end) not in self._reported_gaps:
                     self._say(f"gap: stream {stream} lacks seq {start}..{end}")
             self._reported_gaps = gaps
+        if self.lost != self._reported_lost:
+            self._say(
+                f"gap: {self.lost} frame(s) lost, deleted from the stream before they were "
+                f"stored (latest entry {self._lost_ids[-1]})",
+                error=True,
+            )
+            self._reported_lost = self.lost
 
-    def _say(self, message: str) -> None:
-        print(f"audit collect: {message}", file=self._log, flush=True)
+    def _say(self, message: str, *, error: bool = False) -> None:
+        level = "error: " if error else ""
+        print(f"audit collect: {level}{message}", file=self._log, flush=True)
 
 
 def _announce_pause(path: Path) -> None:

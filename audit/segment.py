@@ -5,7 +5,9 @@ are stored exactly as the writer encoded them. Files are written by one collecto
 fsynced before the frames are acknowledged in Redis, rotated by size and age, and
 never modified after rotation. A crash can leave a partial last record; the reader
 reports it and the collector cuts it off on start (those frames were not acknowledged,
-so Redis delivers them again).
+so Redis delivers them again). A failed write or fsync (disk full, I/O error) never
+leaves a partial record for the next write to follow: the writer cuts the file back to
+its last synced size, or abandons the file and starts a new one (`SegmentWriter`).
 
     with SegmentWriter(Path("var/audit"), "c1", now=time.time) as out:
         out.write([frame_bytes, ...]); out.sync()
@@ -14,6 +16,7 @@ so Redis delivers them again).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +42,11 @@ class SegmentItem:
     offset: int
     data: bytes | None
     error: str | None = None
+
+    @property
+    def end(self) -> int:
+        """The file offset just past this record (its start, if it could not be read)."""
+        return self.offset + (_LEN.size + len(self.data) if self.data is not None else 0)
 
 
 def read_segment(path: Path) -> Iterator[SegmentItem]:
@@ -87,13 +95,28 @@ def segment_paths(paths: Iterable[Path]) -> list[Path]:
 
 
 def repair_tail(path: Path) -> int:
-    """Cut a partial last record left by a crash; returns the bytes removed."""
+    """Cut a partial last record left by a crash; returns the bytes removed.
+
+    A file cut short inside its magic (a crash while it was being created) holds no frame:
+    it gets its whole magic back, so that it reads as an empty segment.
+    """
+    size = path.stat().st_size
+    if size < len(MAGIC):
+        with open(path, "rb") as handle:
+            head = handle.read()
+        if not MAGIC.startswith(head):
+            raise SegmentError(f"{path}: not an audit segment (bad magic)")
+        with open(path, "r+b") as handle:
+            handle.seek(0)
+            handle.write(MAGIC)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return 0
     good = len(MAGIC)
     for item in read_segment(path):
         if item.data is None:
             break
-        good = item.offset + _LEN.size + len(item.data)
-    size = path.stat().st_size
+        good = item.end
     if size > good:
         with open(path, "r+b") as handle:
             handle.truncate(good)
@@ -110,8 +133,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 class SegmentWriter:
-    """Appends frames to the current segment; rotates by size and age."""
+    """Appends frames to the current segment; rotates by size and age.
+
+    A write or fsync that fails (ENOSPC, EIO, EFBIG, ...) may have left part of a record on
+    disk, and a record appended after it would be unreadable, and so would everything after
+    it. So after any failed write or sync the writer cuts the current file back to its size
+    at the last successful sync (ftruncate + fsync) and goes on appending there; when even
+    that fails, it abandons the file (closes it, never appends to it again; it is cut back
+    by `retry_abandoned` once that works, and a restarted collector cuts a partial last
+    record) and the next write starts a new segment. Either way the frames written since
+    the last successful `sync()` are not in the file any more, or not trusted: the caller
+    acknowledges none of them, and Redis delivers them again.
+    """
 
     def __init__(
         self,
@@ -129,10 +170,14 @@ class SegmentWriter:
         self.max_age_s = max_age_s
         self._fd = -1
         self._file: Path | None = None
-        self._size = 0
+        self._size = 0  # bytes in the current file, as written
+        self._synced = 0  # bytes of the current file made durable by the last good fsync
         self._opened_at = 0.0
         self._counter = 0
         self.rotations = 0
+        self.cut_backs = 0  # failed writes undone by cutting the file back
+        # Files left after a failure that could not be undone -> their durable size.
+        self.abandoned: dict[Path, int] = {}
 
     def __enter__(self) -> SegmentWriter:
         return self
@@ -158,46 +203,112 @@ class SegmentWriter:
             if not path.exists():
                 break
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-        os.write(fd, MAGIC)
+        try:
+            _write_all(fd, MAGIC)
+            os.fsync(fd)
+            _fsync_dir(self.directory)
+        except OSError:
+            # A file without its whole magic would stop every later reading of the directory.
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         self._fd = fd
         self._file = path
-        self._size = len(MAGIC)
+        self._size = self._synced = len(MAGIC)
         self._opened_at = self._now()
-        _fsync_dir(self.directory)
 
     def write(self, frames: Iterable[bytes]) -> None:
-        """Append frames (not yet durable: call sync())."""
-        for data in frames:
+        """Append frames (not yet durable: call sync()).
+
+        Raises SegmentError (nothing written) for a record a segment cannot hold, OSError
+        (everything since the last sync() undone) when the file system fails.
+        """
+        records = list(frames)
+        for data in records:
             if not 0 < len(data) <= MAX_FRAME_BYTES:
                 # The reader stops at such a record and repair_tail would cut what follows.
                 raise SegmentError(f"a record of {len(data)} bytes does not fit a segment")
-            if self._file is None or self._due():
-                self._rotate()
-            record = _LEN.pack(len(data)) + data
-            view = memoryview(record)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            self._size += len(record)
+        try:
+            for data in records:
+                if self._file is None or self._due():
+                    self._rotate()
+                _write_all(self._fd, _LEN.pack(len(data)) + data)
+                self._size += _LEN.size + len(data)
+        except OSError:
+            self._undo_unsynced()
+            raise
 
     def _due(self) -> bool:
         return self._size >= self.max_bytes or self._now() - self._opened_at >= self.max_age_s
 
     def _rotate(self) -> None:
         if self._file is not None:
-            self.sync()
-            os.close(self._fd)
-            self._file = None
+            os.fsync(self._fd)
+            self._synced = self._size
+            self._close_current()
             self.rotations += 1
         self._open_new()
 
     def sync(self) -> None:
-        """Make everything written so far durable."""
-        if self._file is not None:
+        """Make everything written so far durable (OSError: undone, see the class)."""
+        if self._file is None:
+            return
+        try:
             os.fsync(self._fd)
+        except OSError:
+            self._undo_unsynced()
+            raise
+        self._synced = self._size
+
+    def _undo_unsynced(self) -> None:
+        """After a failed write or fsync: back to the last synced size, or a new file."""
+        if self._file is None:
+            return
+        try:
+            # SECURITY: a partial record followed by more records would make them, and the
+            # acknowledged frames before them once repair_tail cut there, unreadable.
+            os.ftruncate(self._fd, self._synced)
+            os.fsync(self._fd)
+        except OSError:
+            # SECURITY: nothing is ever appended after bytes that could not be undone.
+            self.abandoned[self._file] = self._synced
+            with contextlib.suppress(OSError):
+                self._close_current()
+            return
+        self._size = self._synced
+        self.cut_backs += 1
+
+    def retry_abandoned(self) -> dict[Path, int]:
+        """Cut abandoned files back to their durable size where that works now; returns the
+        files still holding bytes past it (path -> durable size): nothing past that size may
+        be counted as stored, since it was never made durable."""
+        for path, durable in list(self.abandoned.items()):
+            try:
+                with open(path, "r+b") as handle:
+                    handle.truncate(durable)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except FileNotFoundError:
+                del self.abandoned[path]
+            except OSError:
+                continue
+            else:
+                del self.abandoned[path]
+        return dict(self.abandoned)
+
+    def _close_current(self) -> None:
+        # Forgotten before closing: a failed close still releases the descriptor, whose
+        # number may then belong to another file.
+        fd, self._fd, self._file = self._fd, -1, None
+        os.close(fd)
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
             self.sync()
-            os.close(self._fd)
-            self._file = None
+        finally:
+            if self._file is not None:
+                self._close_current()

@@ -1,0 +1,299 @@
+"""A segment write or fsync that fails for real (file size limit, a descriptor that no longer
+writes, a descriptor that cannot fsync): no partial record is ever followed by another,
+nothing of the failed batch is acknowledged, nothing acknowledged before it is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from audit.collector import GROUP, Collector
+from audit.keys import Keyring
+from audit.segment import MAGIC, SegmentWriter, read_segment, repair_tail
+from audit.verify import verify
+from audit.writer import FRAME_FIELD
+from gateway.clock import ManualClock
+from tests.audit.chains import read_frames
+from tests.audit.conftest import STREAM, SessionWriter, WriterFactory, collect, write_session
+
+RECORD_HEAD = 4  # the u32 length before each record
+
+# Runs `audit.cli` (argv[2:]) with the file size limit argv[1]: a write crossing it is cut
+# short, the next one fails with EFBIG (Python ignores SIGXFSZ).
+LIMITED_CLI = """
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+from audit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+# Three writes through one SegmentWriter under the file size limit argv[2], in argv[1].
+LIMITED_WRITER = """
+import json, resource, sys
+from pathlib import Path
+from audit.segment import SegmentWriter
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+out = SegmentWriter(Path(sys.argv[1]), "c1", now=lambda: 0.0)
+out.write([b"a" * 100]); out.sync()
+try:
+    out.write([b"b" * 50, b"c" * 1000]); out.sync()
+    failure = None
+except OSError as exc:
+    failure = exc.errno
+out.write([b"d" * 10]); out.sync()
+print(json.dumps({"errno": failure, "cut_backs": out.cut_backs, "abandoned": len(out.abandoned)}))
+out.close()
+"""
+
+
+def records(path: Path) -> list[bytes | None]:
+    items = list(read_segment(path))
+    assert [i.error for i in items if i.error] == []  # no partial or garbled record
+    return [i.data for i in items]
+
+
+def descriptor_of(path: Path) -> int:
+    """The descriptor this process holds open on `path` (the writer's own)."""
+    for name in os.listdir("/proc/self/fd"):
+        with_fd = Path("/proc/self/fd") / name
+        try:
+            if os.readlink(with_fd) == str(path):
+                return int(name)
+        except OSError:
+            continue
+    raise LookupError(f"no descriptor open on {path}")
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    yield read_end, write_end
+    for fd in (read_end, write_end):
+        os.close(fd)
+
+
+def break_read_only(fd: int, path: Path, _pipe: tuple[int, int]) -> None:
+    """The descriptor now reads the file: writes and ftruncate fail (EBADF, EINVAL)."""
+    read_only = os.open(path, os.O_RDONLY)
+    os.dup2(read_only, fd)
+    os.close(read_only)
+
+
+def break_fsync(fd: int, _path: Path, pipe: tuple[int, int]) -> None:
+    """The descriptor is now a pipe: writes 'succeed', fsync and ftruncate fail (EINVAL)."""
+    os.dup2(pipe[1], fd)
+
+
+def test_a_write_cut_short_is_cut_back_and_the_writer_goes_on_in_the_same_file(
+    tmp_path: Path,
+) -> None:
+    # Room for the magic, the first record, the second, and half of the third.
+    limit = len(MAGIC) + (RECORD_HEAD + 100) + (RECORD_HEAD + 50) + 500
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_WRITER, str(tmp_path), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"errno": errno.EFBIG, "cut_backs": 1, "abandoned": 0}
+    (only,) = sorted(tmp_path.glob("*.seg"))
+    # The failed batch ("b" and the cut "c") is gone; "d" follows the last good record.
+    assert records(only) == [b"a" * 100, b"d" * 10]
+
+
+@pytest.mark.parametrize(
+    ("sabotage", "failing_step"), [(break_read_only, "write"), (break_fsync, "sync")]
+)
+def test_a_file_that_cannot_be_cut_back_is_abandoned_for_a_new_one(
+    tmp_path: Path, pipe: tuple[int, int], sabotage: Any, failing_step: str
+) -> None:
+    clock = ManualClock()
+    out = SegmentWriter(tmp_path, "c1", now=clock.now)
+    out.write([b"a", b"b"])
+    out.sync()
+    first = out.current
+    assert first is not None
+    sabotage(descriptor_of(first), first, pipe)
+    if failing_step == "write":
+        with pytest.raises(OSError, match=r"Errno 9\]"):  # EBADF
+            out.write([b"c"])
+    else:
+        out.write([b"c"])  # into the pipe: the write "succeeds", the fsync cannot
+        with pytest.raises(OSError, match=r"Errno 22\]"):  # EINVAL
+            out.sync()
+    assert list(out.abandoned) == [first]
+    assert out.current is None
+    out.write([b"d"])
+    out.sync()
+    out.close()
+    files = sorted(tmp_path.glob("*.seg"))
+    assert [records(f) for f in files] == [[b"a", b"b"], [b"d"]]
+
+
+def test_frames_left_in_an_abandoned_file_unsynced_are_cut_off_when_possible(
+    tmp_path: Path, pipe: tuple[int, int]
+) -> None:
+    out = SegmentWriter(tmp_path, "c1", now=lambda: 0.0)
+    out.write([b"a"])
+    out.sync()
+    first = out.current
+    assert first is not None
+    durable = first.stat().st_size
+    out.write([b"b"])  # in the file, not yet durable
+    break_fsync(descriptor_of(first), first, pipe)
+    with pytest.raises(OSError, match=r"Errno 22\]"):  # EINVAL: neither fsync nor ftruncate
+        out.sync()
+    assert out.abandoned == {first: durable}
+    assert records(first) == [b"a", b"b"]  # "b" never became durable: it may not count
+    assert out.retry_abandoned() == {}  # through a new descriptor the cut works
+    assert records(first) == [b"a"]
+    assert out.abandoned == {}
+    out.close()
+
+
+def test_a_record_too_big_writes_nothing_of_its_batch(tmp_path: Path) -> None:
+    with SegmentWriter(tmp_path, "c1", now=lambda: 0.0) as out:
+        out.write([b"a"])
+        with pytest.raises(Exception, match="does not fit a segment"):
+            out.write([b"b", b""])
+        out.write([b"c"])
+    (only,) = tmp_path.glob("*.seg")
+    assert records(only) == [b"a", b"c"]
+
+
+@pytest.mark.parametrize("head", [b"", MAGIC[:5]])
+def test_a_file_cut_inside_its_magic_reads_as_an_empty_segment(tmp_path: Path, head: bytes) -> None:
+    path = tmp_path / "20260101T000000-c1-000001.seg"
+    path.write_bytes(head)
+    assert repair_tail(path) == 0
+    assert path.read_bytes() == MAGIC
+    assert records(path) == []
+
+
+def test_a_file_with_a_foreign_head_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "20260101T000000-c1-000001.seg"
+    path.write_bytes(b"GIF8")
+    with pytest.raises(Exception, match="bad magic"):
+        repair_tail(path)
+    assert path.read_bytes() == b"GIF8"
+
+
+async def pending(redis: aioredis.Redis) -> int:
+    summary: Any = await redis.xpending(STREAM, GROUP)
+    return int(summary["pending"])
+
+
+async def test_collector_under_a_file_size_limit_loses_and_acknowledges_nothing_wrongly(
+    redis: aioredis.Redis,
+    redis_url: str,
+    write_closed_session: SessionWriter,
+    tmp_path: Path,
+    keyring: Keyring,
+) -> None:
+    written = await write_closed_session(4)
+    entries: Any = await redis.xrange(STREAM)
+    sizes = [len(fields[FRAME_FIELD]) for _id, fields in entries]
+    # Two batches of three fit; the third batch's first record is cut in the middle.
+    good = len(MAGIC) + sum(RECORD_HEAD + n for n in sizes[:6])
+    limit = good + RECORD_HEAD + sizes[6] // 2
+    seg = tmp_path / "seg"
+    failed = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            LIMITED_CLI,
+            str(limit),
+            "collect",
+            "--redis-url",
+            redis_url,
+            "--stream",
+            STREAM,
+            "--segment-dir",
+            str(seg),
+            "--consumer",
+            "c1",
+            "--batch",
+            "3",
+            "--once",
+            "--no-trim",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert "File too large" in failed.stderr
+    (only,) = sorted(seg.glob("*.seg"))
+    assert only.stat().st_size == good  # cut back: no partial record left
+    assert len(records(only)) == 6
+    assert await pending(redis) == 3  # the failed batch: delivered, not acknowledged
+    # The rest is collected later; the six acknowledged frames are all still there.
+    assert await collect(redis, seg) == len(written) - 6
+    counts = sorted((f.stream, f.seq) for f in read_frames(seg))
+    assert counts == sorted((f.stream, f.seq) for f in written)
+    assert await pending(redis) == 0
+    assert verify([seg], keyring).ok(strict=True)
+
+
+@pytest.mark.parametrize("sabotage", [break_read_only, break_fsync])
+async def test_a_running_collector_whose_segment_fails_acknowledges_nothing_of_the_batch(
+    redis: aioredis.Redis,
+    make_writer: WriterFactory,
+    clock: ManualClock,
+    tmp_path: Path,
+    keyring: Keyring,
+    pipe: tuple[int, int],
+    sabotage: Any,
+) -> None:
+    writer = await make_writer()
+    await write_session(writer, clock, requests=2)
+    first_batch = await redis.xlen(STREAM)
+    seg = tmp_path / "seg"
+    collector = Collector(
+        redis,
+        stream=STREAM,
+        segment_dir=seg,
+        consumer="c1",
+        now=time.time,
+        block_ms=20,
+        trim=False,
+    )
+    running = asyncio.create_task(collector.run(asyncio.Event()))
+    for _ in range(250):
+        await asyncio.sleep(0.02)
+        if collector.acked == first_batch:
+            break
+    assert collector.acked == first_batch
+    (segment,) = sorted(seg.glob("*.seg"))
+    sabotage(descriptor_of(segment), segment, pipe)
+    await write_session(writer, clock, requests=2)
+    with pytest.raises(OSError, match=r"Errno (9|22)\]"):  # EBADF, EINVAL
+        await asyncio.wait_for(running, 10)
+    assert collector.acked == first_batch  # nothing of the failed batch
+    assert await pending(redis) >= 1  # the failed batch: delivered, not acknowledged
+    assert len(records(segment)) == first_batch  # what was acknowledged is intact
+    await writer.close()
+    # Restarted (here: the same collector again), it stores what it failed to.
+    await collector.run_once()
+    assert await pending(redis) == 0
+    every = sorted((f.stream, f.seq) for f in read_frames(seg))
+    assert every == [(writer.stream_id, n) for n in range(writer.seq)]
+    assert verify([seg], keyring).ok(strict=True)
