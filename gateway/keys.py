@@ -84,6 +84,11 @@ def handoff_code(code_hash: str) -> str:
     return f"{P}handoff:{code_hash}"
 
 
+def session_epoch(principal_key: str) -> str:
+    """Counter bumped each time every session of the account is ended (no TTL: state)."""
+    return f"{P}session-epoch:{principal_key}"
+
+
 # --- access workflow ------------------------------------------------------------------
 def access_request(request_id: str) -> str:
     return f"{P}request:{request_id}"

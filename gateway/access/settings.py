@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.access.errors import AccessInvalid, AccessNotFound
-from gateway.access.events import org_changed
+from gateway.access.events import org_changed, publish_lua
 from gateway.access.text import as_text
 
 MAX_TICKET_PATTERN = 200  # long patterns invite catastrophic backtracking; keep them short
@@ -176,11 +176,17 @@ def _work(items: Any, *, repeated: bool) -> int:
     return total
 
 
-_SAVE = """
+# KEYS: org hash. ARGV: settings JSON, then the org_changed event's channel and message.
+_SAVE = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'settings', ARGV[1])
+"""
+    + publish_lua(2)
+    + """
 return 1
 """
+)
 
 
 async def load_settings(redis: aioredis.Redis, org: str) -> OrgSettings:
@@ -208,8 +214,8 @@ async def save_settings(redis: aioredis.Redis, org: str, settings: OrgSettings) 
     """
     checked = OrgSettings().merged(settings.to_json())
     text = json.dumps(checked.to_json(), sort_keys=True)
-    saved = await redis.eval(_SAVE, 1, keys.org(org), text)
+    # SECURITY: cached grant checks judged the old settings (e.g. whether admins may be
+    # acted as); the event goes out in the write's own script, or neither happens.
+    saved = await redis.eval(_SAVE, 1, keys.org(org), text, *org_changed(org))
     if not saved:
         raise AccessNotFound("no_such_org", f"no org {org!r}")
-    # Cached grant checks judged the old settings (e.g. whether admins may be acted as).
-    await org_changed(redis, org)

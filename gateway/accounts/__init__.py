@@ -4,8 +4,8 @@
 Redis (GATEWAY_TOTP_KEY, else data_dir/keys/totp.key, mode 0600):
 
     accounts = open_accounts(redis, clock, config.data_dir)
-    account = await accounts.login.password(email, password, client_ip)
-    await accounts.login.totp(account.key, code)
+    proven = await accounts.login.password(email, password, client_ip)
+    await accounts.login.totp(proven.account.key, code)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gateway.accounts.errors import (
     SecretKeyError,
 )
 from gateway.accounts.keyfile import secret_key
-from gateway.accounts.login import LoginCheck
+from gateway.accounts.login import LoginCheck, ProvenPassword
 from gateway.accounts.model import Account
 from gateway.accounts.passwords import PasswordHasher
 from gateway.accounts.secretbox import TotpSecretBox
@@ -51,6 +51,7 @@ __all__ = [
     "LoginRefused",
     "Org",
     "PasswordHasher",
+    "ProvenPassword",
     "SecretKeyError",
     "TotpVerifier",
     "open_accounts",

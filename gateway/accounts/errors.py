@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gateway.identity import Principal
 from policies.source import Problem
 
 
@@ -46,15 +47,24 @@ class LoginRefused(AccountError):
     """One refusal of a login step, as the client may see it.
 
     `error` is the stable machine code (`invalid_credentials`, `too_many_attempts`,
-    `invalid_totp`, `account_locked`, `account_disabled`, `enrolment_required`, ...),
-    `reason` is for people and never says more than the step has earned.
+    `invalid_totp`, `account_locked`, `account_disabled`, `enrolment_required`,
+    `sessions_ended`, ...), `reason` is for people and never says more than the step has
+    earned. `principal` names the account once its password was proven (for the audit
+    record only; never shown to the client).
     """
 
     def __init__(
-        self, error: str, reason: str, *, status: int, retry_after: int | None = None
+        self,
+        error: str,
+        reason: str,
+        *,
+        status: int,
+        retry_after: int | None = None,
+        principal: Principal | None = None,
     ) -> None:
         super().__init__(f"{error}: {reason}")
         self.error = error
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.principal = principal

@@ -5,12 +5,18 @@ the same answer after the same scrypt work; throttling depends only on the email
 typed and the client address; locked, disabled and not-yet-enrolled accounts are told
 so only after a correct password.
 
-    check = LoginCheck(store, clock, throttle, lockout, verifier)
-    account = await check.password("alice@acme.example", "…", "203.0.113.7")
-    await check.totp(account.key, "123456")
+    check = LoginCheck(store, throttle, lockout, verifier)
+    proven = await check.password("alice@acme.example", "…", "203.0.113.7")
+    await check.totp(proven.account.key, "123456")
+
+`password` also returns the account's session epoch, read with the account before the
+password is checked: the login's new session is saved only if it is still current
+(`gateway.sessions.epochs`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from gateway.accounts.errors import LoginRefused, SecretKeyError
 from gateway.accounts.model import MAX_PASSWORD, Account
@@ -25,13 +31,22 @@ def _invalid() -> LoginRefused:
     return LoginRefused("invalid_credentials", "email or password is wrong", status=401)
 
 
-def _locked(seconds: int) -> LoginRefused:
+def _locked(seconds: int, account: Account | None = None) -> LoginRefused:
     return LoginRefused(
         "account_locked",
         f"too many wrong codes: this account is locked for {seconds} s",
         status=403,
         retry_after=seconds,
+        principal=account.principal if account is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class ProvenPassword:
+    """A password just proven: the account as read, and the session epoch read with it."""
+
+    account: Account
+    session_epoch: int
 
 
 class LoginCheck:
@@ -47,7 +62,7 @@ class LoginCheck:
         self.lockout = lockout
         self.verifier = verifier
 
-    async def password(self, email: str, password: str, address: str) -> Account:
+    async def password(self, email: str, password: str, address: str) -> ProvenPassword:
         """The account whose password this is, ready for its TOTP step; else LoginRefused."""
         if len(email) > MAX_EMAIL or len(password) > MAX_PASSWORD:
             raise LoginRefused(
@@ -64,7 +79,9 @@ class LoginCheck:
                 status=429,
                 retry_after=wait,
             )
-        account = await self.store.by_email(name)
+        # The epoch is read with the account, before the check (see ProvenPassword).
+        found = await self.store.by_email_with_epoch(name)
+        account, epoch = found if found is not None else (None, 0)
         if account is None or not account.password_hash:
             # SECURITY: same work and same answer as a wrong password.
             await self.store.hasher.verify_absent(password)
@@ -72,13 +89,19 @@ class LoginCheck:
         if not await self.store.hasher.verify(password, account.password_hash):
             raise _invalid()
         await self.throttle.succeeded(name, address)
-        # Only now, after a correct password, may the account's state be told.
+        # Only now, after a correct password, may the account's state be told (and the
+        # refusal's audit record name the account).
         if account.disabled:
-            raise LoginRefused("account_disabled", "this account is disabled", status=403)
+            raise LoginRefused(
+                "account_disabled",
+                "this account is disabled",
+                status=403,
+                principal=account.principal,
+            )
         locked = await self.lockout.locked_for(account.key)
         if locked:
-            raise _locked(locked)
-        return account
+            raise _locked(locked, account)
+        return ProvenPassword(account, epoch)
 
     async def totp(self, principal_key: str, code: str) -> Account:
         """Check one code for an account whose password was just proven."""

@@ -7,8 +7,11 @@
     gw:staff, gw:orgs, gw:org:<org>:members   index sets
 
 Writes that touch an email are Lua scripts, so two creations racing for one email end
-with one owner. Passwords are kept as scrypt hashes, TOTP secrets sealed with a key that
-is not in Redis (`TotpSecretBox`).
+with one owner. A write that changes what grant checks answer (a member's account, an
+org's settings) publishes its `gateway.access.events` event from the same script, after
+its writes: no instance keeps a cached answer about a change it never heard of.
+Passwords are kept as scrypt hashes, TOTP secrets sealed with a key that is not in Redis
+(`TotpSecretBox`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.access.events import member_changed, org_changed
-from gateway.accounts.errors import AccountConflict, AccountNotFound, InvalidAccountInput
+from gateway.access.events import NO_EVENT, member_changed, org_changed, publish_lua
+from gateway.accounts.errors import (
+    AccountConflict,
+    AccountError,
+    AccountNotFound,
+    InvalidAccountInput,
+)
 from gateway.accounts.model import (
     Account,
     check_email,
@@ -37,24 +45,76 @@ from gateway.accounts.secretbox import TotpSecretBox
 from gateway.accounts.totp import is_valid_secret
 from gateway.identity import Principal, PrincipalKind
 from gateway.sessions.ending import end_sessions_of
+from gateway.sessions.epochs import epoch_value
+
+# A script makes no write before it knows none can fail (Lua undoes nothing): a key of
+# another type is refused up front, so a write never lands without its event.
+_WRONG_TYPE = """
+local function wrong_type(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind)
+  end
+  return false
+end
+"""
 
 # KEYS: account hash, new email key, old email key (or same), index set.
-# ARGV: principal key, mode (create|update), member id for the index, then field pairs.
-_PUT = """
+# ARGV: principal key, mode (create|update), member id for the index, event channel and
+# message (channel '' for none), then field pairs.
+_PUT = (
+    _WRONG_TYPE
+    + """
 local owner = redis.call('GET', KEYS[2])
 if owner and owner ~= ARGV[1] then return 'email' end
 local exists = redis.call('EXISTS', KEYS[1])
 if ARGV[2] == 'create' and exists == 1 then return 'exists' end
 if ARGV[2] == 'update' and exists == 0 then return 'missing' end
+local bad = wrong_type(KEYS[1], 'hash') or wrong_type(KEYS[4], 'set')
+if bad then return bad end
 if KEYS[3] ~= KEYS[2] then
   local old = redis.call('GET', KEYS[3])
   if old == ARGV[1] then redis.call('DEL', KEYS[3]) end
 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[3])
+"""
+    + publish_lua(4)
+    + """
 return 'ok'
 """
+)
+
+# KEYS: org hash, org index. ARGV: org id, event channel and message (channel '' for
+# none), then field pairs.
+_PUT_ORG = (
+    _WRONG_TYPE
+    + """
+local bad = wrong_type(KEYS[1], 'hash') or wrong_type(KEYS[2], 'set')
+if bad then return bad end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSETNX', KEYS[1], 'settings', '{}')
+redis.call('SADD', KEYS[2], ARGV[1])
+"""
+    + publish_lua(2)
+    + """
+return 'ok'
+"""
+)
+
+# KEYS: account hash. ARGV: event channel and message (channel '' for none), then field
+# pairs. Returns 0 (nothing written) when the account does not exist.
+_SET_FIELDS = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+"""
+    + publish_lua(1)
+    + """
+return 1
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +130,8 @@ class AccountStore:
         self.box = box
         self.hasher = hasher
         self._put = redis.register_script(_PUT)
+        self._put_org = redis.register_script(_PUT_ORG)
+        self._set_fields = redis.register_script(_SET_FIELDS)
 
     # --- orgs ---------------------------------------------------------------------------
     async def put_org(self, org_id: str, name: str, settings: dict[str, Any] | None = None) -> Org:
@@ -77,16 +139,16 @@ class AccountStore:
         check_id(org_id, "org")
         check_name(name)
         fields: dict[str, str] = {"id": org_id, "name": name}
+        event = NO_EVENT
         if settings is not None:
             fields["settings"] = json.dumps(settings, sort_keys=True)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.org(org_id), mapping=fields)  # type: ignore[arg-type]
-            pipe.hsetnx(keys.org(org_id), "settings", "{}")
-            pipe.sadd(keys.org_index(), org_id)
-            await pipe.execute()
-        if settings is not None:
-            # Cached grant checks judged the old settings (e.g. whether admins may be acted as).
-            await org_changed(self.redis, org_id)
+            # SECURITY: cached grant checks judged the old settings (e.g. whether admins may
+            # be acted as); the event goes out in the write's own script, or neither happens.
+            event = org_changed(org_id)
+        args: list[str] = [org_id, *event]
+        for field_name, value in fields.items():
+            args += [field_name, value]
+        await self._put_org(keys=[keys.org(org_id), keys.org_index()], args=args)
         org = await self.org(org_id)
         if org is None:
             raise AccountNotFound(f"org {org_id!r} vanished while being written")
@@ -120,6 +182,33 @@ class AccountStore:
             return None
         owner = await self.redis.get(keys.account_by_email(normal))
         return await self.get(text(owner)) if owner else None
+
+    async def by_email_with_epoch(self, email: str) -> tuple[Account, int] | None:
+        """The account owning `email` and its session epoch, read at one instant (MULTI).
+
+        A login reads this before it checks any credential. Whatever ends every session of
+        the account changes the account first and raises the epoch after, so a login that
+        read the old credentials also read the old epoch and cannot save its session.
+        """
+        try:
+            normal = check_email(email)
+        except InvalidAccountInput:
+            return None
+        owner = await self.redis.get(keys.account_by_email(normal))
+        if not owner:
+            return None
+        principal_key = text(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.session_epoch(principal_key))
+            pipe.hgetall(redis_key(principal_key))
+            raw_epoch, raw = await pipe.execute()
+        if not raw:
+            return None
+        epoch = epoch_value(raw_epoch)
+        if epoch is None:
+            # SECURITY: fail closed; a counter that is no integer cannot be compared.
+            raise AccountError(f"session epoch of {principal_key} is damaged: {raw_epoch!r}")
+        return Account.from_redis(raw), epoch
 
     async def staff_ids(self) -> list[str]:
         return sorted(text(v) for v in await self.redis.smembers(keys.staff_index()))
@@ -179,7 +268,12 @@ class AccountStore:
         else:
             index, index_member = keys.org_members(principal.org or ""), principal.id
         old_email = keys.account_by_email(existing.principal.email if existing else principal.email)
-        args: list[str] = [principal.key, "create" if create else "update", index_member]
+        event = NO_EVENT
+        if principal.kind is PrincipalKind.MEMBER and not create:
+            # SECURITY: live-grant checks cache the member's account; the event that makes
+            # them re-read it goes out in the write's own script, or neither happens.
+            event = member_changed(principal.org or "", principal.id)
+        args: list[str] = [principal.key, "create" if create else "update", index_member, *event]
         for name, value in fields.items():
             args += [name, value]
         result = await self._put(
@@ -198,9 +292,6 @@ class AccountStore:
             raise AccountConflict(f"account {principal.key} exists already")
         if outcome == "missing":
             raise AccountNotFound(f"no account {principal.key}")
-        if principal.kind is PrincipalKind.MEMBER and existing is not None:
-            # Live-grant checks cache the member's account: they re-read it now.
-            await member_changed(self.redis, principal.org or "", principal.id)
         return await self.require(principal.key)
 
     # --- secrets ------------------------------------------------------------------------
@@ -214,7 +305,8 @@ class AccountStore:
         return await self.end_sessions(principal_key)
 
     async def end_sessions(self, principal_key: str) -> int:
-        """End every console session (and its app sessions) of one account."""
+        """End every console session (and its app sessions) of one account, and every login
+        of it under way (its session epoch is raised in the same step)."""
         return await end_sessions_of(self.redis, principal_key)
 
     async def set_totp_secret(self, principal_key: str, secret: str) -> None:
@@ -234,11 +326,18 @@ class AccountStore:
 
     async def set_disabled(self, principal_key: str, disabled: bool) -> int:
         """Disable (ending every session at once) or enable; returns sessions ended."""
-        await self.require(principal_key)
-        await self.redis.hset(redis_key(principal_key), "disabled", "1" if disabled else "0")
+        account_key = redis_key(principal_key)  # refuses a malformed principal key
+        event = NO_EVENT
         if principal_key.startswith("member:"):
             _, org, member_id = principal_key.split(":", 2)
-            # Live-grant checks cache the member's account: they re-read it now.
-            await member_changed(self.redis, org, member_id)
+            # SECURITY: live-grant checks cache the member's account; the event that makes
+            # them re-read it goes out in the write's own script, or neither happens.
+            event = member_changed(org, member_id)
+        written = await self._set_fields(
+            keys=[account_key],
+            args=[*event, "disabled", "1" if disabled else "0"],
+        )
+        if not written:
+            raise AccountNotFound(f"no account {principal_key}")
         # SECURITY: a disabled account keeps no session, console or app, anywhere.
         return await self.end_sessions(principal_key) if disabled else 0

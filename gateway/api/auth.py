@@ -61,9 +61,10 @@ async def login(request: web.Request) -> web.Response:
     address = client_ip(request)
     agent = request.headers.get("User-Agent")
     try:
-        account = await logins.password(email, password, address, user_agent=agent)
+        proven = await logins.password(email, password, address, user_agent=agent)
     except LoginRefused as exc:
         raise refusal(exc) from exc
+    account = proven.account
     try:
         await logins.accounts.login.totp(account.key, code)
     except LoginRefused as exc:
@@ -75,7 +76,19 @@ async def login(request: web.Request) -> web.Response:
             reason=exc.error,
         )
         raise refusal(exc) from exc
-    session = await rotate(request, account.key, logins.clock.now())
+    try:
+        # SECURITY: refused (409) when every session of the account ended since the epoch
+        # was read with the account, before the password check.
+        session = await rotate(request, account.key, logins.clock.now(), epoch=proven.session_epoch)
+    except LoginRefused as exc:
+        await logins.record_failure(
+            "login",
+            principal=account.principal,
+            client_ip=address,
+            user_agent=agent,
+            reason=exc.error,
+        )
+        raise refusal(exc) from exc
     if not await logins.record_login(
         session, account.principal, via="api", client_ip=address, user_agent=agent
     ):

@@ -179,6 +179,21 @@ async def record_login(
     return None
 
 
+async def establish(
+    request: web.Request, logins: Logins, account: Account, epoch: int
+) -> Session | web.Response:
+    """The new console session of a login whose credentials were all proven; or, when
+    every session of the account was ended since its password step read `epoch`, the
+    login page again (409), the refusal recorded."""
+    try:
+        return await rotate(request, account.key, logins.clock.now(), epoch=epoch)
+    except LoginRefused as exc:
+        await logins.record_failure(
+            "login", principal=account.principal, client_ip=client_ip(request), reason=exc.error
+        )
+        return refused(request, await get_session(request), "login.html", exc)
+
+
 async def signed_in(request: web.Request, back: str) -> Principal | web.Response:
     """The logged-in principal of a console page, or the redirect that gets one.
 
@@ -204,6 +219,9 @@ def _pending(session: Session, logins: Logins, name: str) -> dict[str, Any] | No
     value = session.get(name)
     if not isinstance(value, dict) or not isinstance(value.get("at"), int | float):
         return None
+    epoch = value.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        return None  # the login must carry the session epoch its password step read
     if logins.clock.now() - value["at"] > PENDING_TTL_S:
         session.pop(name, None)
         return None
@@ -250,11 +268,12 @@ async def login_submit(request: web.Request) -> web.Response:
     password = field(form, "password", max_length=MAX_PASSWORD)
     address = client_ip(request)
     try:
-        account = await logins.password(
+        proven = await logins.password(
             email, password, address, user_agent=request.headers.get("User-Agent")
         )
     except LoginRefused as exc:
         return refused(request, session, "login.html", exc, {"email": email})
+    account = proven.account
     if not account.enrolled:
         session.pop("pending", None)
         return render(
@@ -271,6 +290,7 @@ async def login_submit(request: web.Request) -> web.Response:
         "principal": account.key,
         "at": logins.clock.now(),
         "proof": _password_proof(account),
+        "epoch": proven.session_epoch,
     }
     return see_other("/login/totp")
 
@@ -296,10 +316,12 @@ async def totp_submit(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": LOGIN_CHALLENGE},
         )
     proven = await logins.accounts.store.get(str(pending["principal"]))
+    # The password was proven a step ago: failures from here on name the whole account.
+    who = proven.principal if proven is not None else None
     if not _password_unchanged(pending, proven):
         session.pop("pending", None)
         await logins.record_failure(
-            "login.totp", client_ip=client_ip(request), reason="password_changed"
+            "login.totp", principal=who, client_ip=client_ip(request), reason="password_changed"
         )
         return render(
             request,
@@ -313,16 +335,20 @@ async def totp_submit(request: web.Request) -> web.Response:
     try:
         account = await logins.accounts.login.totp(str(pending["principal"]), code)
     except LoginRefused as exc:
-        await logins.record_failure("login.totp", client_ip=client_ip(request), reason=exc.error)
+        await logins.record_failure(
+            "login.totp", principal=who, client_ip=client_ip(request), reason=exc.error
+        )
         if exc.error != "invalid_totp":
             session.pop("pending", None)  # locked or disabled: start again from the password
             return refused(request, session, "login.html", exc)
         return refused(
             request, session, "totp.html", exc, {"heading": "Verify", "action": "/login/totp"}
         )
-    session = await rotate(request, account.key, logins.clock.now())
-    failed = await record_login(request, session, logins, account, "console")
-    return failed or await proceed(request, session, logins)
+    established = await establish(request, logins, account, pending["epoch"])
+    if isinstance(established, web.Response):
+        return established
+    failed = await record_login(request, established, logins, account, "console")
+    return failed or await proceed(request, established, logins)
 
 
 async def enrol_page(request: web.Request) -> web.Response:
@@ -336,11 +362,10 @@ async def enrol_submit(request: web.Request) -> web.Response:
     password = field(form, "password", max_length=MAX_PASSWORD)
     token = field(form, "token", max_length=128)
     try:
-        account = await logins.password(
-            email, password, client_ip(request), action="enrol.password"
-        )
+        proven = await logins.password(email, password, client_ip(request), action="enrol.password")
     except LoginRefused as exc:
         return refused(request, session, "enrol.html", exc, {"email": email})
+    account = proven.account
     started = await logins.accounts.enrolment.begin(token.strip(), account.key)
     if started is None:
         await logins.record_failure(
@@ -366,6 +391,7 @@ async def enrol_submit(request: web.Request) -> web.Response:
         "token_hash": digest,
         "at": logins.clock.now(),
         "proof": _password_proof(account),
+        "epoch": proven.session_epoch,
     }
     uri = provisioning_uri(secret, account.principal.email, ISSUER)
     buffer = io.BytesIO()
@@ -391,11 +417,12 @@ async def enrol_confirm(request: web.Request) -> web.Response:
     code = field(form, "code", max_length=10)
     key = str(pending["principal"])
     current = await logins.accounts.store.get(key)
+    who = current.principal if current is not None else None
     if current is None or current.disabled:
         # SECURITY: disabled while enrolling (the password was checked a step ago): no login.
         session.pop("enrol", None)
         await logins.record_failure(
-            "enrol.code", client_ip=client_ip(request), reason="account_disabled"
+            "enrol.code", principal=who, client_ip=client_ip(request), reason="account_disabled"
         )
         return render(
             request, session, "enrol.html", {"error": "This account is disabled."}, status=403
@@ -403,7 +430,7 @@ async def enrol_confirm(request: web.Request) -> web.Response:
     if not _password_unchanged(pending, current):
         session.pop("enrol", None)
         await logins.record_failure(
-            "enrol.code", client_ip=client_ip(request), reason="password_changed"
+            "enrol.code", principal=who, client_ip=client_ip(request), reason="password_changed"
         )
         return render(
             request,
@@ -414,7 +441,7 @@ async def enrol_confirm(request: web.Request) -> web.Response:
         )
     if not await logins.accounts.enrolment.complete(str(pending["token_hash"]), key, code):
         await logins.record_failure(
-            "enrol.code", client_ip=client_ip(request), reason="invalid_totp"
+            "enrol.code", principal=who, client_ip=client_ip(request), reason="invalid_totp"
         )
         return render(
             request,
@@ -434,9 +461,11 @@ async def enrol_confirm(request: web.Request) -> web.Response:
         )
     except Exception:
         log.exception("enrolment of %s could not be recorded", key)
-    session = await rotate(request, key, logins.clock.now())
-    failed = await record_login(request, session, logins, account, "enrolment")
-    return failed or await proceed(request, session, logins)
+    established = await establish(request, logins, account, pending["epoch"])
+    if isinstance(established, web.Response):
+        return established
+    failed = await record_login(request, established, logins, account, "enrolment")
+    return failed or await proceed(request, established, logins)
 
 
 async def step_up_page(request: web.Request) -> web.Response:
@@ -468,8 +497,10 @@ async def step_up_submit(request: web.Request) -> web.Response:
     try:
         account = await logins.accounts.login.totp(login.principal_key, code)
     except LoginRefused as exc:
+        stepping = await logins.accounts.store.get(login.principal_key)
         await logins.record_failure(
             "mfa.step_up",
+            principal=stepping.principal if stepping is not None else None,
             client_ip=client_ip(request),
             reason=exc.error,
             session_id=login.session_id,

@@ -1,10 +1,12 @@
 """Sessions: console logins, the hand-off to routed hosts and their app sessions.
 
-    records       console-session records and the Clock's verdict on them
+    records       console-session records and the verdict on them (Clock and epoch)
+    epochs        the per-account session epoch that ends logins under way too
     console       aiohttp-session storage (Redis, Clock), CSRF, rotate at login, logout
     handoff       signed return addresses and one-time, host-bound hand-off codes
     app_sessions  host-only app sessions that live and die with their console session
-    ending        ending a console session with all its app sessions (logout, disable)
+    ending        ending a console session with all its app sessions (logout), or all
+                  sessions of an account at once, raising its epoch (disable, resets)
     routed        `/.gateway/auth` and `/.gateway/logout` on routed hosts
     logins        `logins_of(config_dict)`: the one bundle of all of these per app
 

@@ -5,8 +5,13 @@
 
 The cookie `__Host-gw_app` (Secure, HttpOnly, SameSite=Lax, Path=/, no Domain) is
 valid only on the host it was issued for, and only while its console session is alive:
-every lookup re-checks that session by the Clock, so logout, idle timeout, absolute
-lifetime and disabling the account all end the app session too.
+every lookup re-checks that session by the Clock and against its account's session
+epoch, and re-reads the account, so logout, idle timeout, absolute lifetime, disabling
+the account and resetting its credentials all end the app session too.
+
+A lookup is one round trip (one Lua script reads the app session, its console session,
+the account's session epoch and the account, at one instant); every judgement is made
+here, by the gateway's Clock, on what the script read.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from gateway import keys
+from gateway.accounts.model import Account
 from gateway.clock import Clock
 from gateway.config import Sessions
-from gateway.sessions.records import json_object, live_record, sid_of, valid_token
+from gateway.identity import Principal
+from gateway.sessions.epochs import EPOCH_OF_LUA
+from gateway.sessions.records import json_object, settle, sid_of, valid_token
 
 # KEYS: console session, app session, app-session set. ARGV: record, ttl, app id.
 # Created only while the console session exists: a hand-off never outlives a logout.
@@ -31,6 +39,46 @@ redis.call('EXPIRE', KEYS[3], ARGV[2])
 return 1
 """
 
+# KEYS[1]: the app session. ARGV[1]: epoch key prefix, ARGV[2]: console-session key
+# prefix, ARGV[3]: staff account key with `{id}`, ARGV[4]: member account key with `{org}`
+# and `{id}` (the templates come from gateway.keys, the one key schema).
+# {app record, console record, epoch, account hash as a flat list}; {app record} alone
+# when it names no usable console session or account; {} when there is no app session.
+# The other keys are named by the app record (which the gateway wrote); their parts are
+# checked for shape first, so a damaged record can name nothing but a session or account.
+_LOOKUP = (
+    EPOCH_OF_LUA
+    + """
+local ID = '^[A-Za-z0-9._%-]+$'
+local function account_key(principal)
+  local id = string.match(principal, '^staff:([^:]+)$')
+  if id and #id <= 64 and string.match(id, ID) then
+    return (string.gsub(ARGV[3], '{id}', id))
+  end
+  local org, member = string.match(principal, '^member:([^:]+):([^:]+)$')
+  if org and #org <= 64 and #member <= 64 and string.match(org, ID)
+      and string.match(member, ID) then
+    return (string.gsub((string.gsub(ARGV[4], '{org}', org)), '{id}', member))
+  end
+  return false
+end
+local app = redis.call('GET', KEYS[1])
+if not app then return {} end
+local ok, record = pcall(cjson.decode, app)
+if not ok or type(record) ~= 'table' then return {app} end
+local sid, principal = record['sid'], record['principal']
+if type(sid) ~= 'string' or #sid > 128 or not string.match(sid, '^[A-Za-z0-9_%-]+$')
+    or type(principal) ~= 'string' then
+  return {app}
+end
+local account = account_key(principal)
+if not account then return {app} end
+local console = redis.call('GET', ARGV[2] .. sid)
+if not console then return {app} end
+return {app, console, epoch_of(principal), redis.call('HGETALL', account)}
+"""
+)
+
 
 @dataclass(frozen=True)
 class AppLogin:
@@ -40,6 +88,17 @@ class AppLogin:
     session_id: str  # the console session it belongs to
     mfa_at: float
     app_session_id: str
+    principal: Principal  # the account as read with the session (enabled)
+
+
+def _account(raw: object) -> Account | None:
+    """The account from a flat HGETALL reply; None when absent or damaged (fail closed)."""
+    if not isinstance(raw, list) or not raw or len(raw) % 2:
+        return None
+    try:
+        return Account.from_redis(dict(zip(raw[::2], raw[1::2], strict=True)))
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
 
 
 class AppSessions:
@@ -48,6 +107,13 @@ class AppSessions:
         self._clock = clock
         self._limits = limits
         self._create = redis.register_script(_CREATE)
+        self._lookup = redis.register_script(_LOOKUP)
+        self._lookup_args = [
+            keys.session_epoch(""),
+            keys.console_session(""),
+            keys.staff("{id}"),
+            keys.member("{org}", "{id}"),
+        ]
 
     async def create(self, token: str, session_id: str, principal_key: str, host: str) -> bool:
         record = {
@@ -68,24 +134,35 @@ class AppSessions:
         return bool(created == 1)
 
     async def lookup(self, token: str | None, host: str) -> AppLogin | None:
+        """The login behind an app-session cookie on `host`, or None; one Redis round trip
+        (plus a write when the console session's last-seen time is due, or it just died)."""
         if token is None or not valid_token(token):
             return None
         ident = sid_of(token)
-        record = json_object(await self._redis.get(keys.app_session(ident)))
+        found = await self._lookup(keys=[keys.app_session(ident)], args=self._lookup_args)
+        if not isinstance(found, list) or not found:
+            return None
+        record = json_object(found[0])
         if record is None or record.get("host") != host.lower():
             # SECURITY: an app cookie is good only on the routed host it was issued for.
             return None
         sid, principal = record.get("sid"), record.get("principal")
-        if not isinstance(sid, str) or not isinstance(principal, str):
+        if not isinstance(sid, str) or not isinstance(principal, str) or len(found) != 4:
             return None
-        console = await live_record(self._redis, sid, self._clock, self._limits)
-        # SECURITY: alive by the Clock, and still the same person's login.
+        _, raw_console, epoch, raw_account = found
+        # SECURITY: the console session alive by the Clock, made under the current epoch ...
+        console = await settle(self._redis, sid, raw_console, epoch, self._clock, self._limits)
+        # ... and still the same person's login.
         if console is None or console.get("principal") != principal:
             return None
         mfa_at = console.get("mfa_at")
-        if not isinstance(mfa_at, int | float):
+        if isinstance(mfa_at, bool) or not isinstance(mfa_at, int | float):
             return None
-        return AppLogin(principal, sid, float(mfa_at), ident)
+        account = _account(raw_account)
+        # SECURITY: the account exists, is the one the session names, and is not disabled.
+        if account is None or account.key != principal or account.disabled:
+            return None
+        return AppLogin(principal, sid, float(mfa_at), ident, account.principal)
 
     async def end(self, token: str | None) -> None:
         if token is None or not valid_token(token):

@@ -8,14 +8,17 @@ session maps:
     principal  the principal key once password AND TOTP were verified
     mfa_at     Clock time of the last TOTP check (step-up renews it)
     login_at   Clock time of the login
-    pending    {principal, at, proof}: password verified, TOTP still to come
-    enrol      {principal, token_hash, at, proof}: enrolment under way
+    epoch      the account's session epoch, as the login read it before any credential
+    pending    {principal, at, proof, epoch}: password verified, TOTP still to come
+    enrol      {principal, token_hash, at, proof, epoch}: enrolment under way
                (proof: SHA-256 of the password hash then proven; a reset voids the step)
     return     signed return address to a routed host; next: a console path
 
-`rotate` gives a fresh id at login (the old session and its cookie die). A save never
-resurrects a session ended meanwhile (SET XX). Idle timeout and absolute lifetime come
-from config (`sessions:`) and are decided by the Clock on every load.
+`rotate` gives a fresh id at login (the old session and its cookie die) and creates the
+logged-in session at once, only if the account's session epoch has not moved since the
+login read it (else `LoginRefused` 409 `sessions_ended`, and no session). A save never
+resurrects a session ended meanwhile (SET XX). Idle timeout, absolute lifetime and the
+epoch are checked on every load (the first two by the Clock, limits from `sessions:`).
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ from aiohttp.typedefs import Handler
 from aiohttp_session import AbstractStorage, Session, SessionData
 
 from gateway import keys
+from gateway.accounts.errors import LoginRefused
 from gateway.appkeys import CLOCK, CONFIG, REDIS
 from gateway.clock import Clock
 from gateway.config import Sessions
 from gateway.cookies import CONSOLE_SESSION
 from gateway.sessions.ending import end_console_session
-from gateway.sessions.records import live_record, sid_of, valid_token
+from gateway.sessions.records import create_login_record, live_record, sid_of, valid_token
 
 PENDING_TTL_S = 300.0  # a verified password waits this long for its TOTP code
 
@@ -107,15 +111,20 @@ class ClockedRedisStorage(AbstractStorage):
         # no longer than the idle timeout, so page views alone cannot fill Redis for hours.
         anonymous = not isinstance(record.get("principal"), str)
         ttl = int(limits.idle_timeout_s if anonymous else limits.absolute_lifetime_s) + 60
-        if session.new or session.identity is None:
-            # `rotate` names the new session up front, so a hand-off can refer to it.
+        created = session.new or session.identity is None
+        if created:
             token = session.identity if valid_token(session.identity) else None
             if token is None:
                 token = secrets.token_urlsafe(32)
                 session.set_new_identity(token)
-            written = await redis.set(
-                keys.console_session(sid_of(token)), json.dumps(record), ex=ttl, nx=True
-            )
+            if anonymous:
+                written = await redis.set(
+                    keys.console_session(sid_of(token)), json.dumps(record), ex=ttl, nx=True
+                )
+            else:
+                # SECURITY: a logged-in session only under the epoch its login read (`rotate`
+                # creates them; this is the same rule for any other path).
+                written = await create_login_record(redis, sid_of(token), record, ttl)
         else:
             token = str(session.identity)
             written = await redis.set(
@@ -126,7 +135,7 @@ class ClockedRedisStorage(AbstractStorage):
             self.save_cookie(response, "", max_age=None)
             return
         principal = record.get("principal")
-        if isinstance(principal, str):
+        if isinstance(principal, str) and not created:
             # Garbage collection only: the set outlives each of its sessions (their lifetime
             # is capped), so ending them all on disable still finds every one.
             async with redis.pipeline(transaction=True) as pipe:
@@ -200,22 +209,48 @@ def current_login(session: Session) -> ConsoleLogin | None:
     return ConsoleLogin(principal, sid_of(str(session.identity)), float(mfa_at))
 
 
-async def rotate(request: web.Request, principal_key: str, now: float) -> Session:
-    """Log in: a new session id replaces the old one, keeping only where to go next."""
+def sessions_ended() -> LoginRefused:
+    return LoginRefused(
+        "sessions_ended",
+        "every session of this account was ended while this login was under way (disabled, "
+        "or its password or TOTP reset): log in again",
+        status=409,
+    )
+
+
+async def rotate(request: web.Request, principal_key: str, now: float, *, epoch: int) -> Session:
+    """Log in: a new session id replaces the old one, keeping only where to go next.
+
+    The new session is created in Redis at once, and only if the account's session epoch
+    is still `epoch` (read with the account before its credentials were checked);
+    otherwise `LoginRefused` 409 `sessions_ended`, and this request keeps no session.
+    """
     old = await get_session(request)
     carried = {k: old[k] for k in ("return", "next") if k in old}
+    redis, _, limits = STORAGE.parts(request)
     if old.identity is not None:
         await end_console_session(
-            request.config_dict[REDIS], sid_of(str(old.identity)), str(old.get("principal") or "-")
+            redis, sid_of(str(old.identity)), str(old.get("principal") or "-")
         )
-    session = await new_session(request)
-    session.set_new_identity(secrets.token_urlsafe(32))
-    session.update(carried)
-    session["principal"] = principal_key
-    session["login_at"] = now
-    session["mfa_at"] = now
-    session["created_at"] = now
-    csrf_token(session)
+    token = secrets.token_urlsafe(32)
+    record: dict[str, Any] = {
+        **carried,
+        "principal": principal_key,
+        "login_at": now,
+        "mfa_at": now,
+        "created_at": now,
+        "last_seen": now,
+        "epoch": epoch,
+        "csrf": secrets.token_urlsafe(32),
+    }
+    ttl = int(limits.absolute_lifetime_s) + 60
+    if not await create_login_record(redis, sid_of(token), record, ttl):
+        await new_session(request)  # nothing of this login is kept, not even its CSRF token
+        raise sessions_ended()
+    session = Session(token, data={"created": int(now), "session": record}, new=False)
+    # The middleware's save (SET XX: never a re-creation) then sets the cookie.
+    session.changed()
+    request[SESSION] = session
     return session
 
 

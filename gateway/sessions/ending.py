@@ -1,7 +1,9 @@
 """Ending sessions: a console session and every app session that refers to it.
 
-Used by logout (one console session) and by disabling an account (all of them at once).
-Each end is published on the session events channel so that instances holding
+Used by logout (one console session) and by disabling an account or resetting its
+credentials (all of them at once: the account's session epoch is raised in the same
+script, so a login under way when that happens cannot save its session afterwards; see
+`epochs`). Each end is published on the session events channel so that instances holding
 in-flight responses can drop them.
 """
 
@@ -21,6 +23,22 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return #apps
 """
 
+# KEYS[1]: the principal's session set, KEYS[2]: the principal's session epoch.
+# ARGV: console-session, app-session-set and app-session key prefixes.
+# Raises the epoch and deletes every session in one step: a login that read the old
+# epoch can no longer save (records._CREATE_LOGIN), and one saved before is deleted here.
+_END_ALL = """
+redis.call('INCR', KEYS[2])
+local sids = redis.call('SMEMBERS', KEYS[1])
+for _, sid in ipairs(sids) do
+  local apps = redis.call('SMEMBERS', ARGV[2] .. sid)
+  for _, app in ipairs(apps) do redis.call('DEL', ARGV[3] .. app) end
+  redis.call('DEL', ARGV[1] .. sid, ARGV[2] .. sid)
+end
+redis.call('DEL', KEYS[1])
+return sids
+"""
+
 
 async def end_console_session(redis: aioredis.Redis, session_id: str, principal_key: str) -> None:
     prefix = keys.app_session("")
@@ -37,10 +55,14 @@ async def end_console_session(redis: aioredis.Redis, session_id: str, principal_
 
 
 async def end_sessions_of(redis: aioredis.Redis, principal_key: str) -> int:
-    """End every console session (and its app sessions) of one principal; returns how many."""
-    ids = await redis.smembers(keys.principal_sessions(principal_key))
-    for raw in ids:
-        await end_console_session(
-            redis, raw.decode() if isinstance(raw, bytes) else raw, principal_key
-        )
-    return len(ids)
+    """End every console session (and its app sessions) of one principal, and every login
+    of it under way; returns how many sessions ended."""
+    # SECURITY: epoch raised and sessions deleted atomically (no login slips in between).
+    ended = await redis.register_script(_END_ALL)(
+        keys=[keys.principal_sessions(principal_key), keys.session_epoch(principal_key)],
+        args=[keys.console_session(""), keys.app_sessions_of(""), keys.app_session("")],
+    )
+    sids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in ended]
+    for sid in sids:
+        await redis.publish(keys.session_events_channel(), f"end {sid}")
+    return len(sids)

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp_session import Session
 
 from audit.record import Person, event_record
-from gateway.accounts import Account, Accounts, LoginRefused, open_accounts
+from gateway.accounts import Accounts, LoginRefused, ProvenPassword, open_accounts
 from gateway.accounts.keyfile import secret_key
 from gateway.appkeys import AUDIT, CLOCK, CONFIG, POLICIES, REDIS, AuditSink
 from gateway.clock import Clock
@@ -29,6 +29,7 @@ from gateway.config import GatewayConfig
 from gateway.identity import Principal
 from gateway.sessions.app_sessions import AppLogin, AppSessions
 from gateway.sessions.console import ConsoleLogin
+from gateway.sessions.ending import end_console_session
 from gateway.sessions.handoff import HANDOFF_KEY_ENV, HandoffCodes, ReturnAddresses
 from gateway.sessions.records import sid_of
 
@@ -110,13 +111,14 @@ class Logins:
         *,
         action: str = "login.password",
         user_agent: str | None = None,
-    ) -> Account:
+    ) -> ProvenPassword:
         """The password step of a login or enrolment; a refusal is recorded, then raised."""
         try:
             return await self.accounts.login.password(email, password, client_ip)
         except LoginRefused as exc:
             await self.record_failure(
                 action,
+                principal=exc.principal,  # only once the password was right
                 client_ip=client_ip,
                 user_agent=user_agent,
                 reason=exc.error,
@@ -147,7 +149,10 @@ class Logins:
             )
         except Exception:
             log.exception("login of %s could not be recorded", principal.key)
-            # SECURITY: no login without its audit record.
+            # SECURITY: no login without its audit record. The session exists in Redis
+            # already (its cookie was never sent): it ends here, out of its account's set.
+            if session.identity is not None:
+                await end_console_session(self.redis, sid_of(str(session.identity)), principal.key)
             session.invalidate()
             return False
         return True

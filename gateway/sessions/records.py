@@ -6,8 +6,11 @@
 
 `sid` is the SHA-256 of the cookie's token: Redis (and the audit, which names sessions
 by sid) never holds a usable cookie. A session is alive while the Clock says it is
-younger than the absolute lifetime and was seen within the idle timeout; a dead one is
-ended (with its app sessions) the moment it is found dead.
+younger than the absolute lifetime and was seen within the idle timeout and, once it
+names a principal, while it was made under that account's current session epoch
+(`epochs`); a dead one is ended (with its app sessions) the moment it is found dead.
+A logged-in record is created only by `create_login_record`, which refuses when the
+epoch moved since the login read it.
 """
 
 from __future__ import annotations
@@ -23,10 +26,35 @@ from gateway import keys
 from gateway.clock import Clock
 from gateway.config import Sessions
 from gateway.sessions.ending import end_console_session
+from gateway.sessions.epochs import EPOCH_OF_LUA, made_under_current_epoch
 
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 # Seen-at is rewritten at most this often: idle timeouts are minutes, not seconds.
 TOUCH_EVERY_S = 15.0
+
+# KEYS[1]: the console session. ARGV[1]: the epoch key prefix.
+# {record, its principal's epoch (nil when it names none)}, or {} when there is none:
+# one round trip, read at one instant.
+_READ = (
+    EPOCH_OF_LUA
+    + """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {} end
+local ok, record = pcall(cjson.decode, raw)
+if not ok or type(record) ~= 'table' then return {raw, false} end
+return {raw, epoch_of(record['principal'])}
+"""
+)
+
+# KEYS[1]: the new session, KEYS[2]: its principal's epoch, KEYS[3]: the principal's set.
+# ARGV: record, ttl, sid, the epoch the login read before checking any credential.
+_CREATE_LOGIN = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[4] then return 'epoch' end
+if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 'exists' end
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 'ok'
+"""
 
 
 def sid_of(token: str) -> str:
@@ -56,16 +84,31 @@ def alive(record: dict[str, Any], now: float, limits: Sessions) -> bool:
     return now < created + limits.absolute_lifetime_s and now < seen + limits.idle_timeout_s
 
 
-async def live_record(
-    redis: aioredis.Redis, sid: str, clock: Clock, limits: Sessions
+def judge(
+    record: dict[str, Any] | None, epoch: bytes | str | None, now: float, limits: Sessions
+) -> bool:
+    """Whether a console-session record is alive now; `epoch` is its principal's counter."""
+    if record is None or not alive(record, now, limits):
+        return False
+    # SECURITY: once logged in, a session outlives no "end every session" of its account.
+    return "principal" not in record or (
+        isinstance(record["principal"], str) and made_under_current_epoch(record, epoch)
+    )
+
+
+async def settle(
+    redis: aioredis.Redis,
+    sid: str,
+    raw: bytes | str,
+    epoch: bytes | str | None,
+    clock: Clock,
+    limits: Sessions,
 ) -> dict[str, Any] | None:
-    """The session's data if it is alive now (touching its last-seen time), else None."""
-    raw = await redis.get(keys.console_session(sid))
-    if raw is None:
-        return None
+    """The record read for `sid` if it is alive now (touching its last-seen time); a dead
+    one is ended on the spot and None returned."""
     record = json_object(raw)
     now = clock.now()
-    if record is None or not alive(record, now, limits):
+    if record is None or not judge(record, epoch, now, limits):
         principal = record.get("principal") if record is not None else None
         await end_console_session(redis, sid, principal if isinstance(principal, str) else "-")
         return None
@@ -74,3 +117,39 @@ async def live_record(
         # XX: never bring back a session that was ended meanwhile.
         await redis.set(keys.console_session(sid), json.dumps(record), xx=True, keepttl=True)
     return record
+
+
+async def live_record(
+    redis: aioredis.Redis, sid: str, clock: Clock, limits: Sessions
+) -> dict[str, Any] | None:
+    """The session's data if it is alive now (touching its last-seen time), else None."""
+    found = await redis.register_script(_READ)(
+        keys=[keys.console_session(sid)], args=[keys.session_epoch("")]
+    )
+    if not isinstance(found, list) or len(found) != 2:
+        return None
+    raw, epoch = found
+    return await settle(redis, sid, raw, epoch, clock, limits)
+
+
+async def create_login_record(
+    redis: aioredis.Redis, sid: str, record: dict[str, Any], ttl: int
+) -> bool:
+    """Create a logged-in session under the epoch its login read (`record["epoch"]`).
+
+    False (nothing written) when every session of the account was ended since that read,
+    or when the record names no principal or epoch.
+    """
+    principal, epoch = record.get("principal"), record.get("epoch")
+    if not isinstance(principal, str) or isinstance(epoch, bool) or not isinstance(epoch, int):
+        return False
+    outcome = await redis.register_script(_CREATE_LOGIN)(
+        keys=[
+            keys.console_session(sid),
+            keys.session_epoch(principal),
+            keys.principal_sessions(principal),
+        ],
+        args=[json.dumps(record), ttl, sid, str(epoch)],
+    )
+    # SECURITY: saved only under the epoch read before the credentials were checked.
+    return outcome in (b"ok", "ok")

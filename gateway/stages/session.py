@@ -1,9 +1,9 @@
 """The session stage: the host-only app-session cookie -> who is asking (flow.principal).
 
 No valid app session for THIS host (none, forged, expired, for another host, its
-console login ended, the account disabled) -> browsers are sent to the console's login
-with a signed return address; API clients get 401 `login_required` with
-`WWW-Authenticate`. A console cookie sent here means nothing.
+console login ended, the account disabled or all its sessions ended) -> browsers are
+sent to the console's login with a signed return address; API clients get 401
+`login_required` with `WWW-Authenticate`. A console cookie sent here means nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ class SessionCheck:
     async def __call__(self, flow: Flow) -> None:
         logins = logins_of(self.app)
         # SECURITY: only the app-session cookie counts, and only on the host it was made for.
+        # One Redis round trip: app session, console session, session epoch and account.
         found = await logins.app_sessions.lookup(flow.request.cookies.get(APP_SESSION), flow.host)
-        account = await logins.accounts.store.get(found.principal_key) if found else None
-        if found is None or account is None or account.disabled:
+        if found is None:
             flow.deny(
                 to_console(flow, logins, "login", "login_required", "Log in to the gateway first.")
             )
             return
-        flow.principal = account.principal
+        flow.principal = found.principal
         flow.console_session_id = found.session_id
         flow.mfa_verified_at = found.mfa_at

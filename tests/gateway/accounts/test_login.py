@@ -18,7 +18,7 @@ async def refused(awaitable: object) -> LoginRefused:
 
 
 async def test_full_login(accounts: Accounts, alice: str, clock: ManualClock) -> None:
-    account = await accounts.login.password("Alice@acme.example", "alice-password-1", IP)
+    account = (await accounts.login.password("Alice@acme.example", "alice-password-1", IP)).account
     assert account.key == "member:acme:alice"
     done = await accounts.login.totp(account.key, code_at(alice, clock.now()))
     assert done.principal.role == "admin"
@@ -56,11 +56,11 @@ async def test_throttle_ends_by_clock(accounts: Accounts, alice: str, clock: Man
     blocked = await refused(accounts.login.password("alice@acme.example", "alice-password-1", IP))
     assert blocked.retry_after == 2
     clock.advance(2)
-    account = await accounts.login.password("alice@acme.example", "alice-password-1", IP)
+    account = (await accounts.login.password("alice@acme.example", "alice-password-1", IP)).account
     assert account.key == "member:acme:alice"
     # Success forgets the account's failures.
     await refused(accounts.login.password("alice@acme.example", "wrong-wrong", IP))
-    account = await accounts.login.password("alice@acme.example", "alice-password-1", IP)
+    account = (await accounts.login.password("alice@acme.example", "alice-password-1", IP)).account
     assert account.key == "member:acme:alice"
 
 
@@ -96,7 +96,7 @@ async def test_lockout_revealed_only_after_correct_password(
     assert right_pw.error == "account_locked"
     assert right_pw.status == 403
     clock.advance(900)
-    account = await accounts.login.password("alice@acme.example", "alice-password-1", IP)
+    account = (await accounts.login.password("alice@acme.example", "alice-password-1", IP)).account
     await accounts.login.totp(account.key, code_at(alice, clock.now()))
 
 
@@ -112,7 +112,7 @@ async def test_disabled_revealed_only_after_correct_password(
 
 async def test_unenrolled_account_needs_enrolment(accounts: Accounts, alice: str) -> None:
     await accounts.enrolment.issue("member:acme:alice")
-    account = await accounts.login.password("alice@acme.example", "alice-password-1", IP)
+    account = (await accounts.login.password("alice@acme.example", "alice-password-1", IP)).account
     needs = await refused(accounts.login.totp(account.key, "123456"))
     assert needs.error == "enrolment_required"
 

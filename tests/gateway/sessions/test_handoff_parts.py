@@ -9,8 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import keys
+from gateway.accounts.model import Account
 from gateway.clock import ManualClock
 from gateway.config import Sessions
+from gateway.identity import Principal, PrincipalKind
 from gateway.sessions.app_sessions import AppSessions
 from gateway.sessions.handoff import HandoffCodes, ReturnAddresses, routed_url_parts
 from gateway.sessions.records import alive, live_record, sid_of
@@ -124,13 +126,27 @@ async def test_damaged_code_record_is_no_code_and_is_spent(
 def _console_record(clock: ManualClock, **extra: object) -> str:
     now = clock.now()
     return json.dumps(
-        {"created_at": now, "last_seen": now, "principal": "staff:sam", "mfa_at": now, **extra}
+        {
+            "created_at": now,
+            "last_seen": now,
+            "principal": "staff:sam",
+            "mfa_at": now,
+            "epoch": 0,
+            **extra,
+        }
     )
+
+
+async def _sam(redis: aioredis.Redis) -> None:
+    """The staff account the records above name, as the account store writes it."""
+    sam = Account(Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Sam"), "", "", False)
+    await redis.hset(keys.staff("sam"), mapping=sam.to_redis())  # type: ignore[arg-type]
 
 
 async def test_app_session_lives_and_dies_with_console_session(
     redis: aioredis.Redis, clock: ManualClock
 ) -> None:
+    await _sam(redis)
     await redis.set(keys.console_session("sid"), _console_record(clock))
     sessions = AppSessions(redis, clock, LIMITS)
     token = "T" * 43
