@@ -26,6 +26,7 @@ from gateway.access import AccessStore
 from gateway.access.service import access_service
 from gateway.app import AUDIT, CLOCK, REDIS, STAGES, create_app
 from gateway.flow import Flow
+from gateway.heap import settle
 from gateway.identity import Principal
 from gateway.server import loop_factory
 from tests.gateway.access.conftest import ALICE, ORG, SAM, seed_directory
@@ -81,6 +82,11 @@ async def approved_grant(app: web.Application) -> None:
     raise RuntimeError("the grant watcher's subscription did not come up")
 
 
+async def settled(app: web.Application) -> None:
+    """What `gateway.server.serve` does once serving: the start-up heap frozen."""
+    settle()
+
+
 async def report_batches(app: web.Application) -> None:
     """How well the audit group commit batched: printed to the log the benchmark shows."""
     writer = app[AUDIT]
@@ -107,6 +113,7 @@ def main() -> int:
         app = create_app(config, redis_url=args.redis_url)
         with_login_stand_in(app)
         app.on_startup.append(approved_grant)
+        app.on_startup.append(settled)
         app.on_cleanup.append(report_batches)
         await serve_plain(config, app)
 

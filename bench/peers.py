@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.heap import settle
 from gateway.proxy.headers import HOP_BY_HOP
 from gateway.server import loop_factory
 
@@ -116,6 +117,7 @@ async def serve_until_stopped(app: web.Application, **settings: Any) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
     await site.start()
+    settle()  # the gateway's own serving GC settings (gateway.heap), for a fair comparison
     print(f"READY {runner.addresses[0][1]}", flush=True)
     try:
         await stopping.wait()

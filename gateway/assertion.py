@@ -56,6 +56,9 @@ from gateway.identity import ActingGrant
 ALGORITHM = "ES256"
 MAX_LIFETIME_S = 300  # DESIGN: an assertion lives at most 5 minutes
 REUSE_MIN_LIFE_S = 240  # a reused assertion has at least this long left (4 of its 5 min)
+# Tokens kept for reuse at most: the key holds the audience (the Host as received), so a
+# client naming many distinct hosts or ports must not grow the table without bound.
+REUSE_TABLE_SIZE = 4096
 KEEP_KEYS = 3  # published keys after a rotation: the new one and the two before it
 ENV_KEYS = "GATEWAY_ASSERTION_KEYS"
 JWKS_MAX_AGE_S = 300
@@ -161,6 +164,8 @@ class AssertionSigner:
             # Tokens past their exp are never handed out again: drop them (ended grants).
             self._recent = {k: v for k, v in self._recent.items() if v[2] > issued}
             self._prune_at = now + REUSE_MIN_LIFE_S / 4
+        while len(self._recent) >= REUSE_TABLE_SIZE:
+            del self._recent[next(iter(self._recent))]  # the oldest signed goes first
         self._recent[key] = (token, issued, expires)
         return token
 

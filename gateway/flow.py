@@ -26,7 +26,7 @@ from policies.model import Decision, Route
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Flow:
     """One request on a routed host, from arrival to its single audit outcome."""
 

@@ -34,6 +34,7 @@ from aiohttp import web
 from gateway.app import create_app, parser_limits, runner_kwargs
 from gateway.appkeys import POLICIES, REDIS
 from gateway.config import GatewayConfig, Listener
+from gateway.heap import settle
 from gateway.metrics import metrics_app
 from gateway.runner import GatewayRunner
 from gateway.tls import server_context
@@ -272,6 +273,7 @@ async def serve(
         server = GatewayServer(config, app)
         try:
             await server.start()
+            settle()  # the start-up heap frozen: see gateway.heap
             if on_started is not None:
                 on_started(server)
             await stopping.wait()

@@ -27,6 +27,7 @@ reading is allowed, so no reading an upstream might pick slips past a deny rule.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import dataclass
 from itertools import product
@@ -79,6 +80,25 @@ def normalise(
     max_length: int = MAX_PATH_LENGTH,
 ) -> NormalisedPath:
     """Refuse or normalise one raw request path; see the module docstring."""
+    if len(raw_path) <= REMEMBERED_PATH_CHARS and max_length == MAX_PATH_LENGTH:
+        return _remembered(raw_path, allow_encoded_slashes, case_insensitive)
+    return _normalise(raw_path, allow_encoded_slashes, case_insensitive, max_length)
+
+
+# An app's requests repeat a few paths, and normalising is a pure function of its
+# arguments, so results are remembered. The key is every argument the result depends
+# on (the raw path exactly as received and both route options; only the default length
+# limit is remembered) and the value is frozen, so a remembered answer is the computed
+# one. Bounded twice: at most REMEMBERED_PATHS entries, each for a raw path of at most
+# REMEMBERED_PATH_CHARS characters (a few kB each with its readings), so distinct
+# hostile paths only evict each other. Refusals raise and are never remembered.
+REMEMBERED_PATHS = 2048
+REMEMBERED_PATH_CHARS = 512
+
+
+def _normalise(
+    raw_path: str, allow_encoded_slashes: bool, case_insensitive: bool, max_length: int
+) -> NormalisedPath:
     if len(raw_path) > max_length:
         raise PathRejected(f"path longer than {max_length} characters")
     if not raw_path.startswith("/"):
@@ -93,6 +113,13 @@ def normalise(
         keys = [k.casefold() for k in keys]
     unique = tuple(dict.fromkeys(keys))
     return NormalisedPath(forwarded=forwarded, match_key=unique[0], match_keys=unique)
+
+
+@functools.lru_cache(maxsize=REMEMBERED_PATHS)
+def _remembered(
+    raw_path: str, allow_encoded_slashes: bool, case_insensitive: bool
+) -> NormalisedPath:
+    return _normalise(raw_path, allow_encoded_slashes, case_insensitive, MAX_PATH_LENGTH)
 
 
 def _parse_segment(raw: str, allow_encoded_slashes: bool) -> _Segment:

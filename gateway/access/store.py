@@ -15,6 +15,7 @@ atomic step, so a change and its notice can never part.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -475,13 +476,51 @@ def grant_check_from(facts: GrantFacts, now: float) -> GrantCheck:
     acted as) since the approval is refused from then on, at every check (the grant itself
     stays as it is; its approvers may still revoke it).
     """
+    return parse_grant(facts).at(now)
+
+
+_NO_GRANT = GrantCheck(None, "no_grant", "no approved access to this org")
+_REVOKED = GrantCheck(None, "grant_revoked", "the access to this org was revoked")
+_EXPIRED = GrantCheck(None, "grant_expired", "the access to this org has expired")
+
+
+@dataclass(frozen=True)
+class ParsedGrant:
+    """`GrantFacts` parsed once; `at(now)` applies the rules that depend on the time.
+
+    What does not depend on the time is settled when the facts are parsed (`settled`:
+    revoked or unreadable, judged before the times; `granted`: the verdict once the times
+    pass, i.e. the grant or the member's refusal). The grant watcher caches this object in
+    place of the facts it came from, so a cached check does not parse again, while every
+    check still judges the grant's start and end against the Clock (`at`).
+    """
+
+    settled: GrantCheck | None
+    granted: GrantCheck
+    state: str = ""
+    starts_at: float = 0.0
+    expires_at: float = 0.0
+
+    def at(self, now: float) -> GrantCheck:
+        if self.settled is not None:
+            return self.settled
+        # SECURITY: the times are judged by the Clock now, on every check, cached or not.
+        if self.state == RequestState.EXPIRED or now >= self.expires_at:
+            return _EXPIRED
+        if self.state != RequestState.APPROVED or now < self.starts_at:
+            return _NO_GRANT
+        return self.granted
+
+
+def parse_grant(facts: GrantFacts) -> ParsedGrant:
+    """Parse a live-grant pointer and its member once (see `ParsedGrant`)."""
     raw, member = facts.pointer, facts.member
     if not raw:
-        return GrantCheck(None, "no_grant", "no approved access to this org")
+        return ParsedGrant(_NO_GRANT, _NO_GRANT)
     f = {as_text(k): as_text(v) for k, v in raw.items()}
     state = f.get("state", "")
     if state == RequestState.REVOKED:
-        return GrantCheck(None, "grant_revoked", "the access to this org was revoked")
+        return ParsedGrant(_REVOKED, _REVOKED)
     try:
         starts = float(f["starts_at"])
         expires = float(f["expires_at"])
@@ -503,26 +542,27 @@ def grant_check_from(facts: GrantFacts, now: float) -> GrantCheck:
         )
     except (KeyError, ValueError):
         # SECURITY: a pointer we cannot read grants nothing.
-        return GrantCheck(None, "no_grant", "no approved access to this org")
-    if state == RequestState.EXPIRED or now >= expires:
-        return GrantCheck(None, "grant_expired", "the access to this org has expired")
-    if state != RequestState.APPROVED or now < starts:
-        return GrantCheck(None, "no_grant", "no approved access to this org")
+        return ParsedGrant(_NO_GRANT, _NO_GRANT)
+    if not (math.isfinite(starts) and math.isfinite(expires)):
+        # SECURITY: NaN compares false both ways and would pass every time check.
+        return ParsedGrant(_NO_GRANT, _NO_GRANT)
     # SECURITY: the approval was for a member who could be impersonated then; a member
     # disabled or marked not impersonable since is never acted as again.
     if not member or member.get("disabled") == "1" or member.get("impersonable", "1") != "1":
-        return GrantCheck(
+        granted = GrantCheck(
             None,
             "member_not_impersonable",
             f"{grant.member_id} may no longer be impersonated (disabled or marked so)",
         )
-    if member.get("role") == "admin" and not facts.admins_impersonable:
-        return GrantCheck(
+    elif member.get("role") == "admin" and not facts.admins_impersonable:
+        granted = GrantCheck(
             None,
             "member_not_impersonable",
             f"{grant.member_id} is an admin now, and this org does not allow acting as admins",
         )
-    return GrantCheck(grant, None, "granted")
+    else:
+        granted = GrantCheck(grant, None, "granted")
+    return ParsedGrant(None, granted, state, starts, expires)
 
 
 def _check_target(

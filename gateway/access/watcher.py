@@ -30,7 +30,13 @@ from gateway import keys
 from gateway.access.errors import AccessUnavailable
 from gateway.access.events import MEMBER_CHANGED
 from gateway.access.model import RequestState
-from gateway.access.store import GrantCheck, GrantFacts, GrantReader, grant_check_from
+from gateway.access.store import (
+    GrantCheck,
+    GrantReader,
+    ParsedGrant,
+    grant_check_from,
+    parse_grant,
+)
 from gateway.clock import Clock
 from gateway.flow import InFlightFlows
 
@@ -48,7 +54,8 @@ class GrantWatcher:
         self.in_flight = in_flight
         self.healthy = False  # the subscription is up: caching is allowed
         self._grants = GrantReader(redis)
-        self._cache: dict[tuple[str, str], GrantFacts] = {}
+        # parsed once per read; the Clock still judges its times on every check
+        self._cache: dict[tuple[str, str], ParsedGrant] = {}
         self._generation = 0
         self._usage: Counter[str] = Counter()
         self._seen: dict[str, tuple[str, str]] = {}  # grant id -> (actor key, org)
@@ -60,14 +67,15 @@ class GrantWatcher:
         if cached is None:
             generation = self._generation
             try:
-                cached = await self._grants.read(actor_key, org)
+                facts = await self._grants.read(actor_key, org)
             except Exception as exc:
                 # SECURITY: no answer from Redis grants nothing (fail closed).
                 raise AccessUnavailable("unavailable", f"grant store unreachable: {exc}") from exc
+            cached = parse_grant(facts)
             if self.healthy and generation == self._generation:
                 self._cache[key] = cached
         # SECURITY: time is judged on every check, cached or not.
-        result = grant_check_from(cached, self.clock.now())
+        result = cached.at(self.clock.now())
         if result.grant is not None:
             self._usage[result.grant.grant_id] += 1
             self._seen[result.grant.grant_id] = key

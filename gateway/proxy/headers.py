@@ -21,6 +21,7 @@ upstream origin rewritten to the public origin.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -69,23 +70,74 @@ def canonical(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def hop_by_hop(headers: Headers) -> frozenset[str]:
-    """The hop-by-hop names of one message: the fixed list plus names listed in Connection."""
-    listed = set(HOP_BY_HOP)
-    for name, value in headers:
-        if canonical(name) == "connection":
-            listed.update(canonical(token) for token in value.split(",") if token.strip())
-    return frozenset(listed)
-
-
-def is_spoofable(name: str) -> bool:
-    """True for a client header that could impersonate the gateway's own statements."""
-    key = canonical(name)
+def _spoofable_key(key: str) -> bool:
     return (
         key.startswith("x-gateway-")  # SECURITY: identity is only ever the gateway's word
         or key.startswith("x-forwarded-")
         or key in _SPOOFABLE
     )
+
+
+def _judge_name(name: str) -> tuple[str, bool]:
+    key = canonical(name)
+    return key, _spoofable_key(key)
+
+
+# Every request carries mostly the same few header names, and a name's canonical form and
+# spoofability are pure functions of the name as received (the only key), so both are
+# remembered. Bounded: at most REMEMBERED_NAMES names of at most REMEMBERED_NAME_CHARS
+# characters each; longer or rarer hostile names are judged afresh or evict each other.
+REMEMBERED_NAMES = 512
+REMEMBERED_NAME_CHARS = 64
+_remembered_name = functools.lru_cache(maxsize=REMEMBERED_NAMES)(_judge_name)
+
+
+def name_facts(name: str) -> tuple[str, bool]:
+    """(canonical name, spoofable) of a header name as received."""
+    if len(name) > REMEMBERED_NAME_CHARS:
+        return _judge_name(name)
+    return _remembered_name(name)
+
+
+_CONNECTION = _judge_name("Connection")
+
+
+def hop_by_hop(headers: Headers) -> frozenset[str]:
+    """The hop-by-hop names of one message: the fixed list plus names listed in Connection."""
+    return _hop_by_hop(headers, [name_facts(name) for name, _ in headers])
+
+
+def _hop_by_hop(headers: Headers, facts: list[tuple[str, bool]]) -> frozenset[str]:
+    count = facts.count(_CONNECTION)
+    if not count:
+        return HOP_BY_HOP  # no Connection header: only the fixed list
+    if count == 1:
+        values: tuple[str, ...] = (headers[facts.index(_CONNECTION)][1],)
+    else:
+        values = tuple(headers[i][1] for i, fact in enumerate(facts) if fact == _CONNECTION)
+    if sum(map(len, values)) > REMEMBERED_CONNECTION_CHARS:
+        return _listed_in_connection(values)
+    return _remembered_connection(values)
+
+
+def _listed_in_connection(values: tuple[str, ...]) -> frozenset[str]:
+    listed = set(HOP_BY_HOP)
+    for value in values:
+        listed.update(canonical(token) for token in value.split(",") if token.strip())
+    return frozenset(listed)
+
+
+# Browsers send the same `Connection: keep-alive` on every request: the names a message's
+# Connection values list are a pure function of those values (the whole key), remembered
+# for at most REMEMBERED_CONNECTIONS short value lists.
+REMEMBERED_CONNECTIONS = 64
+REMEMBERED_CONNECTION_CHARS = 128
+_remembered_connection = functools.lru_cache(maxsize=REMEMBERED_CONNECTIONS)(_listed_in_connection)
+
+
+def is_spoofable(name: str) -> bool:
+    """True for a client header that could impersonate the gateway's own statements."""
+    return name_facts(name)[1]
 
 
 def strip_gateway_cookies(values: Iterable[str]) -> str | None:
@@ -106,12 +158,12 @@ def strip_gateway_cookies(values: Iterable[str]) -> str | None:
 
 def upstream_request_headers(headers: Headers, edits: HeaderEdits) -> list[tuple[str, str]]:
     """The client's headers as they may travel upstream (identity and X-Forwarded-* not yet)."""
-    drop = hop_by_hop(headers)  # SECURITY: computed before the gateway adds anything
+    facts = [name_facts(name) for name, _ in headers]
+    drop = _hop_by_hop(headers, facts)  # SECURITY: computed before the gateway adds anything
     out: list[tuple[str, str]] = []
     cookies: list[str] = []
-    for name, value in headers:
-        key = canonical(name)
-        if key in drop or key in _REPLACED or is_spoofable(name):
+    for (name, value), (key, spoofable) in zip(headers, facts, strict=True):
+        if spoofable or key in drop or key in _REPLACED:
             continue
         if key == "cookie":
             cookies.append(value)

@@ -79,7 +79,11 @@ def public_origin(request: web.BaseRequest) -> str:
 
 
 class _Capture:
-    """Tee of the first `limit` bytes of a stream (None when the route captures nothing)."""
+    """Tee of the first `limit` bytes of a stream (None when the route captures nothing).
+
+    Without a limit `feed` changes nothing, so one instance (`_NO_CAPTURE`) serves every
+    flow of a route that captures nothing.
+    """
 
     def __init__(self, limit: int | None) -> None:
         self.data: bytearray | None = bytearray() if limit is not None else None
@@ -94,6 +98,13 @@ class _Capture:
             self.data += chunk[:room]
         if len(chunk) > room:
             self.truncated = True
+
+
+_NO_CAPTURE = _Capture(None)
+
+
+def _capture(limit: int | None) -> _Capture:
+    return _NO_CAPTURE if limit is None else _Capture(limit)
 
 
 async def _request_body(flow: Flow, capture: _Capture) -> AsyncIterator[bytes]:
@@ -141,7 +152,7 @@ async def exchange(
     request = flow.request
     loop = asyncio.get_running_loop()
     cap = route.capture.max_bytes if route.capture.bodies else None
-    request_capture, response_capture = _Capture(cap), _Capture(cap)
+    request_capture, response_capture = _capture(cap), _capture(cap)
     timeout = upstream_timeout(route.timeouts.connect_s, route.timeouts.read_s)
     data = None
     if _has_body(request):
@@ -172,16 +183,19 @@ async def exchange(
         flow.upstream_connect_s = loop.time() - flow.started_monotonic
         flow.upstream_status = upstream.status
         flow.upstream_response_headers = received_headers(upstream.raw_headers)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in downstream_response_headers(
-            flow.upstream_response_headers,
-            route.response_headers,
-            upstream_origin=upstream_origin(route.upstream),
-            public_origin=public_origin(request),
-        ):
-            response.headers.add(name, value)
+        headers_out = CIMultiDict(
+            downstream_response_headers(
+                flow.upstream_response_headers,
+                route.response_headers,
+                upstream_origin=upstream_origin(route.upstream),
+                public_origin=public_origin(request),
+            )
+        )
         # The upstream may have its own X-Request-Id; the gateway's travels beside it.
-        response.headers["X-Gateway-Request-Id"] = flow.request_id
+        headers_out["X-Gateway-Request-Id"] = flow.request_id
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers_out
+        )
         flow.response = response
         flow.status = upstream.status
         try:

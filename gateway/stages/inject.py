@@ -17,6 +17,14 @@ from gateway.errors import AssertionRefused
 from gateway.flow import Flow
 from gateway.proxy.headers import forwarded_headers, upstream_request_headers
 from gateway.proxy.streaming import public_origin, received_headers
+from policies.model import Upstream
+
+
+def upstream_host(upstream: Upstream) -> str:
+    """The `Host` the upstream is sent: its own authority."""
+    default = 443 if upstream.scheme == "https" else 80
+    name = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+    return name if upstream.port == default else f"{name}:{upstream.port}"
 
 
 class Inject:
@@ -33,25 +41,17 @@ class Inject:
             return
         raw = received_headers(request.raw_headers)
         headers = upstream_request_headers(raw, route.request_headers)
-        peer = request.remote or ""
+        host = request.headers.get("Host", flow.host)
         headers.extend(
             forwarded_headers(
-                peer=peer,
+                peer=request.remote or "",
                 scheme="https" if request.secure else "http",
-                host=request.headers.get("Host", flow.host),
+                host=host,
                 headers=raw,
                 trusted=self.app[CONFIG].trusted_proxies,
             )
         )
-        if route.preserve_host:
-            headers.append(("Host", request.headers.get("Host", flow.host)))
-        else:
-            upstream = route.upstream
-            default = 443 if upstream.scheme == "https" else 80
-            name = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
-            headers.append(
-                ("Host", name if upstream.port == default else f"{name}:{upstream.port}")
-            )
+        headers.append(("Host", host if route.preserve_host else upstream_host(route.upstream)))
         try:
             assertion = self.app[ASSERTION_SIGNER].assertion(
                 grant, audience=public_origin(request), now=self.app[CLOCK].now()

@@ -5,22 +5,81 @@ authorised a flow, every proxied request is denied here. The path judged is the
 normalised path the forwarder sends; every reading an upstream might give it must be
 allowed (deny overrides allow). A `read` grant never opens a websocket: its messages
 could write whatever the upgrade's GET was allowed to read.
+
+Decisions are remembered per (route object, method, readings, scope): see
+`RememberedDecisions`.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from aiohttp import web
 
 from gateway.denials import Denial
 from gateway.flow import Flow
 from policies.decide import decide
-from policies.model import Decision, Scope
+from policies.model import Decision, Route, Scope
+
+REMEMBERED_DECISIONS = 2048
+REMEMBERED_KEY_CHARS = 2048
+
+
+def judge_readings(route: Route, method: str, keys: tuple[str, ...], scope: Scope) -> Decision:
+    """Every reading of one path judged; the first denial wins, else the last allowance."""
+    decision: Decision | None = None
+    for key in keys:
+        decision = decide(route, method, key, scope)
+        if not decision.allowed:
+            break
+    if decision is None:
+        # SECURITY: no reading to judge is no permission (normalise always gives one).
+        return Decision(False, None, "the path has no reading to judge")
+    return decision
+
+
+class RememberedDecisions:
+    """A bounded LRU of `judge_readings` results.
+
+    Safe because `decide` is a pure function of its arguments and every argument is in
+    the key: the route by identity (a `Route` is frozen, its rules are frozen tuples, and
+    a policy reload builds new objects, so a reloaded route is a new key; the entry holds
+    the route itself, so its id cannot be reused by another object while remembered),
+    the method, every reading and the scope. Bounded by entry count and by the length of
+    what a key holds, so distinct hostile methods and paths only evict each other.
+    """
+
+    def __init__(self, size: int = REMEMBERED_DECISIONS) -> None:
+        self.size = size
+        self._entries: OrderedDict[
+            tuple[int, str, tuple[str, ...], Scope], tuple[Route, Decision]
+        ] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def decision(self, route: Route, method: str, keys: tuple[str, ...], scope: Scope) -> Decision:
+        key = (id(route), method, keys, scope)
+        found = self._entries.get(key)
+        if found is not None and found[0] is route:
+            self._entries.move_to_end(key)
+            return found[1]
+        decision = judge_readings(route, method, keys, scope)
+        if len(method) + sum(map(len, keys)) <= REMEMBERED_KEY_CHARS:
+            self._entries[key] = (route, decision)
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return decision
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    upgrade = request.headers.get("Upgrade")
+    if upgrade is None:
+        return False  # most requests: nothing to parse
     connection = request.headers.get("Connection", "").lower()
-    upgrade = request.headers.get("Upgrade", "").lower()
-    return "upgrade" in [t.strip() for t in connection.split(",")] and upgrade == "websocket"
+    return "upgrade" in [t.strip() for t in connection.split(",")] and (
+        upgrade.lower() == "websocket"
+    )
 
 
 class PolicyCheck:
@@ -28,6 +87,7 @@ class PolicyCheck:
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
+        self.decisions = RememberedDecisions()
 
     async def __call__(self, flow: Flow) -> None:
         route, grant = flow.route, flow.grant
@@ -45,14 +105,7 @@ class PolicyCheck:
             flow.deny(Denial(403, "no_grant", f"The access granted is not for {route.org}."))
             return
         keys = flow.match_paths or (flow.match_path or flow.path,)
-        decision: Decision | None = None
-        for key in keys:
-            decision = decide(route, flow.method, key, grant.scope)
-            if not decision.allowed:
-                break
-        if decision is None:
-            flow.deny(Denial(500, "internal_error", "The policy gave no decision."))
-            return
+        decision = self.decisions.decision(route, flow.method, keys, grant.scope)
         flow.decision = decision
         if not decision.allowed:
             flow.deny(Denial(403, "policy_denied", decision.reason))

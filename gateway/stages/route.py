@@ -85,9 +85,8 @@ def header_limit_denial(flow: Flow) -> Denial | None:
     raw = flow.request.raw_headers
     if len(raw) > limits.max_headers:
         return headers_too_large(f"More than {limits.max_headers} header fields.")
-    total = 0
-    for name, value in raw:
-        total += len(name) + len(value) + 4  # ": " and CRLF
+    # every name and value, plus ": " and CRLF per field
+    total = sum([len(name) + len(value) for name, value in raw]) + 4 * len(raw)
     if total > limits.max_header_bytes:
         return headers_too_large(f"The header section is over {limits.max_header_bytes} bytes.")
     return None
@@ -95,8 +94,11 @@ def header_limit_denial(flow: Flow) -> Denial | None:
 
 def framing_denial(request: web.Request) -> Denial | None:
     """Refuse ambiguous body framing (the parser refuses most; this is the second lock)."""
-    lengths = request.headers.getall("Content-Length", [])
-    encodings = request.headers.getall("Transfer-Encoding", [])
+    headers = request.headers
+    if "Content-Length" not in headers and "Transfer-Encoding" not in headers:
+        return None  # no body framing at all: nothing to disagree
+    lengths = headers.getall("Content-Length", [])
+    encodings = headers.getall("Transfer-Encoding", [])
     # SECURITY: two framings, two lengths or an encoding other than chunked could let the
     # upstream see a different request boundary than the gateway judged (smuggling).
     if lengths and encodings:

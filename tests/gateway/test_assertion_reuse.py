@@ -121,3 +121,17 @@ def test_expired_tokens_are_pruned(signer: AssertionSigner) -> None:
     remembered = {key[0] for key in signer._recent}
     assert "r-5" not in remembered  # long expired: already gone
     assert remembered == {"r-1"}
+
+
+def test_the_reuse_table_is_bounded_under_many_audiences(
+    signer: AssertionSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.assertion.REUSE_TABLE_SIZE", 8)
+    for port in range(20):
+        signer.assertion(acting_grant(), f"{AUDIENCE}:{port}", NOW)
+    assert len(signer._recent) == 8
+    audiences = {key[7] for key in signer._recent}
+    assert audiences == {f"{AUDIENCE}:{port}" for port in range(12, 20)}
+    # The newest is still reused; the oldest was dropped and is signed afresh.
+    newest = signer.assertion(acting_grant(), f"{AUDIENCE}:19", NOW + 1)
+    assert newest == signer.assertion(acting_grant(), f"{AUDIENCE}:19", NOW + 2)

@@ -11,11 +11,18 @@ from hypothesis import strategies as st
 from gateway.cookies import APP_SESSION, CONSOLE_SESSION
 from gateway.proxy.headers import (
     HOP_BY_HOP,
+    REMEMBERED_CONNECTION_CHARS,
+    REMEMBERED_CONNECTIONS,
+    REMEMBERED_NAME_CHARS,
+    REMEMBERED_NAMES,
+    _remembered_connection,
+    _remembered_name,
     client_address,
     downstream_response_headers,
     forwarded_headers,
     hop_by_hop,
     is_spoofable,
+    name_facts,
     rewrite_location,
     rewrite_set_cookie,
     strip_gateway_cookies,
@@ -323,3 +330,50 @@ def test_no_header_mix_gets_spoofed_or_hop_headers_through(
         if name.lower() == "cookie":
             assert strip_gateway_cookies([value]) == value
     assert len([n for n, _ in out if n.lower() == "cookie"]) <= 1
+
+
+# --- remembered header names --------------------------------------------------------------
+def test_remembered_name_facts_are_bounded_and_long_names_judged_afresh() -> None:
+    _remembered_name.cache_clear()
+    for index in range(REMEMBERED_NAMES + 300):
+        assert name_facts(f"X-Custom-{index}") == (f"x-custom-{index}", False)
+    assert _remembered_name.cache_info().currsize == REMEMBERED_NAMES
+    long_spoof = "X-Gateway-" + "a" * REMEMBERED_NAME_CHARS
+    assert name_facts(long_spoof) == (long_spoof.lower(), True)
+    before = _remembered_name.cache_info()
+    name_facts(long_spoof)  # never stored: judged afresh, the cache untouched
+    assert _remembered_name.cache_info() == before
+
+
+def test_remembered_names_keep_every_spelling_apart() -> None:
+    # Each spelling is its own key; each is judged by its canonical form.
+    for name in ("X-Gateway-User", "x_gateway_user", " X-GATEWAY-USER", "X-Forwarded-For"):
+        for _ in range(2):
+            assert is_spoofable(name)
+    for name in ("X-Gateway", "Gateway-User", "X-Forwardedx"):
+        for _ in range(2):
+            assert not is_spoofable(name)
+    out = upstream_request_headers(
+        [("x_gateway_user", "evil"), ("X-Kept", "1"), ("x_gateway_user", "evil")], NONE
+    )
+    assert out == [("X-Kept", "1")]
+
+
+def test_remembered_connection_lists_are_keyed_by_every_value_and_bounded() -> None:
+    _remembered_connection.cache_clear()
+    one = [("Connection", "keep-alive, X-Secret")]
+    assert "x-secret" in hop_by_hop(one)
+    assert "x-secret" in hop_by_hop(one)  # remembered: the same answer
+    assert "x-other" not in hop_by_hop(one)
+    # Two Connection fields: both lists count, whichever was seen before.
+    two = [("Connection", "keep-alive, X-Secret"), ("connection", "X-Other")]
+    assert {"x-secret", "x-other"} <= hop_by_hop(two)
+    out = upstream_request_headers([*two, ("X-Other", "1"), ("X-Secret", "2"), ("A", "3")], NONE)
+    assert out == [("A", "3")]
+    for index in range(REMEMBERED_CONNECTIONS + 50):
+        assert f"x-h{index}" in hop_by_hop([("Connection", f"X-H{index}")])
+    assert _remembered_connection.cache_info().currsize == REMEMBERED_CONNECTIONS
+    long_list = ", ".join(f"X-Long-{i}" for i in range(REMEMBERED_CONNECTION_CHARS))
+    before = _remembered_connection.cache_info()
+    assert "x-long-7" in hop_by_hop([("Connection", long_list)])
+    assert _remembered_connection.cache_info() == before  # judged afresh, not kept

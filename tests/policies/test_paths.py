@@ -8,7 +8,15 @@ from policies.decide import decide
 from policies.errors import PathRejected
 from policies.load import parse_policy
 from policies.model import Route, Scope
-from policies.paths import MAX_PATH_LENGTH, normalise, readings_of_key
+from policies.paths import (
+    MAX_PATH_LENGTH,
+    REMEMBERED_PATH_CHARS,
+    REMEMBERED_PATHS,
+    _normalise,
+    _remembered,
+    normalise,
+    readings_of_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -243,3 +251,49 @@ def test_case_variants_denied_where_route_is_case_insensitive(raw: str) -> None:
 def test_ordinary_paths_stay_allowed(raw: str) -> None:
     for route in _routes().values():
         assert not _denied_or_refused(route, raw), (route.name, raw)
+
+
+# --- remembered results -------------------------------------------------------------------
+def test_remembered_result_is_the_computed_one_for_each_option() -> None:
+    for raw in ("/Api/./X//y", "/a;b/%2e%2e/C", "/a%2Fb/C", "/caf%C3%A9/ｘ"):
+        for slashes in (False, True):
+            for folded in (False, True):
+                try:
+                    fresh = _normalise(raw, slashes, folded, MAX_PATH_LENGTH)
+                except PathRejected:
+                    with pytest.raises(PathRejected):
+                        normalise(raw, allow_encoded_slashes=slashes, case_insensitive=folded)
+                    continue
+                first = normalise(raw, allow_encoded_slashes=slashes, case_insensitive=folded)
+                again = normalise(raw, allow_encoded_slashes=slashes, case_insensitive=folded)
+                assert first == fresh
+                assert again == fresh
+
+
+def test_remembered_results_are_keyed_by_every_route_option() -> None:
+    # The same raw path first under one option, then the other: never the other's answer.
+    assert normalise("/Admin").match_key == "/Admin"
+    assert normalise("/Admin", case_insensitive=True).match_key == "/admin"
+    assert normalise("/Admin").match_key == "/Admin"
+    assert normalise("/a%2Fb", allow_encoded_slashes=True).forwarded == "/a%2Fb"
+    with pytest.raises(PathRejected):
+        normalise("/a%2Fb")
+
+
+def test_refusals_and_long_paths_are_not_remembered() -> None:
+    _remembered.cache_clear()
+    for _ in range(3):
+        with pytest.raises(PathRejected):
+            normalise("/a%00b")
+    long_path = "/" + "a" * REMEMBERED_PATH_CHARS
+    assert normalise(long_path).forwarded == long_path
+    assert _remembered.cache_info().currsize == 0
+    normalise("/short")
+    assert _remembered.cache_info().currsize == 1
+
+
+def test_remembered_paths_are_bounded_under_distinct_hostile_paths() -> None:
+    _remembered.cache_clear()
+    for index in range(REMEMBERED_PATHS + 500):
+        assert normalise(f"/p/{index}/../q{index}").forwarded == f"/p/q{index}"
+    assert _remembered.cache_info().currsize == REMEMBERED_PATHS

@@ -61,3 +61,71 @@ async def test_a_read_begun_before_the_subscription_is_never_cached(
     finally:
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
+
+
+async def _listening(watcher: GrantWatcher) -> asyncio.Task[None]:
+    task = asyncio.create_task(watcher.run())
+    async with asyncio.timeout(5):
+        while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
+            await asyncio.sleep(0.01)
+    return task
+
+
+async def test_a_cached_grant_is_judged_by_the_clock_on_every_check(
+    store: AccessStore, directory: aioredis.Redis, clock: ManualClock
+) -> None:
+    request = await store.file(
+        SAM,
+        org=ORG,
+        member="bob",
+        justification="TICKET-2 checking the invoices page",
+        duration_s=600,
+        scope="read",
+    )
+    await store.approve(request.id, ALICE)
+    watcher = GrantWatcher(directory, clock, InFlightFlows())
+    listening = await _listening(watcher)
+    try:
+        first = await watcher.check(SAM.key, ORG)
+        assert first.grant is not None
+        assert (SAM.key, ORG) in watcher._cache  # the parsed grant is what is kept
+        # No event, no sweeper: only the Clock moves. The cached entry must not outlive it.
+        clock.advance(599)
+        assert (await watcher.check(SAM.key, ORG)).grant is not None
+        clock.advance(1)
+        expired = await watcher.check(SAM.key, ORG)
+        assert expired.grant is None
+        assert expired.error == "grant_expired"
+        assert (SAM.key, ORG) in watcher._cache  # judged from the cache, not re-read
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+
+
+async def test_an_event_drops_the_parsed_grant(
+    store: AccessStore, directory: aioredis.Redis, clock: ManualClock
+) -> None:
+    request = await store.file(
+        SAM,
+        org=ORG,
+        member="bob",
+        justification="TICKET-3 checking the invoices page",
+        duration_s=600,
+        scope="write",
+    )
+    await store.approve(request.id, ALICE)
+    watcher = GrantWatcher(directory, clock, InFlightFlows())
+    listening = await _listening(watcher)
+    try:
+        assert (await watcher.check(SAM.key, ORG)).grant is not None
+        assert (SAM.key, ORG) in watcher._cache
+        await store.revoke(request.id, ALICE)
+        async with asyncio.timeout(5):
+            while (SAM.key, ORG) in watcher._cache:  # noqa: ASYNC110 (the event drops it)
+                await asyncio.sleep(0.01)
+        revoked = await watcher.check(SAM.key, ORG)
+        assert revoked.grant is None
+        assert revoked.error == "grant_revoked"
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
