@@ -199,9 +199,10 @@ def timestamp(at: float) -> str:
         # One tuple, swapped whole: a thread never sees one second's prefix with another's.
         cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         _last_second = cached
-    return f"{cached[1]}.{micros // 1000:03d}Z"
+    return cached[1] + _MILLIS[micros // 1000]
 
 
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))  # the fraction, formatted ahead
 _MAX_FAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: four-digit years only
 _last_second: tuple[int, str] = (-1, "")
 

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+from audit.frame import array_header, body_packer
 from audit.record import HTTP_RECORD_KEYS, UNTRUSTED_TEXT, HttpRecord
 
 DEFAULT_HEADERS = frozenset(
@@ -75,6 +76,10 @@ BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+([A-Za-z0-9._~+/=-]{8,})")
 _JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.){1,128})"\s*:\s*"((?:[^"\\]|\\.)*)"?')
 
 Report = Callable[[str, str], None]
+# a header as stored: [name, value], its redactions as (field suffix, kind), its msgpack
+StoredHeader = tuple[list[str], tuple[tuple[str, str], ...], bytes]
+# a header list as stored: its msgpack (an array of [name, value]), its redactions
+StoredHeaders = tuple[bytes, tuple[tuple[str, str], ...]]
 Encoder = Callable[[Any], bytes]
 
 
@@ -146,6 +151,11 @@ class Redactor:
         self.key_id = key_id
         self.denylist = Denylist(DEFAULT_FIELDS | set(fields), DEFAULT_HEADERS | set(headers))
         self._last_jwt = ("", "")  # (token, its marker): see `_tokens`
+        # (name, value) -> that header as stored, and its redactions as (field suffix, kind):
+        # see `header_pair`.
+        self._pairs: dict[tuple[str, str], StoredHeader] = {}
+        # header lists -> as stored: see `header_list`
+        self._lists: dict[tuple[tuple[str, str], ...], StoredHeaders] = {}
 
     def hash(self, secret: str) -> str:
         digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -294,6 +304,74 @@ class Redactor:
             out.append([self._tokens(name, where, note), self._tokens(value, where, note)])
         return out
 
+    def header_pair(self, name: str, value: str) -> StoredHeader:
+        """One header as `_headers` stores it, its redactions, and its msgpack bytes.
+
+        Redactions are (field suffix, kind): a redaction's field is the headers' field
+        (`http.request.headers`) plus its suffix.
+        Remembered per (name, value): a proxied request's headers recur request after
+        request (the gateway's own assertion, for a minute at a time). The result depends
+        only on the pair and on this redactor (its key and lists never change), so the
+        memo is keyed by exactly the pair and kept by the redactor. Bounded: short pairs
+        only, at most `PAIR_MEMO` of them (then it starts again), so that hostile distinct
+        headers cannot grow it; pairs redacted by name (cookies, credentials) are never
+        kept, so that no client secret outlives its request here.
+        """
+        found = self._pairs.get((name, value))
+        if found is not None:
+            return found
+        listed: list[tuple[str, str]] = []
+        where = "\x00"  # a field no header name can make: marks the headers' own field
+        stored = self._headers(
+            [[name, value]], where, lambda field, kind: listed.append((field[1:], kind))
+        )[0]
+        found = stored, tuple(listed), body_packer().pack(stored)
+        if self._rememberable(name, value):
+            if len(self._pairs) >= PAIR_MEMO:
+                self._pairs.clear()
+            self._pairs[name, value] = found
+        return found
+
+    def _rememberable(self, name: str, value: str) -> bool:
+        key = name.strip().lower()
+        return (
+            len(name) + len(value) <= PAIR_MEMO_TEXT
+            and key not in _SPECIAL_HEADERS
+            and key not in self.denylist.headers
+        )
+
+    def header_list(
+        self, pairs: tuple[tuple[str, str], ...], check: Callable[[Any, Any], object]
+    ) -> StoredHeaders:
+        """A header list as `_headers` stores it, as msgpack bytes, and its redactions.
+
+        `check(name, value)` raises for a pair a record cannot hold (it is called for
+        pairs not yet remembered). Remembered per list, as `header_pair` remembers pairs
+        and on the same terms (every pair one it would remember, `LIST_MEMO_TEXT` of text
+        at most; at most `LIST_MEMO` lists): a client's requests carry the same headers,
+        request after request.
+        """
+        found = self._lists.get(pairs)
+        if found is not None:
+            return found
+        packed = [array_header(len(pairs))]
+        listed: list[tuple[str, str]] = []
+        rememberable = True
+        size = 0
+        for name, value in pairs:
+            check(name, value)
+            _, redactions, stored = self.header_pair(name, value)
+            packed.append(stored)
+            listed.extend(redactions)
+            rememberable = rememberable and self._rememberable(name, value)
+            size += len(name) + len(value)
+        found = b"".join(packed), tuple(listed)
+        if rememberable and size <= LIST_MEMO_TEXT:
+            if len(self._lists) >= LIST_MEMO:
+                self._lists.clear()
+            self._lists[pairs] = found
+        return found
+
     def _cookie(self, item: str) -> str:
         name, sep, value = item.strip().partition("=")
         if not sep:
@@ -393,6 +471,10 @@ class Redactor:
 
 
 _SPECIAL_HEADERS = frozenset({"cookie", "set-cookie"})
+PAIR_MEMO = 512  # headers remembered by `Redactor.header_pair`
+PAIR_MEMO_TEXT = 1024  # the longest name + value it remembers
+LIST_MEMO = 256  # header lists remembered by `Redactor.header_list`
+LIST_MEMO_TEXT = 4096  # the most text (names and values) a remembered list has
 
 
 def _listing(body: dict[str, Any], listed: list[dict[str, str]]) -> dict[str, Any]:

@@ -5,6 +5,7 @@
                          redactor=redactor, last_checkpoint_key=keys.audit_last_checkpoint())
     await writer.open()                      # genesis frame, citing the last checkpoint
     seq = await writer.append(body)          # returns once Redis accepted the frame
+    done = writer.submit(body)               # the same without a coroutine: a Future[int]
     await writer.close()                     # final signed checkpoint
 
 Signature:
@@ -13,12 +14,15 @@ Signature:
                 checkpoint_every_s: float = 10.0, redactor: Redactor | None = None,
                 last_checkpoint_key: str | None = None, timeout_s: float = 2.0)
     await open() -> None; await append(body: Mapping[str, Any]) -> int;
+    submit(body: Mapping[str, Any]) -> asyncio.Future[int];
     await checkpoint() -> int | None; await close() -> None; .stream_id: str
 
-`append` redacts the body, gives it the next seq and chains it at once (so seq order is
-call order), then waits for the group commit: every frame queued while no batch is in
-flight goes out in ONE command (a Lua script XADDing each frame in order, plus the
-checkpoint mark when the batch holds a checkpoint), started on the next event-loop tick.
+`append` (and `submit`) redacts the body (an `audit.exchange.ExchangeRecord` through its
+own encoder, which stores the same bytes), gives it the next seq and chains it at once
+(so seq order is call order), then waits for the group commit: every frame queued while
+no batch is in flight goes out in ONE command (a Lua script XADDing each frame in order,
+plus the checkpoint mark when the batch holds a checkpoint), started on the next
+event-loop tick.
 A request's cost is thus one Redis round trip shared with the other requests of that tick,
 and one command for the whole batch (a pipeline of N commands costs N to pack and parse).
 `pipelines` counts these batches.
@@ -51,6 +55,7 @@ from redis.exceptions import RedisError
 
 from audit.checkpoint import NO_CHECKPOINT, Checkpoint, genesis_body
 from audit.errors import AuditUnavailable, RecordError
+from audit.exchange import ExchangeRecord
 from audit.frame import GENESIS_PREV, FrameSealer, encode_body
 from audit.keys import SigningKey
 from audit.redact import Redactor
@@ -77,14 +82,15 @@ def new_stream_id(at: float) -> str:
 class _Pending:
     """One frame waiting for the group commit; `mark` is set on checkpoint frames."""
 
-    __slots__ = ("data", "done", "mark")
+    __slots__ = ("data", "done", "mark", "seq")
 
     def __init__(
-        self, data: bytes, done: asyncio.Future[None], mark: dict[str, Any] | None
+        self, data: bytes, done: asyncio.Future[int], mark: dict[str, Any] | None, seq: int
     ) -> None:
         self.data = data
         self.done = done
         self.mark = mark
+        self.seq = seq
 
 
 class AuditWriter:
@@ -173,32 +179,43 @@ class AuditWriter:
         Raises RecordError for a body that cannot be stored (nothing is chained) and
         AuditUnavailable when Redis did not accept it: the caller must fail closed.
         """
+        return await self.submit(body)
+
+    def submit(self, body: Mapping[str, Any]) -> asyncio.Future[int]:
+        """Chain one record body now; the future gives its seq once Redis accepted it.
+
+        `append` without the coroutine: for a caller that need not wait (a task per
+        record would cost more than the record). Raises RecordError at once for a body
+        that cannot be stored; the future fails with AuditUnavailable when Redis did not
+        accept the frame.
+        """
         if self._closed or not self._opened:
             raise AuditUnavailable("the audit writer is not open")
-        if not isinstance(body, Mapping):
+        if type(body) is ExchangeRecord:
+            # The exchange's shared parts are redacted once per flow; the same bytes as
+            # the redactor's own path (see audit.exchange).
+            data = body.encode(self._redactor)
+        elif isinstance(body, Mapping):
+            data = self._redactor.scrub_encoded(body, encode_body)
+        else:
             raise RecordError(f"a record body is a mapping, got {type(body).__name__}")
-        data = self._redactor.scrub_encoded(body, encode_body)
         if self._broken:
             # The previous stream ended at a refused batch: continue in a fresh one.
             self._begin_stream()
-        seq, done = self._queue_frame(data)
+        done = self._queue_frame(data)
         self._frames_since_cp += 1
         if (
             self._frames_since_cp >= self._every_frames
             or self._now() - self._last_cp_at >= self._every_s
         ):
             self._queue_checkpoint(final=False)
-        await done
-        return seq
+        return done
 
     async def checkpoint(self) -> int | None:
         """Seal what was appended since the last checkpoint; the checkpoint's seq, or None."""
         if self._closed or self._broken or self._frames_since_cp == 0:
             return None
-        done = self._queue_checkpoint(final=False)
-        seq = self._last_cp_seq
-        await done
-        return seq
+        return await self._queue_checkpoint(final=False)
 
     @property
     def seq(self) -> int:
@@ -206,7 +223,7 @@ class AuditWriter:
         return self._seq
 
     # -- internals ---------------------------------------------------------------------
-    def _begin_stream(self) -> asyncio.Future[None]:
+    def _begin_stream(self) -> asyncio.Future[int]:
         at = self._now()
         self.stream_id = new_stream_id(at)
         self._sealer = FrameSealer(self.stream_id)
@@ -218,30 +235,28 @@ class AuditWriter:
         cited = self._accepted_cp
         self._last_cp_h = cited["h"] if cited else NO_CHECKPOINT
         self._broken = False
-        _, done = self._queue_frame(encode_body(genesis_body(at, cited)))
-        return done
+        return self._queue_frame(encode_body(genesis_body(at, cited)))
 
-    def _queue_frame(
-        self, data: bytes, mark: dict[str, Any] | None = None
-    ) -> tuple[int, asyncio.Future[None]]:
+    def _queue_frame(self, data: bytes, mark: dict[str, Any] | None = None) -> asyncio.Future[int]:
+        """Chain `data` as the next frame; the future gives its seq once Redis accepted it."""
         seq = self._seq
         h, encoded = self._sealer.seal(seq, self._head, data)
         self._head = h
         self._seq += 1
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         # Genesis and checkpoint futures may have no awaiter: retrieve their failure here
         # so that it is not reported as "never retrieved" (awaiters still get it raised).
         done.add_done_callback(_retrieve)
         if mark is not None:
             mark = {**mark, "seq": seq, "h": h}
-        self._queue.append(_Pending(encoded, done, mark))
+        self._queue.append(_Pending(encoded, done, mark, seq))
         if not self._flushing:
             self._flushing = True
             # Group commit: everything queued during this tick goes out in one batch.
             asyncio.get_running_loop().call_soon(self._start_flush)
-        return seq, done
+        return done
 
-    def _queue_checkpoint(self, *, final: bool) -> asyncio.Future[None]:
+    def _queue_checkpoint(self, *, final: bool) -> asyncio.Future[int]:
         at = self._now()
         signer = self._signer.current()
         cp = Checkpoint(
@@ -254,8 +269,8 @@ class AuditWriter:
             prev_checkpoint=self._last_cp_h,
             final=final,
         )
-        seq, done = self._queue_frame(encode_body(cp.body(signer)), mark={"stream": self.stream_id})
-        self._last_cp_seq = seq
+        done = self._queue_frame(encode_body(cp.body(signer)), mark={"stream": self.stream_id})
+        self._last_cp_seq = self._seq - 1
         self._last_cp_h = self._head
         self._last_cp_at = at
         self._frames_since_cp = 0
@@ -281,7 +296,7 @@ class AuditWriter:
                     self._accepted_cp = marks[-1]
                 for item in batch:
                     if not item.done.done():
-                        item.done.set_result(None)
+                        item.done.set_result(item.seq)
         except BaseException as exc:  # cancelled: nobody may wait for a reply that never comes
             self._refuse(batch, exc)
             raise
@@ -325,7 +340,7 @@ class AuditWriter:
                 await self._queue_checkpoint(final=False)
 
 
-def _retrieve(done: asyncio.Future[None]) -> None:
+def _retrieve(done: asyncio.Future[int]) -> None:
     if not done.cancelled():
         done.exception()
 

@@ -10,11 +10,11 @@ import logging
 
 from aiohttp import web
 
-from audit.record import http_record
+from audit.writer import AuditWriter
 from gateway.appkeys import AUDIT, CLOCK
 from gateway.denials import Denial
 from gateway.flow import Flow
-from gateway.stages.audit_fields import http_fields
+from gateway.stages.audit_fields import http_exchange
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,15 @@ class AuditIn:
 
     async def __call__(self, flow: Flow) -> None:
         try:
-            flow.audit_fields = fields = http_fields(flow)
-            body = http_record("attempt", at=self.app[CLOCK].now(), **fields)
-            flow.audit_attempt_seq = await self.app[AUDIT].append(body)
+            # Kept on the flow: the outcome record reuses what the attempt checked.
+            flow.audit_fields = exchange = http_exchange(flow)
+            body = exchange.attempt(self.app[CLOCK].now())
+            sink = self.app[AUDIT]
+            if isinstance(sink, AuditWriter):
+                # The writer's own future: no coroutine frame between the flow and Redis.
+                flow.audit_attempt_seq = await sink.submit(body)
+            else:
+                flow.audit_attempt_seq = await sink.append(body)
         except Exception:
             # SECURITY: no record, no forwarding (AuditUnavailable or anything else).
             log.exception("flow %s: audit attempt not accepted", flow.request_id)

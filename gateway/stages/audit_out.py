@@ -16,11 +16,12 @@ import logging
 
 from aiohttp import web
 
-from audit.record import http_record
-from gateway.appkeys import AUDIT, CLOCK, OUTCOME_WRITES
+from audit.exchange import ExchangeRecord, HttpExchange
+from audit.writer import AuditWriter
+from gateway.appkeys import AUDIT, CLOCK, OUTCOME_WRITES, AuditSink
 from gateway.flow import Flow
 from gateway.pipeline import AUDIT_OUTCOME_LOST
-from gateway.stages.audit_fields import capture, headers, http_fields
+from gateway.stages.audit_fields import capture, headers, http_exchange
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +39,39 @@ class AuditOut:
         flow.outcome_attempted = True
         if flow.duration_s is None:
             flow.duration_s = asyncio.get_running_loop().time() - flow.started_monotonic
-        # The attempt's fields when audit-in made them: both records name the same facts.
-        fields = dict(flow.audit_fields) if flow.audit_fields is not None else http_fields(flow)
+        # The attempt's exchange when audit-in made it: both records name the same facts.
+        exchange = flow.audit_fields
+        if not isinstance(exchange, HttpExchange):
+            exchange = http_exchange(flow)
         error: str | None = None
+        reason: dict[str, str] = {}  # a denial's or an abort's reason replaces the attempt's
         if flow.denial is not None:
             error = flow.denial.error
-            fields["reason"] = flow.denial.reason[:8192]
+            reason["reason"] = flow.denial.reason[:8192]
         elif flow.aborted is not None:
             error = "aborted"
-            fields["reason"] = flow.aborted[:8192]
+            reason["reason"] = flow.aborted[:8192]
         elif flow.error is not None:
             error = "internal_error"
         timings: dict[str, float] = {}
         if flow.duration_s is not None:
-            timings["total"] = round(flow.duration_s * 1000, 3)
+            timings["total"] = millis(flow.duration_s)
         if flow.upstream_connect_s is not None:
-            timings["wait"] = round(flow.upstream_connect_s * 1000, 3)
+            timings["wait"] = millis(flow.upstream_connect_s)
             if flow.duration_s is not None:
-                timings["receive"] = round(
-                    max(0.0, flow.duration_s - flow.upstream_connect_s) * 1000, 3
-                )
-        request_type = flow.request.headers.get("Content-Type")
-        response_type = None
-        for name, value in flow.upstream_response_headers:
-            if name.lower() == "content-type":
-                response_type = value
-        body = http_record(
-            "outcome",
-            at=self.app[CLOCK].now(),
+                timings["receive"] = millis(max(0.0, flow.duration_s - flow.upstream_connect_s))
+        request_body = response_body = None
+        if flow.captured_request is not None:
+            request_type = flow.request.headers.get("Content-Type")
+            request_body = capture(flow.captured_request, flow.request_bytes, request_type)
+        if flow.captured_response is not None:
+            response_type = None
+            for name, value in flow.upstream_response_headers:
+                if name.lower() == "content-type":
+                    response_type = value
+            response_body = capture(flow.captured_response, flow.response_bytes, response_type)
+        body = exchange.outcome(
+            self.app[CLOCK].now(),
             error=error,
             status=flow.status,
             request_bytes=flow.request_bytes,
@@ -73,20 +79,20 @@ class AuditOut:
             timings=timings,
             request_headers=headers(flow.upstream_request_headers) if flow.forwarded else None,
             response_headers=headers(flow.upstream_response_headers) if flow.forwarded else None,
-            request_body=capture(flow.captured_request, flow.request_bytes, request_type),
-            response_body=capture(flow.captured_response, flow.response_bytes, response_type),
-            **fields,
+            request_body=request_body,
+            response_body=response_body,
+            **reason,
         )
-        pending = asyncio.ensure_future(self.app[AUDIT].append(body))
+        pending = _write(self.app[AUDIT], body)
         writes = self.app[OUTCOME_WRITES]
         writes.add(pending)
-        pending.add_done_callback(writes.discard)
         if flow.response is not None and flow.response.prepared:
             # The answer is out already: the connection need not wait for the audit stream
             # before its next request. The app waits for these writes when it stops.
-            pending.add_done_callback(lambda done: _late_result(flow, done))
+            pending.add_done_callback(lambda done: _late_result(flow, done, writes))
             flow.outcome_recorded = True
             return
+        pending.add_done_callback(writes.discard)
         try:
             # Shielded: a client leaving mid-write must not leave the outcome half-done.
             flow.audit_outcome_seq = await asyncio.shield(pending)
@@ -97,8 +103,48 @@ class AuditOut:
         flow.outcome_recorded = True
 
 
-def _late_result(flow: Flow, done: asyncio.Future[int]) -> None:
-    """Report an outcome write that ended after its flow: a failure is counted and logged."""
+def millis(seconds: float) -> float:
+    """`round(seconds * 1000, 3)`: milliseconds to the microsecond, as records hold them.
+
+    `round(x, 3)` goes through a correctly rounded decimal string; when the microseconds
+    are plainly not a half (not within a millionth of one, far more than the float error
+    of `x * 1000` below 2**32), rounding `x * 1000` to an integer gives the same integer,
+    and dividing it by 1000 the same float.
+    """
+    ms = seconds * 1000
+    micros = ms * 1000
+    if micros == 0.0:
+        return ms  # 0.0 or -0.0, as round keeps the sign
+    if 0.0 < micros < 4e9:
+        whole = round(micros)
+        if abs(micros - whole) < 0.499999:
+            return whole / 1000
+    return round(ms, 3)
+
+
+def _write(sink: AuditSink, body: ExchangeRecord) -> asyncio.Future[int]:
+    """The outcome's write, begun now; its failure, whenever it comes, is in the future."""
+    if not isinstance(sink, AuditWriter):
+        return asyncio.ensure_future(sink.append(body))
+    try:
+        # The writer chains the record at once: no task is needed to begin the write.
+        return sink.submit(body)
+    except Exception as exc:  # reported where a failed write is (RecordError, closed)
+        failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        return failed
+
+
+def _late_result(
+    flow: Flow, done: asyncio.Future[int], writes: set[asyncio.Future[int]] | None = None
+) -> None:
+    """Report an outcome write that ended after its flow: a failure is counted and logged.
+
+    `writes`, when given, is the app's set of pending writes, which `done` leaves (one
+    callback instead of two: the outcome write is on every request's path).
+    """
+    if writes is not None:
+        writes.discard(done)
     failure = "cancelled" if done.cancelled() else done.exception()
     if failure is None:
         flow.audit_outcome_seq = done.result()

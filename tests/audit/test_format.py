@@ -18,6 +18,7 @@ from audit.frame import (
     GENESIS_PREV,
     Frame,
     FrameSealer,
+    body_packer,
     decode_frame,
     encode_body,
     frame_hash_input,
@@ -288,9 +289,24 @@ def test_segment_with_a_hostile_record_length(tmp_path: Path) -> None:
     assert next(read_segment(path)).error == "bad record length 0"
 
 
-@pytest.mark.parametrize("seq", [0, 1, 255, 1 << 40])
-def test_the_writers_sealer_makes_the_frames_frame_seal_makes(seq: int) -> None:
-    body = encode_body({"record": "http.attempt", "n": seq})
+@pytest.mark.parametrize(
+    ("seq", "size"),
+    [
+        (0, 0),
+        (1, 200),
+        (127, 300),
+        (128, 70_000),
+        (255, 10),
+        (256, 10),
+        (65_535, 10),
+        (65_536, 10),
+        ((1 << 32) - 1, 10),
+        (1 << 32, 10),
+        (1 << 40, 10),
+    ],
+)
+def test_the_writers_sealer_makes_the_frames_frame_seal_makes(seq: int, size: int) -> None:
+    body = encode_body({"record": "http.attempt", "n": seq, "pad": "x" * size})
     prev = bytes(range(32))
     stream = "20261129T044000Z-5f0c9a1e27b4d3c8"
     h, data = FrameSealer(stream).seal(seq, prev, body)
@@ -298,3 +314,16 @@ def test_the_writers_sealer_makes_the_frames_frame_seal_makes(seq: int) -> None:
     assert h == frame.h
     assert data == frame.encode()
     assert decode_frame(data).hash_ok()
+
+
+def test_the_reused_body_packer_lets_a_grown_buffer_go() -> None:
+    first = body_packer()
+    assert encode_body({"n": 1}) == msgpack.packb({"n": 1}, use_bin_type=True)
+    assert body_packer() is first  # kept: packing left it empty
+    with pytest.raises(RecordError):
+        encode_body({"bad": object()})
+    after_failure = body_packer()
+    assert after_failure is not first  # dropped after a failure
+    assert encode_body({"n": 2}) == msgpack.packb({"n": 2}, use_bin_type=True)
+    encode_body({"big": "x" * 300_000})
+    assert body_packer() is not after_failure  # dropped after a large body

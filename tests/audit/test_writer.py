@@ -14,14 +14,25 @@ import redis.asyncio as aioredis
 
 from audit.checkpoint import read_checkpoint
 from audit.errors import AuditUnavailable, RecordError
-from audit.frame import GENESIS_PREV
+from audit.exchange import HttpExchange
+from audit.frame import GENESIS_PREV, encode_body
 from audit.keys import KeyDirectory, SigningKey
+from audit.record import http_record
+from audit.redact import Redactor
 from audit.verify import verify
 from audit.writer import AuditWriter
 from gateway.clock import ManualClock
 from gateway.embedded_redis import EmbeddedRedis
 from tests.audit.chains import read_frames
-from tests.audit.conftest import STREAM, WriterFactory, collect, request_pair, stream_frames
+from tests.audit.conftest import (
+    BOB,
+    SAM,
+    STREAM,
+    WriterFactory,
+    collect,
+    request_pair,
+    stream_frames,
+)
 
 frames_in = stream_frames
 
@@ -246,3 +257,56 @@ async def test_a_batch_cut_short_in_flight_is_refused_not_left_hanging(
     await asyncio.sleep(0.35)  # the pause ends
     assert await writer.append(request_pair(1, clock.now())[0]) == 1
     assert writer.stream_id != first  # the refused batch ended its stream
+
+
+async def test_submit_chains_at_once_and_its_future_gives_the_seq(
+    redis: aioredis.Redis, make_writer: WriterFactory, clock: ManualClock
+) -> None:
+    writer = await make_writer()
+    attempt, outcome = request_pair(1, clock.now())
+    first = writer.submit(attempt)
+    assert writer.seq == 2  # chained before any Redis round trip
+    second = writer.submit(outcome)
+    assert list(await asyncio.gather(first, second)) == [1, 2]
+    assert [f.seq for f in await frames_in(redis)] == [0, 1, 2]
+    with pytest.raises(RecordError):
+        writer.submit({"record": "x", "bad": object()})
+    assert writer.seq == 3  # a refused body chains nothing
+
+
+async def test_exchange_records_are_stored_as_the_redactors_own_path_stores_them(
+    redis: aioredis.Redis, make_writer: WriterFactory, clock: ManualClock, redactor: Redactor
+) -> None:
+    writer = await make_writer()
+    exchange = HttpExchange(
+        request_id="r1",
+        method="GET",
+        host="acme.example",
+        path="/invoices",
+        query="page=2&token=abc",
+        actor=SAM,
+        effective=BOB,
+        org="acme",
+        grant_id="g1",
+        scope="read",
+        route="acme",
+        decision="allow",
+        reason="rule 1",
+        started_at=clock.now(),
+    )
+    records = [
+        exchange.attempt(clock.now()),
+        exchange.outcome(
+            clock.now() + 0.01,
+            status=200,
+            request_headers=[("Authorization", "Bearer abcdefgh12345")],
+            response_headers=[("Content-Type", "application/json")],
+        ),
+    ]
+    for record in records:
+        await writer.append(record)
+    stored = [f.body for f in (await frames_in(redis))[1:]]
+    assert stored == [
+        redactor.scrub_encoded(http_record(r.phase, **r.arguments()), encode_body) for r in records
+    ]
+    assert "abcdefgh12345" not in str([msgpack.unpackb(b) for b in stored])

@@ -224,6 +224,7 @@ async def test_bodies_are_captured_up_to_the_cap(gateway_factory: GatewayFactory
     assert request_body["content"] == '{"name": "a very'
     assert request_body["truncated"] is True
     assert request_body["bytes"] == 34
+    assert request_body["mime_type"] == "application/json"
     assert outcome["http"]["response"]["body"]["truncated"] is True
     assert len(outcome["http"]["response"]["body"]["content"]) == 16
 

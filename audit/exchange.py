@@ -1,0 +1,717 @@
+"""The two records of one proxied request, with what they share checked and redacted once.
+
+A proxied request is recorded twice: its attempt (before forwarding) and its outcome.
+Both name the same actor, member, org, grant, route, decision, client and URL; only the
+phase's own facts (time, status, bytes, timings, headers, bodies, error) differ.
+`HttpExchange` holds the shared `http_record` arguments, checked once; its `attempt` and
+`outcome` give `ExchangeRecord`s, which the writer encodes without building, walking and
+copying the shared parts a second time:
+
+    exchange = HttpExchange(request_id="r1", method="GET", host="acme.example", path="/",
+                            actor=sam, effective=bob, org="acme", grant_id="g1", ...)
+    seq = await writer.append(exchange.attempt(clock.now()))
+    done = writer.submit(exchange.outcome(clock.now(), status=200, response_bytes=61))
+
+The contract: an `ExchangeRecord` is, as a mapping, exactly `http_record(phase, **its
+arguments)`, and its stored bytes (`encode(redactor)`) are exactly
+`redactor.scrub_encoded(that record, encode_body)`: the same fields in the same order,
+the same redactions listed in the same order. The shared parts are redacted once per
+flow and redactor (kept on the exchange, keyed by the redactor object, for the life of
+the flow). A shape this module does not lay out itself (neither grant nor session: the
+builder then moves `gateway`) takes the builder's path. The tests compare both paths
+byte for byte on hostile input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from audit.errors import RecordError
+from audit.frame import MAX_BODY_BYTES, after_packing, body_packer, encode_body, map_header
+from audit.record import (
+    MAX_TEXT,
+    BodyCapture,
+    HttpRecord,
+    Person,
+    RecordKind,
+    _count,
+    _text,
+    _timings,
+    http_record,
+    session_ref,
+    timestamp,
+)
+from audit.redact import Redactor, Report, _token_like
+
+_UNSET: Any = object()  # `outcome(reason=...)` not given: the attempt's reason stands
+
+Note = dict[str, str]
+
+
+class HttpExchange(dict[str, Any]):
+    """The `http_record` arguments both records of one flow share; read-only once made.
+
+    As a dict it holds exactly those keyword arguments. Making it runs every check the
+    builder runs on them (RecordError) and lays out the shared parts of the body.
+    """
+
+    __slots__ = ("_identity", "_redacted", "_start", "_url")
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        host: str,
+        path: str,
+        query: str = "",
+        scheme: str = "https",
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        actor: Person | None = None,
+        effective: Person | None = None,
+        org: str | None = None,
+        grant_id: str | None = None,
+        scope: str | None = None,
+        route: str | None = None,
+        session_id: str | None = None,
+        decision: str | None = None,
+        reason: str | None = None,
+        rule: str | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        super().__init__(
+            request_id=request_id,
+            method=method,
+            host=host,
+            path=path,
+            query=query,
+            scheme=scheme,
+            client_ip=client_ip,
+            user_agent=user_agent,
+            actor=actor,
+            effective=effective,
+            org=org,
+            grant_id=grant_id,
+            scope=scope,
+            route=route,
+            session_id=session_id,
+            decision=decision,
+            reason=reason,
+            rule=rule,
+            started_at=started_at,
+        )
+        key = (
+            actor,
+            effective,
+            org,
+            grant_id,
+            scope,
+            route,
+            # SECURITY: a session id is a bearer credential: the memo keeps only its ref.
+            None if session_id is None else session_ref(session_id),
+            client_ip,
+            user_agent,
+            decision,
+            reason,
+            rule,
+        )
+        identity = _IDENTITIES.get(key)
+        if identity is None:
+            identity = _Identity(key)
+            _remember(key, identity)
+        self._identity = identity
+        # The builder's checks on the request's own facts.
+        _text("event.id", request_id)
+        _text("http.request.method", method)
+        url: dict[str, Any] = {
+            "scheme": _text("url.scheme", scheme),
+            "domain": _text("url.domain", host),
+            "path": _text("url.path", path),
+        }
+        if query:
+            url["query"] = _text("url.query", query)
+        self._url = url  # never changed: redaction copies it first
+        self._start = None if started_at is None else timestamp(started_at)
+        self._redacted: _Redacted | None = None
+
+    def attempt(self, at: float) -> ExchangeRecord:
+        """The attempt record made at `at`."""
+        return ExchangeRecord(self, "attempt", at, {})
+
+    def outcome(
+        self,
+        at: float,
+        *,
+        error: str | None = None,
+        reason: str | None = _UNSET,
+        status: int | None = None,
+        request_bytes: int | None = None,
+        response_bytes: int | None = None,
+        timings: Mapping[str, float] | None = None,
+        request_headers: Iterable[tuple[str, str]] | None = None,
+        response_headers: Iterable[tuple[str, str]] | None = None,
+        request_body: BodyCapture | None = None,
+        response_body: BodyCapture | None = None,
+    ) -> ExchangeRecord:
+        """The outcome record made at `at`; `reason`, when given, replaces the attempt's.
+
+        RecordError if the builder would refuse these arguments.
+        """
+        own: dict[str, Any] = {
+            "error": error,
+            "status": status,
+            "request_bytes": request_bytes,
+            "response_bytes": response_bytes,
+            "timings": timings,
+            "request_headers": None if request_headers is None else tuple(request_headers),
+            "response_headers": None if response_headers is None else tuple(response_headers),
+            "request_body": request_body,
+            "response_body": response_body,
+        }
+        if reason is not _UNSET:
+            own["reason"] = reason
+        return ExchangeRecord(self, "outcome", at, own)
+
+    def _redacted_by(self, redactor: Redactor) -> _Redacted:
+        redacted = self._redacted
+        if redacted is None or redacted.redactor is not redactor:
+            # Keyed by the redactor object: a record is never redacted with another's key.
+            redacted = self._redacted = _Redacted(self, redactor)
+        return redacted
+
+
+IdentityKey = tuple[
+    Person | None,
+    Person | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+]
+IDENTITY_MEMO = 256  # identities remembered (a login's requests share one)
+IDENTITY_MEMO_TEXT = 2048  # the most text an identity may hold to be remembered
+# (actor, effective, org, grant, scope, route, session ref, client, agent, decision,
+# reason, rule) -> those facts checked and laid out. What is kept depends on nothing but the key
+# (redacted copies are kept per redactor object, inside): every request of a login gives
+# the same key, a hostile client at most IDENTITY_MEMO distinct small ones at a time.
+_IDENTITIES: dict[IdentityKey, _Identity] = {}
+
+
+def _remember(key: IdentityKey, identity: _Identity) -> None:
+    if identity.size > IDENTITY_MEMO_TEXT:
+        return
+    if len(_IDENTITIES) >= IDENTITY_MEMO:
+        _IDENTITIES.clear()
+    _IDENTITIES[key] = identity
+
+
+def _text_size(key: IdentityKey) -> int:
+    size = 0
+    for item in key:
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, Person):
+            for text in (item.id, item.kind, item.email, item.name, item.org, item.role):
+                size += len(text) if isinstance(text, str) else 0
+    return size
+
+
+class _Identity:
+    """Who acts as whom, under which grant, from where, and the decision: checked, laid out.
+
+    The maps are never changed once made (redaction copies what it changes), so every
+    record of every exchange with this identity shares them.
+    """
+
+    __slots__ = (
+        "grant",
+        "grant_first",
+        "key",
+        "org",
+        "redacted",
+        "route",
+        "session",
+        "size",
+        "source",
+        "ua",
+        "user",
+    )
+
+    def __init__(self, key: IdentityKey) -> None:
+        (actor, effective, org, grant_id, scope, route, session) = key[:7]
+        (client_ip, user_agent, decision, reason, rule) = key[7:]
+        self.key = key
+        # The builder's checks, in the builder's words.
+        if decision not in (None, "allow", "deny"):
+            raise RecordError(f"gateway.decision: expected 'allow' or 'deny', got {decision!r}")
+        user: dict[str, Any] | None = None
+        if actor is not None:
+            user = actor.ecs()
+            if effective is not None:
+                user["effective"] = effective.ecs()
+        elif effective is not None:
+            user = {"effective": effective.ecs()}
+        self.user = user
+        self.org = None if org is None else {"id": _text("organization.id", org)}
+        grant: dict[str, Any] | None = None
+        if grant_id is not None:
+            grant = {"id": _text("gateway.grant.id", grant_id)}
+        if scope is not None:
+            grant = {**(grant or {}), "scope": _text("gateway.grant.scope", scope)}
+        self.grant = grant
+        # Without a grant id, a scope's map comes after the session's, as the builder adds it.
+        self.grant_first = grant_id is not None
+        self.session = None if session is None else {"ref": session}
+        self.source = None if client_ip is None else {"ip": _text("source.ip", client_ip)}
+        self.ua = None
+        if user_agent is not None:
+            self.ua = {"original": _text("user_agent.original", user_agent)}
+        self.route = None if route is None else _text("gateway.route", route)
+        _decision(decision, reason, rule)
+        self.size = _text_size(key)
+        self.redacted: _IdentityRedacted | None = None
+
+    def redacted_by(self, redactor: Redactor) -> _IdentityRedacted:
+        redacted = self.redacted
+        if redacted is None or redacted.redactor is not redactor:
+            # Keyed by the redactor object: never redacted with another's key or lists.
+            redacted = self.redacted = _IdentityRedacted(self, redactor)
+        return redacted
+
+
+class _IdentityRedacted:
+    """An identity's parts as one redactor stores them: redacted, listed and packed.
+
+    `*_notes` hold the redactions of a part; the packed parts are (number of map entries,
+    their msgpack bytes), so that a record is spliced from them (see `_Redacted.encode`).
+    """
+
+    __slots__ = (
+        "_decisions",
+        "after_gateway",
+        "before_gateway",
+        "gateway_first",
+        "gateway_late",
+        "identity",
+        "redactor",
+        "ua_notes",
+        "user_notes",
+    )
+
+    def __init__(self, identity: _Identity, redactor: Redactor) -> None:
+        self.identity = identity
+        self.redactor = redactor
+        ua, self.ua_notes = _scan_map(redactor, identity.ua, "user_agent", ("original",))
+        user, self.user_notes = _scan_map(redactor, identity.user, "user", ("email", "full_name"))
+        if user is not None and isinstance(user.get("effective"), dict):
+            effective, more = _scan_map(
+                redactor, user["effective"], "user.effective", ("email", "full_name")
+            )
+            if more:
+                user = {**user, "effective": effective}
+                self.user_notes = [*self.user_notes, *more]
+        first = identity.grant if identity.grant_first else None
+        late = None if identity.grant_first else identity.grant
+        self.before_gateway = _entries(("user", user), ("organization", identity.org))
+        self.gateway_first = _entries(("grant", first), ("session", identity.session))
+        self.after_gateway = _entries(("source", identity.source), ("user_agent", ua))
+        self.gateway_late = _entries(("grant", late), ("route", identity.route))
+        # reason -> the packed decision entry and its redactions: the attempt's, and a few
+        # denials' (the reasons a denial gives are the gateway's own few sentences).
+        self._decisions: dict[str | None, tuple[tuple[int, bytes], list[Note]]] = {}
+
+    def decision(self, reason: str | None) -> tuple[tuple[int, bytes], list[Note]]:
+        found = self._decisions.get(reason)
+        if found is None:
+            key = self.identity.key
+            decision, notes = _scan_map(
+                self.redactor,
+                _decision(key[9], reason, key[11]),
+                "gateway.decision",
+                ("reason", "rule"),
+            )
+            found = _entries(("decision", decision)), notes
+            if len(self._decisions) < 8 and (reason is None or len(reason) <= 512):
+                self._decisions[reason] = found
+        return found
+
+
+class ExchangeRecord(Mapping[str, Any]):
+    """One record of an `HttpExchange`; as a mapping, exactly what `http_record` builds.
+
+    Made only by `HttpExchange.attempt` / `outcome`, which run the builder's checks on
+    the record's own arguments (headers: when encoded), so that `encode` and `record`
+    raise RecordError where the builder would, before the writer chains anything.
+    """
+
+    __slots__ = ("_body", "_exchange", "_own", "_parts", "at", "phase")
+
+    def __init__(self, exchange: HttpExchange, phase: str, at: float, own: dict[str, Any]) -> None:
+        self._exchange = exchange
+        self.phase = phase
+        self.at = at
+        self._own = own
+        self._body: HttpRecord | None = None
+        self._parts = _OwnParts(own) if own else None
+
+    def arguments(self) -> dict[str, Any]:
+        """The `http_record` keyword arguments (besides the phase) this record stands for."""
+        return {**self._exchange, **self._own, "at": self.at}
+
+    def record(self) -> HttpRecord:
+        """The record as `http_record` builds it."""
+        if self._body is None:
+            self._body = http_record(self.phase, **self.arguments())
+        return self._body
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record())
+
+    def __len__(self) -> int:
+        return len(self.record())
+
+    def encode(self, redactor: Redactor) -> bytes:
+        """The stored bytes: `redactor.scrub_encoded(self.record(), encode_body)`."""
+        exchange = self._exchange
+        if exchange["grant_id"] is None and exchange["session_id"] is None:
+            # Then the builder moves `gateway` in the body: its own path lays it out.
+            return redactor.scrub_encoded(self.record(), encode_body)
+        return exchange._redacted_by(redactor).encode(self)
+
+
+class _OwnParts:
+    """An outcome's own arguments, checked as the builder checks them and laid out."""
+
+    __slots__ = ("request_body", "request_headers", "response_body", "response_headers", "timings")
+
+    def __init__(self, own: dict[str, Any]) -> None:
+        status = own["status"]
+        if status is not None and (
+            isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599
+        ):
+            raise RecordError(f"http.response.status_code: expected 100-599, got {status!r}")
+        if own["request_bytes"] is not None:
+            _count("http.request.bytes", own["request_bytes"])
+        if own["response_bytes"] is not None:
+            _count("http.response.bytes", own["response_bytes"])
+        # Headers are checked as they are redacted, pair by pair (see `_stored_headers`).
+        self.request_headers: tuple[Any, ...] | None = own["request_headers"]
+        self.response_headers: tuple[Any, ...] | None = own["response_headers"]
+        # BodyCapture.ecs() makes fresh maps: redaction may change them in place.
+        body = own["request_body"]
+        self.request_body: dict[str, Any] | None = None if body is None else body.ecs()
+        body = own["response_body"]
+        self.response_body: dict[str, Any] | None = None if body is None else body.ecs()
+        self.timings = None if own["timings"] is None else _timings(own["timings"])
+        if own["error"] is not None:
+            _text("error.code", own["error"])
+        if own.get("reason") is not None:
+            _text("gateway.decision.reason", own["reason"])
+
+
+def _stored_headers(
+    redactor: Redactor, pairs: tuple[Any, ...], where: str, listed: list[Note]
+) -> bytes:
+    """Headers as the builder stores and the redactor redacts them, packed.
+
+    RecordError for a pair the builder refuses, as `http_record` raises it.
+    """
+
+    def check(name: Any, value: Any) -> None:
+        if not (
+            type(name) is str
+            and type(value) is str
+            and len(name) <= MAX_TEXT
+            and len(value) <= MAX_TEXT
+        ):
+            _text(where, name), _text(where, value)  # raises the RecordError
+
+    key = pairs
+    try:
+        hash(key)
+    except TypeError:  # [name, value] lists, or a name or value the builder refuses
+        key = tuple([(name, value) for name, value in pairs])
+        for name, value in key:
+            check(name, value)
+    packed, redactions = redactor.header_list(key, check)
+    for suffix, kind in redactions:
+        listed.append({"field": where + suffix, "kind": kind})
+    return packed
+
+
+def _decision(decision: str | None, reason: str | None, rule: str | None) -> dict[str, str] | None:
+    if decision is None and reason is None and rule is None:
+        return None
+    return {
+        k: _text(f"gateway.decision.{k}", v)
+        for k, v in (("result", decision), ("reason", reason), ("rule", rule))
+        if v is not None
+    }
+
+
+class _Redacted:
+    """An exchange's parts as one redactor stores them: redacted, listed and packed.
+
+    A record's stored bytes are spliced from packed parts: msgpack packs a value the same
+    wherever it stands, so a map is its entry count's header followed by its packed keys
+    and values, in order. The parts are laid out in the order the builder inserts them,
+    and the redactions listed in the order the redactor lists them (its own parts first:
+    headers and captured bodies, then the query; then the untrusted text field by field,
+    as `audit.record.UNTRUSTED_TEXT` orders it).
+    """
+
+    __slots__ = (
+        "event_head",
+        "exchange",
+        "identity",
+        "method_notes",
+        "query_notes",
+        "redactor",
+        "request_head",
+        "start",
+        "url",
+        "url_notes",
+    )
+
+    def __init__(self, exchange: HttpExchange, redactor: Redactor) -> None:
+        self.exchange = exchange
+        self.redactor = redactor
+        self.identity = exchange._identity.redacted_by(redactor)
+        self.method_notes: list[Note] = []
+        method = exchange["method"]
+        if _token_like(method):
+            method = redactor._tokens(method, "http.request.method", _noter(self.method_notes))
+        url = exchange._url
+        self.query_notes: list[Note] = []
+        if "query" in url:
+            url = dict(url)
+            url["query"] = redactor._query(url["query"], "url.query", _noter(self.query_notes))
+        self.url_notes: list[Note] = []
+        for name in ("domain", "path", "query"):
+            text = url.get(name)
+            if isinstance(text, str) and _token_like(text):
+                url = url if url is not exchange._url else dict(url)
+                url[name] = redactor._tokens(text, f"url.{name}", _noter(self.url_notes))
+        request_id = exchange["request_id"]
+        self.url = _entries_bytes("url", url)
+        self.request_head = _entries_bytes("id", request_id, "method", method)
+        self.event_head = _entries_bytes("id", request_id) + _EVENT_KIND
+        start = exchange._start
+        self.start = b"" if start is None else _entries_bytes("start", start)
+
+    def encode(self, record: ExchangeRecord) -> bytes:
+        """The stored bytes of `record`: `scrub_encoded(http_record(...))`, spliced."""
+        try:
+            data = self._splice(record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # As encode_body says it (text a record cannot hold, e.g. a lone surrogate).
+            raise RecordError(f"record body is not storable as msgpack: {exc}") from exc
+        after_packing(len(data))
+        if len(data) > MAX_BODY_BYTES:
+            raise RecordError(f"record body is {len(data)} bytes, at most {MAX_BODY_BYTES}")
+        return data
+
+    def _splice(self, record: ExchangeRecord) -> bytes:
+        pack = body_packer().pack  # this thread's packer: left empty after every call
+        exchange = self.exchange
+        shared = self.identity
+        redactor = self.redactor
+        own = record._own
+        parts = record._parts
+        at = record.at
+        stamp = pack(timestamp(at))
+        error = own.get("error")
+        status = own.get("status")
+        if record.phase == "attempt":
+            kind = _ATTEMPT_KIND
+            event = [map_header(4 + bool(self.start)), self.event_head, _ATTEMPT_ACTION]
+            event.append(self.start)
+        else:
+            kind = _DENIAL_KIND if error is not None else _OUTCOME_KIND
+            failed = error is not None or (status is not None and status >= 400)
+            started_at = exchange["started_at"]
+            event = [
+                map_header(6 + bool(self.start) + (started_at is not None)),
+                self.event_head,
+                _OUTCOME_ACTION,
+                self.start,
+                _END,
+                stamp,
+                _FAILURE if failed else _SUCCESS,
+            ]
+            if started_at is not None:
+                event.append(_DURATION + pack(max(0, round((at - started_at) * 1e9))))
+        listed: list[Note] = []
+        tail: list[Note] = []  # captured bodies' untrusted text: listed last
+        request = [self.request_head]  # id and method
+        response: list[bytes] = []
+        if parts is not None:
+            if own["request_bytes"] is not None:
+                request.append(_BYTES + pack(own["request_bytes"]))
+            if parts.request_headers is not None:
+                where = "http.request.headers"
+                request.append(
+                    _HEADERS + _stored_headers(redactor, parts.request_headers, where, listed)
+                )
+            if parts.request_body is not None:
+                captured = _capture(redactor, parts.request_body, "http.request.body", listed, tail)
+                request.append(_BODY + pack(captured))
+            if own["status"] is not None:
+                response.append(_STATUS + pack(own["status"]))
+            if own["response_bytes"] is not None:
+                response.append(_BYTES + pack(own["response_bytes"]))
+            if parts.response_headers is not None:
+                where = "http.response.headers"
+                response.append(
+                    _HEADERS + _stored_headers(redactor, parts.response_headers, where, listed)
+                )
+            if parts.response_body is not None:
+                where = "http.response.body"
+                captured = _capture(redactor, parts.response_body, where, listed, tail)
+                response.append(_BODY + pack(captured))
+        http = [map_header(2 if response else 1), _REQUEST, map_header(len(request) + 1)]
+        http.extend(request)
+        if response:
+            http.append(_RESPONSE)
+            http.append(map_header(len(response)))
+            http.extend(response)
+        listed += self.query_notes
+        listed += self.method_notes
+        listed += self.url_notes
+        listed += shared.ua_notes
+        reason = own["reason"] if "reason" in own else exchange["reason"]
+        decision, decision_notes = shared.decision(reason)
+        failure = b""
+        if error is not None:
+            fault: dict[str, Any] = {"code": error}
+            if reason is not None:
+                fault["message"] = reason
+            fault, error_notes = _scan_map(redactor, fault, "error", ("code", "message"))
+            failure = _ERROR + pack(fault)
+            listed += error_notes
+        listed += decision_notes
+        listed += shared.user_notes
+        listed += tail
+        first, late = shared.gateway_first, shared.gateway_late
+        gateway = [b"", first[1], late[1], decision[1]]
+        count = first[0] + late[0] + decision[0]
+        if parts is not None and parts.timings is not None:
+            gateway.append(_TIMINGS + pack(parts.timings))
+            count += 1
+        if listed:
+            gateway.append(_REDACTIONS + pack(listed))
+            count += 1
+        gateway[0] = map_header(count)
+        before, after = shared.before_gateway, shared.after_gateway
+        return b"".join(
+            (
+                map_header(6 + before[0] + after[0] + bool(failure)),
+                kind,
+                _TIMESTAMP,
+                stamp,
+                _EVENT,
+                *event,
+                before[1],
+                _GATEWAY,
+                *gateway,
+                after[1],
+                _HTTP,
+                *http,
+                self.url,
+                failure,
+            )
+        )
+
+
+def _pack(value: Any) -> bytes:
+    packed: bytes = body_packer().pack(value)
+    return packed
+
+
+def _entries_bytes(*keys_and_values: Any) -> bytes:
+    """The bytes of map entries (a key, its value, ...), packed in one call.
+
+    An array of fewer than 16 items is a one-byte header and then each item's bytes as
+    they would stand anywhere: in a map, as its keys and values.
+    """
+    return _pack(keys_and_values)[1:]
+
+
+def _entries(*items: tuple[str, Any]) -> tuple[int, bytes]:
+    """The map entries (key, value) whose value is not None: their number and bytes."""
+    present = [(key, value) for key, value in items if value is not None]
+    return len(present), b"".join(_pack(key) + _pack(value) for key, value in present)
+
+
+_FIXMAPS = tuple(bytes((0x80 | n,)) for n in range(16))
+_ATTEMPT_KIND = _pack("record") + _pack(str(RecordKind.HTTP_ATTEMPT))
+_OUTCOME_KIND = _pack("record") + _pack(str(RecordKind.HTTP_OUTCOME))
+_DENIAL_KIND = _pack("record") + _pack(str(RecordKind.DENIAL))
+_TIMESTAMP = _pack("@timestamp")
+_EVENT = _pack("event")
+_EVENT_KIND = _pack("kind") + _pack("event") + _pack("category") + _pack(["web"])
+_ATTEMPT_ACTION = _pack("action") + _pack("http-attempt")
+_OUTCOME_ACTION = _pack("action") + _pack("http-outcome")
+_END = _pack("end")
+_SUCCESS = _pack("outcome") + _pack("success")
+_FAILURE = _pack("outcome") + _pack("failure")
+_DURATION = _pack("duration")
+_GATEWAY = _pack("gateway")
+_HTTP = _pack("http")
+_REQUEST = _pack("request")
+_RESPONSE = _pack("response")
+_BYTES = _pack("bytes")
+_HEADERS = _pack("headers")
+_BODY = _pack("body")
+_STATUS = _pack("status_code")
+_TIMINGS = _pack("timings")
+_REDACTIONS = _pack("redactions")
+_ERROR = _pack("error")
+
+
+def _noter(listed: list[Note]) -> Report:
+    def note(field: str, kind: str) -> None:
+        listed.append({"field": field, "kind": kind})
+
+    return note
+
+
+def _scan_map(
+    redactor: Redactor, value: dict[str, Any] | None, where: str, names: tuple[str, ...]
+) -> tuple[Any, list[Note]]:
+    """`value` with tokens in its `names` fields redacted (a copy if any is), and the notes."""
+    notes: list[Note] = []
+    if value is None:
+        return None, notes
+    out = value
+    for name in names:
+        text = out.get(name)
+        if isinstance(text, str) and _token_like(text):
+            if out is value:
+                out = dict(value)
+            out[name] = redactor._tokens(text, f"{where}.{name}", _noter(notes))
+    return out, notes
+
+
+def _capture(
+    redactor: Redactor, body: dict[str, Any], where: str, listed: list[Note], tail: list[Note]
+) -> dict[str, Any]:
+    """A captured body redacted as the redactor does: structure first, then its text."""
+    body = dict(body)
+    redactor._body(body, f"{where}.content", _noter(listed))
+    for name in ("mime_type", "content"):
+        text = body.get(name)
+        if isinstance(text, str) and _token_like(text):
+            body[name] = redactor._tokens(text, f"{where}.{name}", _noter(tail))
+    return body

@@ -1,0 +1,49 @@
+"""The audit stages' own parts: timings as records hold them, the persons they remember."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.identity import Principal, PrincipalKind
+from gateway.stages import audit_fields
+from gateway.stages.audit_out import millis
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    seconds=st.floats(min_value=0.0, max_value=1e7)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=0, max_value=10**9).map(lambda n: n / 2e6)  # exact halves
+)
+def test_millis_is_round_to_three_places_bit_for_bit(seconds: float) -> None:
+    expected = round(seconds * 1000, 3)
+    assert struct.pack(">d", millis(seconds)) == struct.pack(">d", expected)
+
+
+def test_millis_on_halves_signs_and_the_unbounded() -> None:
+    for seconds in [0.0, -0.0, 0.0000005, 0.0000015, 0.0000025, -0.0000001, 1e12, 2.5e-7]:
+        assert struct.pack(">d", millis(seconds)) == struct.pack(">d", round(seconds * 1000, 3))
+    assert math.isinf(millis(math.inf))
+    assert math.isnan(millis(math.nan))
+    assert millis(0.0052) == 5.2
+
+
+def test_remembered_persons_are_bounded_and_keyed_by_every_field() -> None:
+    sam = Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Sam")
+    assert audit_fields.person(sam) is audit_fields.person(sam)
+    renamed = Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Samuel")
+    assert audit_fields.person(renamed).name == "Samuel"
+    admin = Principal(PrincipalKind.MEMBER, "sam", "sam@acme.example", "Sam", "acme", "admin")
+    assert audit_fields.person(admin).role == "admin"
+    assert audit_fields.person(admin).kind == "member"
+    for n in range(audit_fields.PERSON_MEMO * 2):
+        audit_fields.person(Principal(PrincipalKind.STAFF, f"s{n}", "", ""))
+        audit_fields.member(f"m{n}", "acme")
+        assert len(audit_fields._PERSONS) <= audit_fields.PERSON_MEMO
+        assert len(audit_fields._MEMBERS) <= audit_fields.PERSON_MEMO
+    assert audit_fields.member("bob", "acme").org == "acme"
+    assert audit_fields.member("bob", "other").org == "other"
