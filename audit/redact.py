@@ -398,16 +398,17 @@ class Redactor:
             try:
                 doc = json.loads(content)
             except ValueError:
-                body["content"] = self._json_text(content, where, note)
+                pass  # truncated or mislabelled: redacted as text below
+            else:
+                body["content"] = json.dumps(
+                    self._walk(doc, "", where, note), ensure_ascii=False, separators=(",", ":")
+                )
                 return
-            body["content"] = json.dumps(
-                self._walk(doc, "", where, note), ensure_ascii=False, separators=(",", ":")
-            )
-        elif mime == "application/x-www-form-urlencoded":
-            body["content"] = self._query(content, where, note)
-        else:
-            # Unknown text: JSON-looking pairs are still redacted, tokens by the walk.
-            body["content"] = self._json_text(content, where, note)
+        # SECURITY: the sender chooses the label, and an application may read a body by
+        # its own rules: any other text has both its JSON-looking pairs and its form
+        # pairs redacted (tokens by the walk), whatever its Content-Type says.
+        content = self._json_text(content, where, note)
+        body["content"] = self._query(content, where, note) if "=" in content else content
 
     def _json_text(self, text: str, where: str, note: Report) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -475,6 +476,17 @@ PAIR_MEMO = 512  # headers remembered by `Redactor.header_pair`
 PAIR_MEMO_TEXT = 1024  # the longest name + value it remembers
 LIST_MEMO = 256  # header lists remembered by `Redactor.header_list`
 LIST_MEMO_TEXT = 4096  # the most text (names and values) a remembered list has
+
+
+def _is_json_document(mime: str, content: str) -> bool:
+    """Whether a stored body is JSON the redactor walked (labelled JSON, and it parses)."""
+    if not (mime == "application/json" or mime.endswith("+json")):
+        return False
+    try:
+        json.loads(content)
+    except ValueError:
+        return False
+    return True
 
 
 def _listing(body: dict[str, Any], listed: list[dict[str, str]]) -> dict[str, Any]:
@@ -557,8 +569,8 @@ def find_plaintext_secrets(body: Any, denylist: Denylist | None = None) -> list[
                 where = f"http.{side}.body.content"
                 json_pairs(content, where)
                 mime = str(part["body"].get("mime_type", "")).split(";")[0].strip().lower()
-                if mime == "application/x-www-form-urlencoded":
-                    query(content, where)
+                if not _is_json_document(mime, content):
+                    query(content, where)  # form pairs, whatever the label says
     url = body.get("url")
     if isinstance(url, dict) and isinstance(url.get("query"), str):
         query(url["query"], "url.query")

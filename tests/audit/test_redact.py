@@ -348,3 +348,49 @@ def test_the_writers_path_equals_the_walk_on_hostile_bodies(doc: Any, text: str)
     fast, full = _both(redactor, record)
     assert fast == full
     assert find_plaintext_secrets(fast) == []
+
+
+def _body_record(content: str, content_type: str) -> dict[str, Any]:
+    return http_record(
+        "outcome",
+        at=1.8e9,
+        request_id="r-label",
+        method="POST",
+        host="acme.example",
+        path="/save",
+        request_body=BodyCapture(content.encode(), content_type, len(content)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        ('{"user":"bob","password":"hunter2-pw"}', "application/x-www-form-urlencoded"),
+        ('{"user":"bob","password":"hunter2-pw"}', "text/plain"),
+        ("user=bob&password=hunter2-pw", "text/plain"),
+        ("user=bob&password=hunter2-pw", "application/json"),
+        ("user=bob&password=hunter2-pw", "application/octet-stream; charset=utf-8"),
+        ("user=bob&password=hunter2-pw", ""),
+    ],
+)
+def test_a_body_is_redacted_whatever_its_label_says(content: str, content_type: str) -> None:
+    redactor = Redactor(b"r" * 32, "r1")
+    clean = redactor.scrub(_body_record(content, content_type))
+    assert b"hunter2-pw" not in encode_body(clean)
+    assert find_plaintext_secrets(clean, redactor.denylist) == []
+    assert [r["field"] for r in clean["gateway"]["redactions"]] == [
+        "http.request.body.content:password"
+    ]
+
+
+def test_the_detector_finds_form_pairs_in_a_mislabelled_body() -> None:
+    leaked = _body_record("user=bob&password=hunter2-pw", "text/plain")
+    assert find_plaintext_secrets(leaked) == ["http.request.body.content:password"]
+
+
+def test_form_like_text_inside_a_json_document_stays_valid_json() -> None:
+    redactor = Redactor(b"r" * 32, "r1")
+    doc = {"search": "a&token=abc", "page": 2}
+    clean = redactor.scrub(_body_record(json.dumps(doc), "application/json"))
+    assert json.loads(clean["http"]["request"]["body"]["content"]) == doc
+    assert find_plaintext_secrets(clean, redactor.denylist) == []
