@@ -99,3 +99,7 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    try:
+        await service.watcher.flush_usage()  # the last second's request counts
+    except Exception:
+        log.exception("request counts of the last second not saved at shutdown")

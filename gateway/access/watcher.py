@@ -131,13 +131,22 @@ class GrantWatcher:
                 self.in_flight.abort_grant(grant_id, result.error or "grant_ended")
 
     async def flush_usage(self) -> None:
+        """Add the requests counted since the last flush to their grants' records.
+
+        All or nothing (MULTI/EXEC): when Redis refuses, the counts are kept for the next
+        flush instead of being lost. The app flushes once more when it stops.
+        """
         if not self._usage:
             return
         usage, self._usage = self._usage, Counter()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for grant_id, count in usage.items():
-                pipe.hincrby(keys.access_request(grant_id), "requests", count)
-            await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for grant_id, count in usage.items():
+                    pipe.hincrby(keys.access_request(grant_id), "requests", count)
+                await pipe.execute()
+        except BaseException:
+            self._usage.update(usage)
+            raise
 
     async def listen_once(self) -> None:
         """Subscribe and handle events until the subscription fails (then raise)."""

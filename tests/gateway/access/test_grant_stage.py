@@ -8,6 +8,7 @@ it, revocation ends in-flight responses and websockets at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,14 @@ class Running:
 async def running(
     tmp_path: Path, directory: aioredis.Redis, redis_url: str, clock: ManualClock
 ) -> AsyncIterator[Running]:
+    async with started(tmp_path, redis_url, clock) as (running, _):
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def started(
+    tmp_path: Path, redis_url: str, clock: ManualClock
+) -> AsyncIterator[tuple[Running, GatewayTestServer]]:
     upstream = Upstream()
     upstream_server = TestServer(upstream.app(), host="127.0.0.1")
     await upstream_server.start_server()
@@ -88,7 +97,10 @@ async def running(
     assert service.watcher.healthy
     session = aiohttp.ClientSession()
     try:
-        yield Running(f"http://127.0.0.1:{server.port}", upstream, service.watcher, session, stages)
+        running = Running(
+            f"http://127.0.0.1:{server.port}", upstream, service.watcher, session, stages
+        )
+        yield running, server
     finally:
         await session.close()
         await server.close()
@@ -275,3 +287,18 @@ async def test_requests_under_a_grant_are_counted_for_the_summary(
         assert (await running.get())[0] == 200
     await running.watcher.flush_usage()
     assert await directory.hget(keys.access_request(rid), "requests") == b"3"
+
+
+async def test_the_last_request_counts_are_saved_when_the_gateway_stops(
+    tmp_path: Path,
+    store: AccessStore,
+    directory: aioredis.Redis,
+    redis_url: str,
+    clock: ManualClock,
+) -> None:
+    rid = await approved(store)
+    async with started(tmp_path, redis_url, clock) as (running, server):
+        for _ in range(2):
+            assert (await running.get())[0] == 200
+        await server.close()  # most likely within the flush period: the stop saves them
+    assert await directory.hget(keys.access_request(rid), "requests") == b"2"

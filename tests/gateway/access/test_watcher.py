@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
+from gateway import keys
 from gateway.access import AccessStore
 from gateway.access.store import GrantFacts, GrantReader
 from gateway.access.watcher import GrantWatcher
@@ -129,3 +132,34 @@ async def test_an_event_drops_the_parsed_grant(
     finally:
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
+
+
+async def test_request_counts_survive_a_flush_redis_refuses(
+    store: AccessStore, directory: aioredis.Redis, clock: ManualClock, tmp_path: Path
+) -> None:
+    request = await store.file(
+        SAM,
+        org=ORG,
+        member="bob",
+        justification="TICKET-2 counting the requests made",
+        duration_s=3600,
+        scope="write",
+    )
+    await store.approve(request.id, ALICE)
+    watcher = GrantWatcher(directory, clock, InFlightFlows())
+    for _ in range(3):
+        assert (await watcher.check(SAM.key, ORG)).grant is not None
+    # A Redis that is not there (nothing listens on this socket): the flush fails.
+    unreachable = aioredis.Redis(unix_socket_path=str(tmp_path / "none.sock"))
+    try:
+        watcher.redis = unreachable
+        with pytest.raises(aioredis.ConnectionError):
+            await watcher.flush_usage()
+    finally:
+        await unreachable.aclose()
+    watcher.redis = directory
+    assert (await watcher.check(SAM.key, ORG)).grant is not None
+    await watcher.flush_usage()
+    assert await directory.hget(keys.access_request(request.id), "requests") == b"4"
+    await watcher.flush_usage()  # nothing counted since: nothing added twice
+    assert await directory.hget(keys.access_request(request.id), "requests") == b"4"
