@@ -133,8 +133,10 @@ class GrantWatcher:
     async def flush_usage(self) -> None:
         """Add the requests counted since the last flush to their grants' records.
 
-        All or nothing (MULTI/EXEC): when Redis refuses, the counts are kept for the next
-        flush instead of being lost. The app flushes once more when it stops.
+        One MULTI/EXEC: when it does not run (Redis unreachable), the counts are kept for
+        the next flush instead of being lost. Once it ran, every count Redis took is in:
+        one it refused (a damaged record) is logged and dropped, never tried again with
+        the others, which would add theirs twice. The app flushes once more when it stops.
         """
         if not self._usage:
             return
@@ -143,10 +145,13 @@ class GrantWatcher:
             async with self.redis.pipeline(transaction=True) as pipe:
                 for grant_id, count in usage.items():
                     pipe.hincrby(keys.access_request(grant_id), "requests", count)
-                await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
         except BaseException:
             self._usage.update(usage)
             raise
+        for (grant_id, count), result in zip(usage.items(), results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("%d request(s) of grant %s not counted: %s", count, grant_id, result)
 
     async def listen_once(self) -> None:
         """Subscribe and handle events until the subscription fails (then raise)."""

@@ -179,8 +179,10 @@ def apply_edits(headers: list[tuple[str, str]], edits: HeaderEdits) -> list[tupl
     """A route's header edits: `remove` names dropped, `set` names replaced."""
     if not edits.set and not edits.remove:
         return headers
-    replaced = {name.lower() for name, _ in edits.set} | set(edits.remove)
-    out = [(n, v) for n, v in headers if n.lower() not in replaced]
+    replaced = {canonical(name) for name, _ in edits.set} | {canonical(n) for n in edits.remove}
+    # SECURITY: matched as canonical names: an upstream that reads `X_Tenant` as `X-Tenant`
+    # must not get a client's copy beside (or instead of) what the route set or removed.
+    out = [(n, v) for n, v in headers if name_facts(n)[0] not in replaced]
     out.extend(edits.set)
     return out
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 # Lua, shared by the scripts that read a session: the epoch of the principal a record
-# names (ARGV[1] is the epoch key prefix), or false when the name is no principal key.
+# names (ARGV[1] is the epoch key prefix), or '' when the name is no principal key.
 # The principal comes from a record the gateway wrote; the shape check keeps a damaged
 # one from naming anything but an epoch key.
 EPOCH_OF_LUA = """
 local function epoch_of(principal)
   if type(principal) ~= 'string' or #principal > 160
       or not string.match(principal, '^[A-Za-z0-9:._%-]+$') then
-    return false
+    -- SECURITY: '' is a damaged counter (dead session); false would reach the gateway
+    -- as nil, which reads as an absent counter, i.e. epoch 0.
+    return ''
   end
   return redis.call('GET', ARGV[1] .. principal) or '0'
 end

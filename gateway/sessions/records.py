@@ -33,7 +33,7 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 TOUCH_EVERY_S = 15.0
 
 # KEYS[1]: the console session. ARGV[1]: the epoch key prefix.
-# {record, its principal's epoch (nil when it names none)}, or {} when there is none:
+# {record, its principal's epoch ('' when it names none)}, or {} when there is none:
 # one round trip, read at one instant.
 _READ = (
     EPOCH_OF_LUA

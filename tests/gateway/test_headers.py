@@ -137,6 +137,16 @@ def test_route_edits_apply_after_spoofing_rules() -> None:
     assert out == [("A", "b"), ("X-Tenant", "acme")]
 
 
+def test_route_edits_also_catch_a_name_spelt_with_underscores() -> None:
+    # Many upstream stacks (CGI, WSGI, PHP) read `X_Tenant` as `X-Tenant`: a client must not
+    # slip a second tenant, or a removed header, past the route's edits that way.
+    edits = HeaderEdits(set=(("X-Tenant", "acme"),), remove=frozenset({"x-debug"}))
+    out = upstream_request_headers(
+        [("X_Tenant", "evil"), (" x-tenant", "evil2"), ("X_DEBUG", "1"), ("A_B", "c")], edits
+    )
+    assert out == [("A_B", "c"), ("X-Tenant", "acme")]
+
+
 def test_forwarded_headers_from_an_untrusted_peer_ignore_client_values() -> None:
     out = forwarded_headers(
         peer="203.0.113.9",

@@ -14,7 +14,7 @@ from gateway.access.store import GrantFacts, GrantReader
 from gateway.access.watcher import GrantWatcher
 from gateway.clock import ManualClock
 from gateway.flow import InFlightFlows
-from tests.gateway.access.conftest import ALICE, ORG, SAM
+from tests.gateway.access.conftest import ALICE, ORG, SAM, SUE
 
 
 class HeldReader(GrantReader):
@@ -163,3 +163,29 @@ async def test_request_counts_survive_a_flush_redis_refuses(
     assert await directory.hget(keys.access_request(request.id), "requests") == b"4"
     await watcher.flush_usage()  # nothing counted since: nothing added twice
     assert await directory.hget(keys.access_request(request.id), "requests") == b"4"
+
+
+async def test_a_count_redis_refuses_is_not_added_twice_to_the_others(
+    store: AccessStore, directory: aioredis.Redis, clock: ManualClock
+) -> None:
+    granted: dict[str, str] = {}
+    for requester in (SAM, SUE):
+        request = await store.file(
+            requester,
+            org=ORG,
+            member="bob",
+            justification="TICKET-3 counting the requests made",
+            duration_s=3600,
+            scope="read",
+        )
+        await store.approve(request.id, ALICE)
+        granted[requester.key] = request.id
+    # One damaged count: Redis refuses its HINCRBY inside the EXEC that applies the other.
+    await directory.hset(keys.access_request(granted[SUE.key]), "requests", "many")
+    watcher = GrantWatcher(directory, clock, InFlightFlows())
+    for requester in (SAM, SAM, SUE):
+        assert (await watcher.check(requester.key, ORG)).grant is not None
+    await watcher.flush_usage()
+    await watcher.flush_usage()  # nothing counted since: nothing is added again
+    assert await directory.hget(keys.access_request(granted[SAM.key]), "requests") == b"2"
+    assert await directory.hget(keys.access_request(granted[SUE.key]), "requests") == b"many"

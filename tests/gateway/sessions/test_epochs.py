@@ -231,6 +231,17 @@ async def test_anonymous_sessions_need_no_epoch(redis: aioredis.Redis, clock: Ma
     }
 
 
+@pytest.mark.parametrize("principal", ["staff:sam smith", "staff:" + "s" * 160, "staff:sam\n"])
+async def test_a_record_naming_no_principal_key_has_no_epoch_to_match(
+    redis: aioredis.Redis, clock: ManualClock, principal: str
+) -> None:
+    # Epoch 0 is what an absent counter reads as: a name that is no principal key must not
+    # read as that absent counter (it names no counter at all) and pass as current.
+    await redis.set(keys.console_session("sid"), json.dumps(login_record(clock, 0, principal)))
+    assert await live_record(redis, "sid", clock, LIMITS) is None
+    assert not await redis.exists(keys.console_session("sid"))
+
+
 async def test_create_login_record_refuses_records_without_principal_or_epoch(
     redis: aioredis.Redis, clock: ManualClock
 ) -> None:
