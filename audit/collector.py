@@ -274,12 +274,13 @@ class Collector:
         ids: list[str] = []
         frames: list[bytes] = []
         stored: set[tuple[str, int]] = set()  # this batch's frames, not yet durable
+        lost: list[str] = []
         for entry_id, fields in entries:
             ids.append(_entry_id(entry_id))
             if not fields:
                 # XADD refuses an entry without fields: this one was deleted from the stream
                 # while pending. Acknowledged, or it would stay pending and pin the MINID.
-                self._lose(_entry_id(entry_id))
+                lost.append(_entry_id(entry_id))
                 continue
             data = fields.get(FRAME_FIELD)
             # SECURITY: a record a segment cannot hold (empty or oversized) would end every
@@ -317,6 +318,9 @@ class Collector:
             await asyncio.Event().wait()  # killed here by the crash test
         if ids:
             self.acked += await self._redis.xack(self._key, GROUP, *ids)
+        # Counted once acknowledged: a batch that failed comes back, its lost entries too.
+        for entry_id in lost:
+            self._lose(entry_id)
 
     def _lose(self, entry_id: str) -> None:
         self.lost += 1

@@ -30,12 +30,14 @@ from typing import Any
 from audit.errors import RecordError
 from audit.frame import MAX_BODY_BYTES, after_packing, body_packer, encode_body, map_header
 from audit.record import (
-    MAX_TEXT,
     BodyCapture,
     HttpRecord,
     Person,
     RecordKind,
     _count,
+    _decision,
+    _header,
+    _status,
     _text,
     _timings,
     http_record,
@@ -201,27 +203,26 @@ IDENTITY_MEMO_TEXT = 2048  # the most text an identity may hold to be remembered
 # (actor, effective, org, grant, scope, route, session ref, client, agent, decision,
 # reason, rule) -> those facts checked and laid out. What is kept depends on nothing but the key
 # (redacted copies are kept per redactor object, inside): every request of a login gives
-# the same key, a hostile client at most IDENTITY_MEMO distinct small ones at a time.
+# the same key, a hostile client at most IDENTITY_MEMO distinct small ones at a time. A key
+# with token-like text (what the redactor redacts) is never kept: no secret outlives its
+# request here.
 _IDENTITIES: dict[IdentityKey, _Identity] = {}
 
 
 def _remember(key: IdentityKey, identity: _Identity) -> None:
-    if identity.size > IDENTITY_MEMO_TEXT:
+    texts: list[str] = []
+    for item in key:
+        if isinstance(item, Person):
+            people = (item.id, item.kind, item.email, item.name, item.org, item.role)
+            texts.extend(text for text in people if isinstance(text, str))
+        elif isinstance(item, str):
+            texts.append(item)
+    if sum(map(len, texts)) > IDENTITY_MEMO_TEXT or any(map(_token_like, texts)):
+        # SECURITY: text the redactor would redact is a secret the key would keep.
         return
     if len(_IDENTITIES) >= IDENTITY_MEMO:
         _IDENTITIES.clear()
     _IDENTITIES[key] = identity
-
-
-def _text_size(key: IdentityKey) -> int:
-    size = 0
-    for item in key:
-        if isinstance(item, str):
-            size += len(item)
-        elif isinstance(item, Person):
-            for text in (item.id, item.kind, item.email, item.name, item.org, item.role):
-                size += len(text) if isinstance(text, str) else 0
-    return size
 
 
 class _Identity:
@@ -239,7 +240,6 @@ class _Identity:
         "redacted",
         "route",
         "session",
-        "size",
         "source",
         "ua",
         "user",
@@ -276,7 +276,6 @@ class _Identity:
             self.ua = {"original": _text("user_agent.original", user_agent)}
         self.route = None if route is None else _text("gateway.route", route)
         _decision(decision, reason, rule)
-        self.size = _text_size(key)
         self.redacted: _IdentityRedacted | None = None
 
     def redacted_by(self, redactor: Redactor) -> _IdentityRedacted:
@@ -339,7 +338,8 @@ class _IdentityRedacted:
                 ("reason", "rule"),
             )
             found = _entries(("decision", decision)), notes
-            if len(self._decisions) < 8 and (reason is None or len(reason) <= 512):
+            # SECURITY: a reason with a redaction held a secret, which the key would keep.
+            if not notes and len(self._decisions) < 8 and (reason is None or len(reason) <= 512):
                 self._decisions[reason] = found
         return found
 
@@ -396,11 +396,8 @@ class _OwnParts:
     __slots__ = ("request_body", "request_headers", "response_body", "response_headers", "timings")
 
     def __init__(self, own: dict[str, Any]) -> None:
-        status = own["status"]
-        if status is not None and (
-            isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599
-        ):
-            raise RecordError(f"http.response.status_code: expected 100-599, got {status!r}")
+        if own["status"] is not None:
+            _status(own["status"])
         if own["request_bytes"] is not None:
             _count("http.request.bytes", own["request_bytes"])
         if own["response_bytes"] is not None:
@@ -428,36 +425,13 @@ def _stored_headers(
     RecordError for a pair the builder refuses, as `http_record` raises it.
     """
 
-    def check(name: Any, value: Any) -> None:
-        if not (
-            type(name) is str
-            and type(value) is str
-            and len(name) <= MAX_TEXT
-            and len(value) <= MAX_TEXT
-        ):
-            _text(where, name), _text(where, value)  # raises the RecordError
+    def check(name: object, value: object) -> None:
+        _header(where, name, value)
 
-    key = pairs
-    try:
-        hash(key)
-    except TypeError:  # [name, value] lists, or a name or value the builder refuses
-        key = tuple([(name, value) for name, value in pairs])
-        for name, value in key:
-            check(name, value)
-    packed, redactions = redactor.header_list(key, check)
+    packed, redactions = redactor.header_list(pairs, check)
     for suffix, kind in redactions:
         listed.append({"field": where + suffix, "kind": kind})
     return packed
-
-
-def _decision(decision: str | None, reason: str | None, rule: str | None) -> dict[str, str] | None:
-    if decision is None and reason is None and rule is None:
-        return None
-    return {
-        k: _text(f"gateway.decision.{k}", v)
-        for k, v in (("result", decision), ("reason", reason), ("rule", rule))
-        if v is not None
-    }
 
 
 class _Redacted:

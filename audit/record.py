@@ -224,15 +224,37 @@ def _text(field: str, value: object) -> str:
 def _headers(field: str, headers: Iterable[tuple[str, str]]) -> list[list[str]]:
     out = []
     for name, value in headers:
-        if not (
-            type(name) is str
-            and type(value) is str
-            and len(name) <= MAX_TEXT
-            and len(value) <= MAX_TEXT
-        ):
-            name, value = _text(field, name), _text(field, value)  # raises the RecordError
+        _header(field, name, value)
         out.append([name, value])
     return out
+
+
+def _header(field: str, name: object, value: object) -> None:
+    """RecordError unless a header's name and value are strings a record can hold."""
+    if not (
+        type(name) is str
+        and type(value) is str
+        and len(name) <= MAX_TEXT
+        and len(value) <= MAX_TEXT
+    ):
+        _text(field, name), _text(field, value)  # raises the RecordError
+
+
+def _decision(decision: str | None, reason: str | None, rule: str | None) -> dict[str, str] | None:
+    """`gateway.decision`: the result, its reason and rule, those given; None if none is."""
+    if decision is None and reason is None and rule is None:
+        return None
+    return {
+        k: _text(f"gateway.decision.{k}", v)
+        for k, v in (("result", decision), ("reason", reason), ("rule", rule))
+        if v is not None
+    }
+
+
+def _status(status: object) -> int:
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise RecordError(f"http.response.status_code: expected 100-599, got {status!r}")
+    return status
 
 
 def _common(
@@ -347,9 +369,7 @@ def http_record(
     ):
         response: dict[str, Any] = {}
         if status is not None:
-            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-                raise RecordError(f"http.response.status_code: expected 100-599, got {status!r}")
-            response["status_code"] = status
+            response["status_code"] = _status(status)
         if response_bytes is not None:
             response["bytes"] = _count("http.response.bytes", response_bytes)
         if response_headers is not None:
@@ -371,12 +391,9 @@ def http_record(
         gateway.setdefault("grant", {})["scope"] = _text("gateway.grant.scope", scope)
     if route is not None:
         gateway["route"] = _text("gateway.route", route)
-    if decision is not None or reason is not None or rule is not None:
-        gateway["decision"] = {
-            k: _text(f"gateway.decision.{k}", v)
-            for k, v in (("result", decision), ("reason", reason), ("rule", rule))
-            if v is not None
-        }
+    decided = _decision(decision, reason, rule)
+    if decided is not None:
+        gateway["decision"] = decided
     if error is not None:
         body["error"] = {"code": _text("error.code", error)}
         if reason is not None:

@@ -37,12 +37,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
-from audit.frame import array_header, body_packer
+from audit.frame import after_packing, array_header, body_packer
 from audit.record import HTTP_RECORD_KEYS, UNTRUSTED_TEXT, HttpRecord
 
 DEFAULT_HEADERS = frozenset(
@@ -150,12 +151,12 @@ class Redactor:
         self._key = key
         self.key_id = key_id
         self.denylist = Denylist(DEFAULT_FIELDS | set(fields), DEFAULT_HEADERS | set(headers))
-        self._last_jwt = ("", "")  # (token, its marker): see `_tokens`
         # (name, value) -> that header as stored, and its redactions as (field suffix, kind):
-        # see `header_pair`.
-        self._pairs: dict[tuple[str, str], StoredHeader] = {}
+        # see `header_pair`. Both memos are keyed by `_memo_key` digests.
+        self._pairs: dict[bytes, StoredHeader] = {}
         # header lists -> as stored: see `header_list`
-        self._lists: dict[tuple[tuple[str, str], ...], StoredHeaders] = {}
+        self._lists: dict[bytes, StoredHeaders] = {}
+        self._memo_secret = os.urandom(32)  # keys the memos' digests: see `_memo_key`
 
     def hash(self, secret: str) -> str:
         digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -312,12 +313,12 @@ class Redactor:
         Remembered per (name, value): a proxied request's headers recur request after
         request (the gateway's own assertion, for a minute at a time). The result depends
         only on the pair and on this redactor (its key and lists never change), so the
-        memo is keyed by exactly the pair and kept by the redactor. Bounded: short pairs
-        only, at most `PAIR_MEMO` of them (then it starts again), so that hostile distinct
-        headers cannot grow it; pairs redacted by name (cookies, credentials) are never
-        kept, so that no client secret outlives its request here.
+        memo is keyed by the pair (see `_memo_key`: a keyed digest, never the pair itself)
+        and kept by the redactor. Bounded: short pairs only, at most `PAIR_MEMO` of them
+        (then it starts again), so that hostile distinct headers cannot grow it.
         """
-        found = self._pairs.get((name, value))
+        key = self._memo_key((name, value))
+        found = self._pairs.get(key)
         if found is not None:
             return found
         listed: list[tuple[str, str]] = []
@@ -326,50 +327,59 @@ class Redactor:
             [[name, value]], where, lambda field, kind: listed.append((field[1:], kind))
         )[0]
         found = stored, tuple(listed), body_packer().pack(stored)
-        if self._rememberable(name, value):
+        if len(name) + len(value) <= PAIR_MEMO_TEXT:
             if len(self._pairs) >= PAIR_MEMO:
                 self._pairs.clear()
-            self._pairs[name, value] = found
+            self._pairs[key] = found
         return found
 
-    def _rememberable(self, name: str, value: str) -> bool:
-        key = name.strip().lower()
-        return (
-            len(name) + len(value) <= PAIR_MEMO_TEXT
-            and key not in _SPECIAL_HEADERS
-            and key not in self.denylist.headers
-        )
+    def _memo_key(self, headers: tuple[Any, ...]) -> bytes:
+        """The header memos' key for `headers`: a digest under a key of this redactor's own.
+
+        SECURITY: a header may hold a secret (a cookie, a credential, a token); kept as the
+        key of a memo it would outlive its request. Its digest under a random key that
+        never leaves the process reveals nothing of it, and equal headers still meet.
+        """
+        packed = body_packer().pack(headers)
+        after_packing(len(packed))
+        return hashlib.blake2b(packed, key=self._memo_secret, digest_size=32).digest()
 
     def header_list(
-        self, pairs: tuple[tuple[str, str], ...], check: Callable[[Any, Any], object]
+        self, pairs: tuple[Any, ...], check: Callable[[Any, Any], object]
     ) -> StoredHeaders:
         """A header list as `_headers` stores it, as msgpack bytes, and its redactions.
 
+        `pairs` holds (name, value) pairs, as tuples or lists (the memo's key packs both
+        the same, and the builder reads both the same).
         `check(name, value)` raises for a pair a record cannot hold (it is called for
         pairs not yet remembered). Remembered per list, as `header_pair` remembers pairs
-        and on the same terms (every pair one it would remember, `LIST_MEMO_TEXT` of text
-        at most; at most `LIST_MEMO` lists): a client's requests carry the same headers,
-        request after request.
+        and on the same terms (a keyed digest for a key, `LIST_MEMO_TEXT` of text at most;
+        at most `LIST_MEMO` lists): a client's requests carry the same headers, request
+        after request.
         """
-        found = self._lists.get(pairs)
+        try:
+            key = self._memo_key(pairs)
+        except (TypeError, ValueError, OverflowError):
+            for name, value in pairs:
+                check(name, value)  # raises for the pair a record cannot hold, if one does
+            raise
+        found = self._lists.get(key)
         if found is not None:
             return found
         packed = [array_header(len(pairs))]
         listed: list[tuple[str, str]] = []
-        rememberable = True
         size = 0
         for name, value in pairs:
             check(name, value)
             _, redactions, stored = self.header_pair(name, value)
             packed.append(stored)
             listed.extend(redactions)
-            rememberable = rememberable and self._rememberable(name, value)
             size += len(name) + len(value)
         found = b"".join(packed), tuple(listed)
-        if rememberable and size <= LIST_MEMO_TEXT:
+        if size <= LIST_MEMO_TEXT:
             if len(self._lists) >= LIST_MEMO:
                 self._lists.clear()
-            self._lists[pairs] = found
+            self._lists[key] = found
         return found
 
     def _cookie(self, item: str) -> str:
@@ -454,13 +464,7 @@ class Redactor:
 
         def jwt(match: re.Match[str]) -> str:
             note(where, "jwt")
-            token = match.group(0)
-            last = self._last_jwt
-            if last[0] != token:
-                # One token remembered: the gateway's own assertion recurs in every
-                # outcome record of a grant's requests for a minute at a time.
-                last = self._last_jwt = (token, self.hash(token))
-            return last[1]
+            return self.hash(match.group(0))
 
         def bearer(match: re.Match[str]) -> str:
             if _is_redacted(match.group(2)) or match.group(2).startswith("[redacted"):

@@ -33,9 +33,12 @@ class PolicySource(Protocol):
 
 
 class AuditSink(Protocol):
-    """The audit stream as the gateway writes it: `append` returns once Redis accepted."""
+    """The audit stream as the gateway writes it: `append` returns once Redis accepted;
+    `submit` chains the record at once and returns a future of its seq."""
 
     async def append(self, body: Mapping[str, Any]) -> int: ...
+
+    def submit(self, body: Mapping[str, Any]) -> asyncio.Future[int]: ...
 
 
 RoutedEndpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]

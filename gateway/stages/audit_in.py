@@ -10,7 +10,6 @@ import logging
 
 from aiohttp import web
 
-from audit.writer import AuditWriter
 from gateway.appkeys import AUDIT, CLOCK
 from gateway.denials import Denial
 from gateway.flow import Flow
@@ -37,12 +36,8 @@ class AuditIn:
             # Kept on the flow: the outcome record reuses what the attempt checked.
             flow.audit_fields = exchange = http_exchange(flow)
             body = exchange.attempt(self.app[CLOCK].now())
-            sink = self.app[AUDIT]
-            if isinstance(sink, AuditWriter):
-                # The writer's own future: no coroutine frame between the flow and Redis.
-                flow.audit_attempt_seq = await sink.submit(body)
-            else:
-                flow.audit_attempt_seq = await sink.append(body)
+            # The writer's own future: no coroutine frame between the flow and Redis.
+            flow.audit_attempt_seq = await self.app[AUDIT].submit(body)
         except Exception:
             # SECURITY: no record, no forwarding (AuditUnavailable or anything else).
             log.exception("flow %s: audit attempt not accepted", flow.request_id)

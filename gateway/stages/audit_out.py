@@ -17,7 +17,6 @@ import logging
 from aiohttp import web
 
 from audit.exchange import ExchangeRecord, HttpExchange
-from audit.writer import AuditWriter
 from gateway.appkeys import AUDIT, CLOCK, OUTCOME_WRITES, AuditSink
 from gateway.flow import Flow
 from gateway.pipeline import AUDIT_OUTCOME_LOST
@@ -104,28 +103,12 @@ class AuditOut:
 
 
 def millis(seconds: float) -> float:
-    """`round(seconds * 1000, 3)`: milliseconds to the microsecond, as records hold them.
-
-    `round(x, 3)` goes through a correctly rounded decimal string; when the microseconds
-    are plainly not a half (not within a millionth of one, far more than the float error
-    of `x * 1000` below 2**32), rounding `x * 1000` to an integer gives the same integer,
-    and dividing it by 1000 the same float.
-    """
-    ms = seconds * 1000
-    micros = ms * 1000
-    if micros == 0.0:
-        return ms  # 0.0 or -0.0, as round keeps the sign
-    if 0.0 < micros < 4e9:
-        whole = round(micros)
-        if abs(micros - whole) < 0.499999:
-            return whole / 1000
-    return round(ms, 3)
+    """Milliseconds to the microsecond, as records hold them."""
+    return round(seconds * 1000, 3)
 
 
 def _write(sink: AuditSink, body: ExchangeRecord) -> asyncio.Future[int]:
     """The outcome's write, begun now; its failure, whenever it comes, is in the future."""
-    if not isinstance(sink, AuditWriter):
-        return asyncio.ensure_future(sink.append(body))
     try:
         # The writer chains the record at once: no task is needed to begin the write.
         return sink.submit(body)

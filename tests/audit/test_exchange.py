@@ -328,13 +328,15 @@ def test_the_header_memo_is_bounded_and_skips_secrets() -> None:
     stored, redactions = redactor.header_list(secret, lambda name, value: None)
     assert redactions == ((".cookie", "header"),)
     assert b"s3cr3t" not in stored
-    assert secret not in redactor._lists
+    pairs = len(redactor._pairs)
     redactor.header_pair("X-Long", "v" * 2000)
+    assert len(redactor._pairs) == pairs  # too long to keep
     redactor.header_pair("Authorization", "Bearer abcdefgh12345")
     redactor.header_pair("Cookie", "sid=s3cr3t")
-    assert ("X-Long", "v" * 2000) not in redactor._pairs
-    assert ("Authorization", "Bearer abcdefgh12345") not in redactor._pairs
-    assert ("Cookie", "sid=s3cr3t") not in redactor._pairs
+    # Kept, but under a keyed digest: neither secret is anywhere in the memos.
+    held = repr((redactor._pairs, redactor._lists))
+    assert "s3cr3t" not in held
+    assert "abcdefgh12345" not in held
 
 
 def test_the_header_memo_answers_what_the_redactor_computes() -> None:
@@ -387,3 +389,46 @@ def test_identity_memo_is_bounded_and_keyed_by_every_shared_fact() -> None:
         changed = HttpExchange(**{**SHARED, key: value}).attempt(2e9)
         assert changed.encode(redactor) == reference(redactor, changed)
         assert msgpack.unpackb(changed.encode(redactor)) != base, key
+
+
+def _memo_text(redactor: Redactor) -> str:
+    """Everything the redactor's header memos and the exchange module's memo keys hold."""
+    held: list[Any] = [redactor._pairs, redactor._lists]
+    for key, identity in exchange_module._IDENTITIES.items():
+        held.append(key)
+        if identity.redacted is not None:
+            held.append(list(identity.redacted._decisions))
+    return repr(held)
+
+
+def test_no_client_secret_outlives_its_request_in_the_memos() -> None:
+    # SECURITY: a token sent in a header no name marks as secret, in a user agent or in a
+    # denial's reason is redacted in the record, and never kept in a memo in plain text.
+    exchange_module._IDENTITIES.clear()
+    redactor = Redactor(b"r" * 32, "r1")
+    secret = "Bearer s3cr3t-t0ken-42"
+    pairs = [("Accept", "*/*"), ("X-Upstream-Auth", secret), ("X-Trace", JWT)]
+    exchange = HttpExchange(**{**SHARED, "user_agent": f"agent {secret}"})
+    records = [
+        exchange.attempt(2e9),
+        exchange.outcome(2e9, status=200, request_headers=pairs, response_headers=pairs[1:2]),
+        exchange.outcome(2e9, error="no_grant", reason=f"refused: {secret}"),
+    ]
+    for record in records * 2:
+        stored = record.encode(redactor)
+        assert b"s3cr3t" not in stored
+        assert stored == reference(redactor, record)
+    held = _memo_text(redactor)
+    assert "s3cr3t" not in held
+    assert JWT not in held
+    # Headers are still remembered (by a keyed digest), and identities holding no secret.
+    assert redactor.header_pair("Accept", "*/*") is redactor.header_pair("Accept", "*/*")
+    listed = tuple(pairs)
+    assert redactor.header_list(listed, _no_check) is redactor.header_list(listed, _no_check)
+    clean = HttpExchange(**SHARED)
+    clean.outcome(2e9, error="no_grant", reason="gone").encode(redactor)
+    assert len(exchange_module._IDENTITIES) == 1
+
+
+def _no_check(name: object, value: object) -> None:
+    return None

@@ -297,3 +297,36 @@ async def test_a_running_collector_whose_segment_fails_acknowledges_nothing_of_t
     every = sorted((f.stream, f.seq) for f in read_frames(seg))
     assert every == [(writer.stream_id, n) for n in range(writer.seq)]
     assert verify([seg], keyring).ok(strict=True)
+
+
+async def test_a_lost_entry_of_a_failed_batch_is_counted_once_when_acknowledged(
+    redis: aioredis.Redis,
+    make_writer: WriterFactory,
+    clock: ManualClock,
+    tmp_path: Path,
+    pipe: tuple[int, int],
+) -> None:
+    writer = await make_writer()
+    await write_session(writer, clock, requests=1)
+    await writer.close()
+    seg = tmp_path / "seg"
+    collector = Collector(
+        redis, stream=STREAM, segment_dir=seg, consumer="c1", now=time.time, trim=False
+    )
+    await collector.ensure_group()
+    delivered: Any = await redis.xreadgroup(GROUP, "c1", {STREAM: ">"})
+    entries = delivered[0][1]
+    await collector._store(entries[:1])  # the segment is open
+    gone = entries[1][0]
+    await redis.xdel(STREAM, gone)
+    (segment,) = sorted(seg.glob("*.seg"))
+    break_read_only(descriptor_of(segment), segment, pipe)
+    history: Any = await redis.xreadgroup(GROUP, "c1", {STREAM: "0"})
+    with pytest.raises(OSError, match=r"Errno 9\]"):  # EBADF
+        await collector._store(history[0][1])
+    assert collector.lost == 0  # nothing of the failed batch is acknowledged, nor counted
+    history = await redis.xreadgroup(GROUP, "c1", {STREAM: "0"})
+    await collector._store(history[0][1])
+    assert collector.lost == 1
+    assert collector.lost_entries() == [gone.decode()]
+    assert await pending(redis) == 0
