@@ -309,7 +309,8 @@ class AccountStore:
         of it under way (its session epoch is raised in the same step)."""
         return await end_sessions_of(self.redis, principal_key)
 
-    async def set_totp_secret(self, principal_key: str, secret: str) -> None:
+    async def set_totp_secret(self, principal_key: str, secret: str) -> int:
+        """Set the TOTP secret (the directory file's); every session of the old one ends."""
         if not is_valid_secret(secret):
             raise InvalidAccountInput(
                 "totp_secret: expected base32 (A-Z, 2-7), 16 to 128 characters"
@@ -319,6 +320,8 @@ class AccountStore:
             redis_key(principal_key),
             mapping={"totp_secret": self.box.seal(secret, principal_key), "enrolment_token": ""},
         )
+        # SECURITY: as with a TOTP reset, a replaced second factor ends what the old made.
+        return await self.end_sessions(principal_key)
 
     def totp_secret(self, account: Account) -> str:
         """The plain TOTP secret of an enrolled account (SecretKeyError if tampered)."""

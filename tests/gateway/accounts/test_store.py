@@ -155,6 +155,17 @@ async def test_password_reset_ends_every_session(
     assert not (await accounts.store.require(key)).disabled
 
 
+async def test_a_new_totp_secret_ends_every_session(
+    accounts: Accounts, alice: str, redis: aioredis.Redis
+) -> None:
+    key = "member:acme:alice"
+    await _two_sessions(redis, key)
+    assert await accounts.store.set_totp_secret(key, "JBSWY3DPEHPK3PXZ") == 2
+    await _assert_sessions_gone(redis, key)
+    account = await accounts.store.require(key)
+    assert accounts.store.totp_secret(account) == "JBSWY3DPEHPK3PXZ"
+
+
 @pytest.mark.parametrize("bad", ["staff", "staff:a:b", "member:acme", "org:acme", "staff:a b"])
 async def test_bad_principal_key_refused(accounts: Accounts, bad: str) -> None:
     with pytest.raises(InvalidAccountInput):
