@@ -310,18 +310,20 @@ class AccountStore:
         return await end_sessions_of(self.redis, principal_key)
 
     async def set_totp_secret(self, principal_key: str, secret: str) -> int:
-        """Set the TOTP secret (the directory file's); every session of the old one ends."""
+        """Set the TOTP secret (the directory file's); every session made with an earlier
+        one ends. Returns how many."""
         if not is_valid_secret(secret):
             raise InvalidAccountInput(
                 "totp_secret: expected base32 (A-Z, 2-7), 16 to 128 characters"
             )
-        await self.require(principal_key)
+        replaced = (await self.require(principal_key)).enrolled
         await self.redis.hset(
             redis_key(principal_key),
             mapping={"totp_secret": self.box.seal(secret, principal_key), "enrolment_token": ""},
         )
-        # SECURITY: as with a TOTP reset, a replaced second factor ends what the old made.
-        return await self.end_sessions(principal_key)
+        # SECURITY: as with a TOTP reset, a replaced second factor ends what the old made
+        # (an account without one had no login to end).
+        return await self.end_sessions(principal_key) if replaced else 0
 
     def totp_secret(self, account: Account) -> str:
         """The plain TOTP secret of an enrolled account (SecretKeyError if tampered)."""

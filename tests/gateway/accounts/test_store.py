@@ -159,6 +159,7 @@ async def test_a_new_totp_secret_ends_every_session(
     accounts: Accounts, alice: str, redis: aioredis.Redis
 ) -> None:
     key = "member:acme:alice"
+    assert (await accounts.store.require(key)).enrolled
     await _two_sessions(redis, key)
     assert await accounts.store.set_totp_secret(key, "JBSWY3DPEHPK3PXZ") == 2
     await _assert_sessions_gone(redis, key)
