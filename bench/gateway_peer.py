@@ -53,6 +53,33 @@ class LoggedIn:
         flow.mfa_verified_at = self.app[CLOCK].now()
 
 
+AUDIT_STAGES = ("audit_in", "audit_out")
+WITHOUT_AUDIT = (
+    "the same, with the audit-in and audit-out stages removed: a diagnostic of what the "
+    "two audit records cost, never a way the gateway runs"
+)
+
+
+class Unrecorded:
+    """Stands in for the audit-out stage in the diagnostic run: no record is written.
+
+    It marks the outcome as handled so that the runner does not log every flow as a
+    lost outcome (which would measure the log, not the gateway).
+    """
+
+    name = "audit_out"
+    always_runs = True
+
+    async def __call__(self, flow: Flow) -> None:
+        flow.outcome_recorded = True
+
+
+def without_audit(app: web.Application) -> None:
+    stages = app[STAGES]
+    stages[:] = [stage for stage in stages if stage.name not in AUDIT_STAGES]
+    stages.append(Unrecorded())
+
+
 def with_login_stand_in(app: web.Application) -> None:
     stages = app[STAGES]
     at = next(i for i, stage in enumerate(stages) if stage.name in REPLACED)
@@ -106,12 +133,17 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument(
+        "--without-audit", action="store_true", help="diagnostic only: " + WITHOUT_AUDIT
+    )
     args = parser.parse_args()
     config = write_config(args.data_dir, args.upstream_port)
 
     async def run() -> None:
         app = create_app(config, redis_url=args.redis_url)
         with_login_stand_in(app)
+        if args.without_audit:
+            without_audit(app)
         app.on_startup.append(approved_grant)
         app.on_startup.append(settled)
         app.on_cleanup.append(report_batches)

@@ -18,6 +18,11 @@ Each line also shows the CPU time the answering process used per request while i
 measured: on this 2-core machine, shared with the load generator, the upstream and
 Redis, requests/s swing with other load, while CPU per request says where the cost is.
 
+A fourth process, labelled "no audit", is the same gateway with its audit-in and
+audit-out stages removed. It is a diagnostic of what the two audit records of every
+request cost, shown beside the others, never a way the gateway runs and not part of
+any target.
+
 Targets: gateway >= 0.9x the bare proxy's requests/s; a 1 GiB transfer raises the
 gateway's peak RSS by <= 32 MiB.
 """
@@ -38,7 +43,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.gateway_peer import STAND_IN
+from bench.gateway_peer import STAND_IN, WITHOUT_AUDIT
 from bench.load import LoadResult, generate_load, which_tool
 from gateway.embedded_redis import EmbeddedRedis
 from tests.gateway.gateway_process import HOST
@@ -48,6 +53,7 @@ DURATION_S = float(os.environ.get("BENCH_DURATION_S", "6"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 GIB = 1 << 30
 RATIO_TARGET = 0.9
+NO_AUDIT = "no audit"  # the diagnostic peer: the gateway with its audit stages removed
 RSS_TARGET = 32 << 20
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,8 +190,24 @@ def main() -> int:
                 "--upstream-port",
                 str(upstream_port),
             ) as (gateway, gateway_port),
+            _process(
+                work / "gateway-without-audit.log",
+                "bench.gateway_peer",
+                "--data-dir",
+                str(work / "gateway-without-audit"),
+                "--redis-url",
+                redis.url + "?db=1",  # a directory and grant of its own
+                "--upstream-port",
+                str(upstream_port),
+                "--without-audit",
+            ) as (unaudited, unaudited_port),
         ):
-            targets = {"direct": upstream_port, "bare proxy": bare_port, "gateway": gateway_port}
+            targets = {
+                "direct": upstream_port,
+                "bare proxy": bare_port,
+                "gateway": gateway_port,
+                NO_AUDIT: unaudited_port,
+            }
             bodies = {name: asyncio.run(_check(port)) for name, port in targets.items()}
             if len(set(bodies.values())) != 1:
                 raise RuntimeError(f"the three answer differently: {bodies}")
@@ -197,7 +219,12 @@ def main() -> int:
                     duration_s=1,
                 )
             results: dict[str, list[LoadResult]] = {name: [] for name in targets}
-            pids = {"direct": upstream.pid, "bare proxy": bare.pid, "gateway": gateway.pid}
+            pids = {
+                "direct": upstream.pid,
+                "bare proxy": bare.pid,
+                "gateway": gateway.pid,
+                NO_AUDIT: unaudited.pid,
+            }
             cpu_s: dict[str, float] = dict.fromkeys(targets, 0.0)
             for _ in range(ROUNDS):
                 for name, port in targets.items():
@@ -213,6 +240,7 @@ def main() -> int:
                 cpu = cpu_s[name] / served * 1e6 if served else 0.0
                 detail = f"(runs: {runs}; errors: {errors[name]}; {cpu:,.0f} µs CPU/request)"
                 print(f"  {name:<11} {rps[name]:>10,.0f} req/s   {detail}")
+            print(f"  ({NO_AUDIT}: {WITHOUT_AUDIT})")
             to_bare = rps["gateway"] / rps["bare proxy"]
             to_direct = rps["gateway"] / rps["direct"]
             print()
@@ -221,6 +249,8 @@ def main() -> int:
                 f"{'met' if to_bare >= RATIO_TARGET else 'NOT met'})"
             )
             print(f"  gateway / direct     = {to_direct:.2f}x")
+            unaudited_to_bare = rps[NO_AUDIT] / rps["bare proxy"]
+            print(f"  {NO_AUDIT} / bare proxy = {unaudited_to_bare:.2f}x   (diagnostic only)")
             if any(errors.values()):
                 print("  WARNING: some answers were errors; the numbers above are not valid")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,10 +40,11 @@ async def upstream() -> AsyncIterator[tuple[int, list[dict[str, str]]]]:
     await server.close()
 
 
-@pytest.fixture
-async def peer(
-    tmp_path: Path, redis: aioredis.Redis, redis_url: str, upstream: tuple[int, object]
-) -> AsyncIterator[int]:
+@contextlib.asynccontextmanager
+async def started_peer(
+    tmp_path: Path, redis_url: str, upstream_port: int, *extra: str
+) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """The peer process on a free port; its stderr lines are in the list once it stopped."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -52,20 +54,31 @@ async def peer(
         "--redis-url",
         redis_url,
         "--upstream-port",
-        str(upstream[0]),
+        str(upstream_port),
+        *extra,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    logged: list[bytes] = []
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), 30)
         assert line.startswith(b"READY "), line
-        yield int(line.split()[1])
+        yield int(line.split()[1]), logged
     finally:
         process.terminate()
         _, errors = await asyncio.wait_for(process.communicate(), 30)
+        logged.extend(errors.splitlines())
         assert b"frames accepted" in errors  # the group-commit report the bench prints
+
+
+@pytest.fixture
+async def peer(
+    tmp_path: Path, redis: aioredis.Redis, redis_url: str, upstream: tuple[int, object]
+) -> AsyncIterator[int]:
+    async with started_peer(tmp_path, redis_url, upstream[0]) as (port, _):
+        yield port
 
 
 async def test_requests_pass_under_the_real_grant_and_are_audited(
@@ -106,3 +119,22 @@ async def test_an_unrouted_host_is_not_forwarded(
     ):
         assert r.status == 404
     assert upstream[1] == []
+
+
+async def test_the_diagnostic_peer_without_audit_forwards_and_records_nothing(
+    tmp_path: Path, redis: aioredis.Redis, redis_url: str, upstream: tuple[int, list[Any]]
+) -> None:
+    async with started_peer(tmp_path, redis_url, upstream[0], "--without-audit") as (
+        port,
+        logged,
+    ):
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://127.0.0.1:{port}/small", headers={"Host": HOST}) as response,
+        ):
+            assert response.status == 200
+            assert await response.read() == SMALL_BODY
+        assert len(upstream[1]) == 1
+    assert not [kind for kind in await _record_kinds(redis) if kind.startswith("http.")]
+    # The stand-in marks each outcome handled: no flow is logged as a lost outcome.
+    assert not [line for line in logged if b"AUDIT OUTCOME LOST" in line]
