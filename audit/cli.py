@@ -4,6 +4,7 @@
     replay PATH... [filters] [--bodies]             a timeline; --follow watches Redis
     export PATH... --format har|jsonl|ocsf [-o F]   with a progress bar on a terminal
     collect --redis-url URL --segment-dir DIR       Redis stream -> segment files
+            [--redis-username U --redis-password-env NAME --redis-ca-file CA]
     keys rotate --dir DIR | keys show --dir DIR     checkpoint signing keys
 
 Filters: --grant ID --actor ID|EMAIL --member ID --org ID --session ID --since T --until T
@@ -26,6 +27,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.exceptions import RedisError
 
 from audit.collector import Collector
@@ -66,6 +69,9 @@ class Defaults:
     key_dir: Path = Path("var/audit-keys")
     redis_url: str | None = None
     keyring: Path | None = None  # the public keyring verify uses when none is named
+    redis_username: str | None = None
+    redis_password_env: str | None = None  # the NAME of the variable holding the password
+    redis_ca_file: Path | None = None
 
 
 class Layout(Protocol):
@@ -87,6 +93,9 @@ _FILLED = {
     "segment_dir": "segment_dir",
     "dir": "key_dir",
     "keyring": "keyring",
+    "redis_username": "redis_username",
+    "redis_password_env": "redis_password_env",
+    "redis_ca_file": "redis_ca_file",
 }
 
 
@@ -147,7 +156,7 @@ def add_commands(
     replay_p.add_argument("--bodies", action="store_true", help="show captured bodies")
     replay_p.add_argument("--follow", action="store_true", help="watch the live Redis stream")
     replay_p.add_argument("--from-start", action="store_true", help="with --follow: from 0")
-    replay_p.add_argument("--redis-url")
+    _redis_arguments(replay_p)
     replay_p.add_argument("--stream", help="the Redis stream key")
     handle(replay_p, _replay)  # needs depend on --follow: see _resolving
 
@@ -165,7 +174,7 @@ def add_commands(
     handle(export_p, _export, "paths")
 
     collect_p = command("collect", "move frames from Redis to segment files")
-    collect_p.add_argument("--redis-url")
+    _redis_arguments(collect_p)
     collect_p.add_argument("--stream", help="the Redis stream key")
     collect_p.add_argument("--segment-dir", type=Path)
     collect_p.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}")
@@ -223,6 +232,57 @@ def _resolving(
         return handler(args)
 
     return run
+
+
+def _redis_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="redis://, rediss:// or unix:// (no password)")
+    parser.add_argument("--redis-username", help="the Redis ACL user")
+    parser.add_argument(
+        "--redis-password-env",
+        metavar="NAME",
+        help="the environment variable holding the Redis password (never on the command line)",
+    )
+    parser.add_argument(
+        "--redis-ca-file", type=Path, help="trust this CA for a rediss:// server certificate"
+    )
+
+
+def _redis(args: argparse.Namespace) -> aioredis.Redis:
+    """The client for the audit stream's Redis; LayoutError when its options cannot work.
+
+    TLS options in the URL are dropped: a rediss:// server's certificate and host name are
+    always verified, against --redis-ca-file when given.
+    """
+    url: str = args.redis_url
+    tls = url.startswith("rediss://")
+    try:
+        options: dict[str, Any] = {
+            k: v for k, v in parse_url(url).items() if not k.startswith("ssl")
+        }
+    except ValueError as exc:
+        raise LayoutError(f"--redis-url {url!r}: {exc}") from exc
+    if args.redis_username:
+        options["username"] = args.redis_username
+    name = args.redis_password_env
+    if name:
+        secret = os.environ.get(name)
+        if not secret:
+            # SECURITY: never fall back to a connection without the password.
+            raise LayoutError(f"--redis-password-env: environment variable {name} is not set")
+        options["password"] = secret
+    ca_file: Path | None = args.redis_ca_file
+    if ca_file is not None and not tls:
+        raise LayoutError("--redis-ca-file needs a rediss:// URL")
+    if ca_file is not None and not ca_file.is_file():
+        raise LayoutError(f"--redis-ca-file: no such file: {ca_file}")
+    if tls:
+        options.update(
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            ssl_check_hostname=True,
+            ssl_min_version=ssl.TLSVersion.TLSv1_2,
+            ssl_ca_certs=str(ca_file) if ca_file else None,
+        )
+    return aioredis.Redis.from_pool(ConnectionPool(**options))
 
 
 def _unset(args: argparse.Namespace, name: str) -> bool:
@@ -309,7 +369,12 @@ def _replay(args: argparse.Namespace) -> int:
             print("replay --follow needs --redis-url", file=sys.stderr)
             return 2
         try:
-            asyncio.run(_follow(args.redis_url, args.stream, wanted, args.bodies, args.from_start))
+            client = _redis(args)
+        except LayoutError as exc:
+            print(f"replay: {exc}", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(_follow(client, args.stream, wanted, args.bodies, args.from_start))
         except KeyboardInterrupt:
             return 0
         except (RedisError, OSError) as exc:
@@ -339,8 +404,9 @@ def _show(body: dict[str, Any], bodies: bool) -> None:
     sys.stdout.flush()
 
 
-async def _follow(url: str, key: str, wanted: RecordFilter, bodies: bool, from_start: bool) -> None:
-    client: aioredis.Redis = aioredis.Redis.from_url(url)
+async def _follow(
+    client: aioredis.Redis, key: str, wanted: RecordFilter, bodies: bool, from_start: bool
+) -> None:
     merger = RequestMerger()
     last = "0-0"
     if not from_start:
@@ -419,14 +485,18 @@ def _collect(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        return asyncio.run(_collect_async(args))
+        client = _redis(args)
+    except LayoutError as exc:
+        print(f"collect: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_collect_async(args, client))
     except (RedisError, OSError) as exc:
         print(f"collect: {exc}", file=sys.stderr)
         return 1
 
 
-async def _collect_async(args: argparse.Namespace) -> int:
-    client: aioredis.Redis = aioredis.Redis.from_url(args.redis_url)
+async def _collect_async(args: argparse.Namespace, client: aioredis.Redis) -> int:
     collector = Collector(
         client,
         stream=args.stream,

@@ -9,9 +9,10 @@ console pages, JSON API, `/.gateway/jwks.json`); every other Host is a routed ho
 through the pipeline (`gateway.pipeline`), which answers `/.gateway/auth` and
 `/.gateway/logout` itself and 404s every other `/.gateway/*` path.
 
-Resources (Redis, or an embedded redis-server when no URL is configured; the policy
-store; the audit writer; the one upstream client session with keep-alive) are opened in
-`cleanup_ctx` generators, in that order, and closed in reverse. aiohttp's header parser
+Resources (Redis through `gateway.redis_client`, or an embedded redis-server when
+neither `redis.url` nor `redis.sentinel` is configured; the policy store; the audit
+writer; the one upstream client session with keep-alive) are opened in `cleanup_ctx`
+generators, in that order, and closed in reverse. aiohttp's header parser
 limits are set above `config.limits` so that the gateway itself answers 414/431.
 """
 
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
 import gateway.api
@@ -63,6 +63,7 @@ from gateway.flow import Flow, InFlightFlows
 from gateway.pipeline import default_stages, run
 from gateway.policy_store import PolicyStore
 from gateway.proxy.headers import client_address
+from gateway.redis_client import check_login, redis_client
 from gateway.stages.route import split_host
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def create_app(
     app[ASSERTION_SIGNER] = load_signer(config.data_dir / "keys", issuer=config.console_url)
     app[ROUTED_ENDPOINTS] = _routed_endpoints()
     app[STAGES] = default_stages(app)
-    app.cleanup_ctx.append(_redis_ctx(redis_url or config.redis.url))
+    app.cleanup_ctx.append(_redis_ctx(redis_url))
     app.cleanup_ctx.append(_policies_ctx)
     app.cleanup_ctx.append(_audit_ctx)
     app.cleanup_ctx.append(access_ctx)
@@ -252,10 +253,10 @@ def _new_flow(request: web.Request, app: web.Application) -> Flow:
 # --- resources ------------------------------------------------------------------------------
 def _redis_ctx(url: str | None) -> Any:
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
         embedded: EmbeddedRedis | None = None
         target = url
-        if target is None:
-            config = app[CONFIG]
+        if target is None and not config.redis.external:
             embedded = EmbeddedRedis(
                 config.data_dir / "redis", appendfsync=config.redis.appendfsync
             )
@@ -266,9 +267,12 @@ def _redis_ctx(url: str | None) -> Any:
             # request is served.
             embedded.start()
             target = embedded.url
-        client: aioredis.Redis = aioredis.Redis.from_url(target)
+        client = redis_client(config.redis, url=target)
         app[REDIS] = client
         try:
+            if embedded is None:
+                # A refused login will not heal by itself: say so at start-up, not as 503s.
+                await check_login(client, config.redis)
             yield
         finally:
             await client.aclose()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.errors import ConfigError
 from policies.source import Problems, YamlList, YamlMap, load_yaml
@@ -50,9 +50,38 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class RedisSentinel:
+    """Sentinels that name the current master of `master` (see gateway.redis_client)."""
+
+    master: str
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool = False  # TLS to the sentinels and to the master they name
+
+
+@dataclass(frozen=True)
 class RedisConfig:
-    url: str | None = None  # None: embedded redis-server under data_dir
+    url: str | None = None  # None and no sentinel: embedded redis-server under data_dir
     appendfsync: str = "always"
+    sentinel: RedisSentinel | None = None
+    username: str | None = None
+    password_env: str | None = None  # the variable's name; its value is `password`
+    password: str | None = field(default=None, repr=False)
+    sentinel_password_env: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    @property
+    def external(self) -> bool:
+        """A Redis the operator runs (URL or Sentinel), not the embedded one."""
+        return self.url is not None or self.sentinel is not None
+
+    @property
+    def tls(self) -> bool:
+        if self.sentinel is not None:
+            return self.sentinel.tls
+        return self.url is not None and self.url.startswith("rediss://")
 
 
 @dataclass(frozen=True)
@@ -271,14 +300,188 @@ def _optional_url(value: object, line: int, key: str, problems: Problems) -> Any
     return value
 
 
+MAX_SENTINEL_NODES = 32
+
+
+def _env_name(value: object, line: int, key: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or not value or len(value) > 255 or "=" in value:
+        problems.add(line, key, value, "the name of an environment variable")
+        return None
+    return value
+
+
+def _sentinel_node(text: object) -> tuple[str, int] | None:
+    """("host", port) from "host:port" or "[v6]:port"; None when malformed."""
+    if not isinstance(text, str) or len(text) > 300:
+        return None
+    host, colon, port = text.rpartition(":")
+    if not colon or not (port.isascii() and port.isdigit()) or len(port) > 5:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    elif ":" in host:
+        return None  # an IPv6 address must be bracketed so that its port is unambiguous
+    if not host or any(ch.isspace() or not ch.isprintable() or ch in "/@[]" for ch in host):
+        return None
+    number = int(port)
+    return (host, number) if 1 <= number <= 65535 else None
+
+
+def _sentinel_nodes(value: object, line: int, key: str, problems: Problems) -> Any:
+    expected = f'a list of 1 to {MAX_SENTINEL_NODES} "host:port" strings'
+    if not isinstance(value, YamlList) or not 1 <= len(value) <= MAX_SENTINEL_NODES:
+        problems.add(line, key, value, expected)
+        return None
+    nodes = []
+    for index, item in enumerate(value):
+        node = _sentinel_node(item)
+        if node is None:
+            problems.add(
+                value.line_of(index),
+                f"{key}[{index}]",
+                item,
+                '"host:port" with a port from 1 to 65535 ("[v6]:port" for IPv6)',
+            )
+        else:
+            nodes.append(node)
+    return tuple(nodes) if len(nodes) == len(value) else None
+
+
+_sentinel_master = _checked(
+    lambda v: (
+        isinstance(v, str)
+        and 0 < len(v) <= 255
+        and all(ch.isprintable() and not ch.isspace() for ch in v)
+    ),
+    "a master name (1 to 255 printable characters, no spaces)",
+)
+
+
+def _sentinel(value: object, line: int, key: str, problems: Problems) -> Any:
+    readers = {"master": _sentinel_master, "nodes": _sentinel_nodes, "tls": _boolean}
+    before = len(problems.items)
+    fields = _section(value, key, line, readers, problems, required=("master", "nodes"))
+    if len(problems.items) > before or not {"master", "nodes"} <= fields.keys():
+        return None
+    return RedisSentinel(**fields)
+
+
+def _url_password(url: str) -> bool:
+    """Whether a Redis URL carries a password (in its user part or as `?password=`)."""
+    parts = urlsplit(url)
+    return parts.password is not None or "password" in parse_qs(parts.query)
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://***@{netloc}{parts.path}"
+
+
+# Query options a Redis URL may carry; TLS and login never come from the URL.
+_URL_OPTIONS = frozenset({"db", "socket_timeout", "socket_connect_timeout"})
+_REDIS_FILES = ("ca_file", "client_cert_file", "client_key_file")
+_REDIS_CLIENT_KEYS = ("username", "password_env", "sentinel_password_env", *_REDIS_FILES)
+
+
+def _redis(base: Path | None) -> _Reader:
+    """The `redis` section; its files resolve against `base` and must exist now."""
+    readers: dict[str, _Reader] = {
+        "url": _optional_url,
+        "appendfsync": _choice("always", "everysec"),
+        "sentinel": _sentinel,
+        "username": _text,
+        "password_env": _env_name,
+        "sentinel_password_env": _env_name,
+        "ca_file": _path,
+        "client_cert_file": _path,
+        "client_key_file": _path,
+    }
+
+    def read(value: object, line: int, key: str, problems: Problems) -> Any:
+        fields = _section(value, key, line, readers, problems)
+        if not isinstance(value, YamlMap):
+            return None
+
+        def problem(name: str, shown: object, expected: str) -> None:
+            problems.add(value.line_of(name), f"{key}.{name}", shown, expected)
+
+        out: dict[str, Any] = {}
+        for name in ("url", "appendfsync", "sentinel", "username"):
+            if name in fields:
+                out[name] = fields[name]
+        for name in ("password", "sentinel_password"):
+            variable = fields.get(name)  # `_section` dropped the `_env` suffix
+            if variable is None:
+                continue
+            out[f"{name}_env"] = variable
+            secret = os.environ.get(variable)
+            if not secret:
+                # SECURITY: never fall back to a connection without the password.
+                problem(f"{name}_env", variable, f"environment variable {variable} set, not empty")
+            else:
+                out[name] = secret
+        for name in _REDIS_FILES:
+            path: Path | None = fields.get(name)
+            if path is None:
+                continue
+            if base is not None and not path.is_absolute():
+                path = base / path
+            if not path.is_file():
+                problem(name, str(path), "an existing file")
+            out[name] = path
+
+        url: str | None = out.get("url")
+        if url is not None and "sentinel" in out:
+            problem("sentinel", None, "either redis.url or redis.sentinel, not both")
+        if url is not None and _url_password(url):
+            # SECURITY: secrets never sit in the file; the redacted URL keeps it off stderr.
+            problem(
+                "url",
+                _redacted(url),
+                "a URL without a password: name the environment variable holding it "
+                "in redis.password_env",
+            )
+        unknown = sorted(set(parse_qs(urlsplit(url).query)) - _URL_OPTIONS) if url else []
+        if unknown:
+            problem(
+                "url",
+                _redacted(url) if url and _url_password(url) else url,
+                "URL options only among " + ", ".join(sorted(_URL_OPTIONS)),
+            )
+        # An invalid sentinel mapping is reported once, not again by every key that needs it.
+        external = url is not None or "sentinel" in value
+        for name in _REDIS_CLIENT_KEYS:
+            if name in value and not external:
+                problem(name, None, "only with redis.url or redis.sentinel (not the embedded)")
+        if "sentinel_password_env" in value and url is not None:
+            problem("sentinel_password_env", None, "only with redis.sentinel")
+        sentinel: RedisSentinel | None = out.get("sentinel")
+        tls = (url or "").startswith("rediss://") or (sentinel is not None and sentinel.tls)
+        for name in _REDIS_FILES:
+            if name in value and ("sentinel" in out or url) and not tls:
+                problem(name, None, "only with a rediss:// URL or redis.sentinel.tls: true")
+        if ("client_cert_file" in value) != ("client_key_file" in value):
+            given = "client_cert_file" if "client_cert_file" in value else "client_key_file"
+            missing = "client_key_file" if given == "client_cert_file" else "client_cert_file"
+            problems.add(
+                value.line_of(given), f"{key}.{missing}", None, f"required with {key}.{given}"
+            )
+        return RedisConfig(**out)
+
+    return read
+
+
 _READERS: dict[str, _Reader] = {
     "console_url": _https_url,
     "data_dir": _path,
     "listeners": _listeners,
     "tls": _nested(TlsFiles, {"cert_file": _path, "key_file": _path, "ca_file": _path}),
-    "redis": _nested(
-        RedisConfig, {"url": _optional_url, "appendfsync": _choice("always", "everysec")}
-    ),
+    "redis": _redis(None),
     "policy_files": _path_list,
     "trusted_proxies": _networks,
     "limits": _nested(
@@ -330,8 +533,9 @@ def parse_config(text: str, file: str, base: Path | None = None) -> GatewayConfi
     doc = load_yaml(text, problems)
     fields = {}
     if not problems:
+        readers = {**_READERS, "redis": _redis(base)}
         fields = _section(
-            doc, "", 1, _READERS, problems, required=("console_url", "data_dir", "listeners")
+            doc, "", 1, readers, problems, required=("console_url", "data_dir", "listeners")
         )
     if problems:
         raise ConfigError(problems.items)

@@ -3,6 +3,7 @@
 GatewayError
  ├── ConfigError      configuration could not be loaded; carries every problem at once
  ├── RedisStartError  the embedded redis-server could not be started
+ ├── RedisLoginError  the configured Redis refused the gateway's username or password
  ├── KeyMaterialError a key or certificate is missing, unreadable, invalid or not 0600
  └── AssertionRefused no identity assertion may be signed for this grant (e.g. it has ended)
 """
@@ -25,6 +26,10 @@ class ConfigError(GatewayError):
 
 
 class RedisStartError(GatewayError):
+    pass
+
+
+class RedisLoginError(GatewayError):
     pass
 
 

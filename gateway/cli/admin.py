@@ -28,9 +28,10 @@ import redis.asyncio as aioredis
 from gateway.accounts import AccountError, Accounts, DirectoryError, open_accounts
 from gateway.accounts.directory import import_directory, parse_directory
 from gateway.clock import SystemClock
-from gateway.config import load_config
+from gateway.config import RedisConfig, load_config
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import ConfigError, GatewayError
+from gateway.redis_client import redis_client
 
 _Action = Callable[[Accounts, argparse.Namespace], Awaitable[int]]
 
@@ -116,11 +117,11 @@ def _run(action: _Action) -> Callable[[argparse.Namespace], int]:
 @asynccontextmanager
 async def _redis(args: argparse.Namespace, data_dir: Path) -> AsyncIterator[aioredis.Redis]:
     url = args.redis_url
+    settings = RedisConfig()
     embedded: EmbeddedRedis | None = None
     if url is None:
-        config = load_config(args.config)
-        url = config.redis.url
-    if url is None:
+        settings = load_config(args.config).redis
+    if url is None and not settings.external:
         embedded = EmbeddedRedis(data_dir / "redis")
         client: aioredis.Redis = aioredis.Redis.from_url(embedded.url)
         try:
@@ -132,7 +133,7 @@ async def _redis(args: argparse.Namespace, data_dir: Path) -> AsyncIterator[aior
         else:
             embedded = None
     else:
-        client = aioredis.Redis.from_url(url)
+        client = redis_client(settings, url=url)
     try:
         yield client
     finally:

@@ -4,8 +4,9 @@ The logic lives in `audit.cli` (it runs without the gateway as `python -m audit`
 module only supplies the gateway's layout, read from the gateway config (`--config FILE`,
 default config/gateway.yaml): the stream key from `gateway.keys`, the segment directory
 (`audit.segment_dir`), the key directory and its public keyring under `data_dir`, and the
-Redis URL (`redis.url`, or the embedded server's socket under `data_dir`). Flags given on
-the command line win; the config is read only when a command needs something from it.
+Redis URL (`redis.url` with its username, `password_env` and `ca_file`, or the embedded
+server's socket under `data_dir`). Flags given on the command line win; the config is
+read only when a command needs something from it.
 
     gateway audit collect --once --config /etc/gateway/gateway.yaml
     gateway audit verify                 # segments and keyring of config/gateway.yaml
@@ -43,8 +44,12 @@ def audit_defaults(config: GatewayConfig) -> Defaults:
         stream=keys.audit_stream(),
         segment_dir=config.audit.segment_dir,
         key_dir=key_dir,
-        redis_url=config.redis.url or f"unix://{embedded}",
+        # A Sentinel deployment names no URL here: give the master's with --redis-url.
+        redis_url=config.redis.url or (None if config.redis.external else f"unix://{embedded}"),
         keyring=key_dir / "keyring.json",
+        redis_username=config.redis.username,
+        redis_password_env=config.redis.password_env,
+        redis_ca_file=config.redis.ca_file,
     )
 
 

@@ -22,9 +22,10 @@ import redis.exceptions
 
 from gateway.access.mail import MailMessage, MailQueue
 from gateway.clock import SystemClock
-from gateway.config import load_config
+from gateway.config import RedisConfig, load_config
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import ConfigError
+from gateway.redis_client import redis_client
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -38,11 +39,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     retry.set_defaults(handler=_retry)
 
 
-def _url(args: argparse.Namespace) -> str:
+def _client(args: argparse.Namespace) -> aioredis.Redis:
     if args.redis_url:
-        return str(args.redis_url)
+        return redis_client(RedisConfig(), url=str(args.redis_url))
     config = load_config(args.config)
-    return config.redis.url or EmbeddedRedis(config.data_dir / "redis").url
+    if config.redis.external:
+        return redis_client(config.redis)
+    return redis_client(config.redis, url=EmbeddedRedis(config.data_dir / "redis").url)
 
 
 def _row(message: MailMessage) -> str:
@@ -56,8 +59,8 @@ def _row(message: MailMessage) -> str:
 
 async def _with_queue(args: argparse.Namespace, work: Any) -> int:
     try:
-        client: aioredis.Redis = aioredis.Redis.from_url(_url(args))
-    except ConfigError as exc:
+        client = _client(args)
+    except (ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
     try:

@@ -1,0 +1,124 @@
+"""How the gateway connects to Redis: one client built from the config's `redis` section.
+
+    client = redis_client(config.redis)                     # redis.url or redis.sentinel
+    client = redis_client(config.redis, url=embedded.url)   # this URL instead
+    ...
+    await check_login(client, config.redis)                 # RedisLoginError if refused
+    await client.aclose()                                   # sentinel connections too
+
+The URL chooses the transport (`redis://`, `rediss://`, `unix://`); the username and the
+password come from `redis.username` and the environment variable `redis.password_env`
+names (read at config load). `rediss://` always verifies the server's certificate and
+host name, against `redis.ca_file` when set, else the system's trust store; with
+`client_cert_file`/`client_key_file` the gateway proves itself too (mutual TLS). A URL's
+query never weakens this: its TLS options are dropped and the gateway's applied last.
+
+With `redis.sentinel`, the sentinels are asked for the master's address whenever a
+connection is made, so a failover is followed; the data connections use the same
+username, password and TLS as a URL would, the sentinels `sentinel_password_env`.
+Pub/sub (the grant watcher) goes through the same client, hence the same master.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import ConnectionPool, parse_url
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+)
+
+from gateway.config import RedisConfig, RedisSentinel
+from gateway.errors import RedisLoginError
+
+
+class SentinelRedis(aioredis.Redis):
+    """A client of the master a Sentinel names; closing it closes the sentinel links too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            for node in self.sentinels.sentinels:
+                await node.aclose()
+
+
+def redis_client(settings: RedisConfig, *, url: str | None = None) -> aioredis.Redis:
+    """A client for `url` (or `settings.url`, or `settings.sentinel`) with `settings`' login.
+
+    Raises ValueError when nothing names a Redis (the embedded server's URL must be given)
+    or the URL is malformed.
+    """
+    target = url or settings.url
+    if target is None:
+        if settings.sentinel is None:
+            raise ValueError("no Redis to connect to: give the embedded server's URL")
+        return _through_sentinel(settings, settings.sentinel)
+    # SECURITY: a URL's TLS options are dropped and the gateway's applied last, so that a
+    # query such as `?ssl_check_hostname=false` cannot turn verification off.
+    options: dict[str, Any] = {
+        k: v for k, v in parse_url(target).items() if not k.startswith("ssl")
+    }
+    tls = target.startswith("rediss://")
+    options.update(_login(settings.username, settings.password))
+    if tls:
+        options.update(_tls_options(settings))
+    return aioredis.Redis.from_pool(ConnectionPool(**options))
+
+
+def _login(username: str | None, password: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if username is not None:
+        out["username"] = username
+    if password is not None:
+        out["password"] = password
+    return out
+
+
+def _tls_options(settings: RedisConfig) -> dict[str, Any]:
+    return {
+        # SECURITY: the server's certificate and host name are always verified.
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_check_hostname": True,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+        "ssl_ca_certs": str(settings.ca_file) if settings.ca_file else None,
+        "ssl_certfile": str(settings.client_cert_file) if settings.client_cert_file else None,
+        "ssl_keyfile": str(settings.client_key_file) if settings.client_key_file else None,
+    }
+
+
+def _through_sentinel(settings: RedisConfig, sentinel: RedisSentinel) -> aioredis.Redis:
+    tls: dict[str, Any] = {"ssl": True, **_tls_options(settings)} if sentinel.tls else {}
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        list(sentinel.nodes),
+        sentinel_kwargs={**_login(None, settings.sentinel_password), **tls},
+        **_login(settings.username, settings.password),
+        **tls,
+    )
+    client: SentinelRedis = sentinels.master_for(sentinel.master, redis_class=SentinelRedis)
+    client.sentinels = sentinels
+    return client
+
+
+async def check_login(client: aioredis.Redis, settings: RedisConfig) -> None:
+    """Raise RedisLoginError when Redis refuses the login; an unreachable Redis is left to
+    the callers' fail-closed handling (it may come back, a wrong password will not)."""
+    try:
+        await client.ping()
+    except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
+        raise RedisLoginError(_login_refused(settings, exc)) from exc
+    except (RedisError, OSError):
+        return  # unreachable now: every check fails closed until it answers
+
+
+def _login_refused(settings: RedisConfig, exc: Exception) -> str:
+    who = f"user {settings.username!r}" if settings.username else "the default user"
+    source = f"the password in ${settings.password_env}" if settings.password_env else "no password"
+    return f"Redis refused the login of {who} with {source} (redis.password_env): {exc}"
