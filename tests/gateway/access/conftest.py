@@ -82,3 +82,22 @@ async def directory(redis: aioredis.Redis) -> aioredis.Redis:
 @pytest.fixture
 async def store(directory: aioredis.Redis, clock: ManualClock) -> AccessStore:
     return AccessStore(directory, clock)
+
+
+async def approved(
+    store: AccessStore,
+    duration_s: int = 3600,
+    scope: str = "write",
+    requester: Principal | None = None,
+) -> str:
+    """File a request for bob of acme (Sam's unless `requester` is given), Alice approves."""
+    request = await store.file(
+        requester or SAM,
+        org=ORG,
+        member="bob",
+        justification="ticket 5: checkout fails",
+        duration_s=duration_s,
+        scope=scope,
+    )
+    await store.approve(request.id, ALICE)
+    return request.id

@@ -29,7 +29,7 @@ from gateway.clock import ManualClock
 from gateway.flow import Flow
 from gateway.identity import Principal
 from gateway.pipeline import Stage
-from tests.gateway.access.conftest import ALICE, ORG, SAM
+from tests.gateway.access.conftest import ALICE, ORG, SAM, approved
 from tests.gateway.proxyharness import (
     HOST,
     GatewayTestServer,
@@ -105,19 +105,6 @@ async def started(
         await session.close()
         await server.close()
         await upstream_server.close()
-
-
-async def approved(store: AccessStore, duration_s: int = 3600, scope: str = "write") -> str:
-    request = await store.file(
-        SAM,
-        org=ORG,
-        member="bob",
-        justification="ticket 5: checkout fails",
-        duration_s=duration_s,
-        scope=scope,
-    )
-    await store.approve(request.id, ALICE)
-    return request.id
 
 
 async def test_no_grant_is_denied(running: Running) -> None:

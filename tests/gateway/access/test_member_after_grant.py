@@ -17,8 +17,8 @@ from gateway import keys
 from gateway.access import AccessStore, load_settings, save_settings
 from gateway.accounts import Accounts, PasswordHasher, open_accounts
 from gateway.clock import ManualClock
-from tests.gateway.access.conftest import BOB, ORG, SAM
-from tests.gateway.access.test_grant_stage import Running, approved, running
+from tests.gateway.access.conftest import BOB, ORG, SAM, approved
+from tests.gateway.access.test_grant_stage import Running, running
 from tests.gateway.proxyharness import HOST
 
 __all__ = ["running"]  # the running-gateway fixture of the grant-stage tests

@@ -14,7 +14,7 @@ from gateway.access.store import GrantFacts, GrantReader
 from gateway.access.watcher import GrantWatcher
 from gateway.clock import ManualClock
 from gateway.flow import InFlightFlows
-from tests.gateway.access.conftest import ALICE, ORG, SAM, SUE
+from tests.gateway.access.conftest import ALICE, ORG, SAM, SUE, approved
 
 
 class HeldReader(GrantReader):
@@ -35,22 +35,14 @@ class HeldReader(GrantReader):
 async def test_a_read_begun_before_the_subscription_is_never_cached(
     store: AccessStore, directory: aioredis.Redis, clock: ManualClock
 ) -> None:
-    request = await store.file(
-        SAM,
-        org=ORG,
-        member="bob",
-        justification="TICKET-1 checking the invoices page",
-        duration_s=3600,
-        scope="write",
-    )
-    await store.approve(request.id, ALICE)
+    request_id = await approved(store, 3600, "write")
     watcher = GrantWatcher(directory, clock, InFlightFlows())
     reader = HeldReader(directory)
     watcher._grants = reader
     # The read happens while no subscription is up: the revocation below is never heard.
     first = asyncio.create_task(watcher.check(SAM.key, ORG))
     await asyncio.wait_for(reader.read_done.wait(), 5)
-    await store.revoke(request.id, ALICE)
+    await store.revoke(request_id, ALICE)
     listening = asyncio.create_task(watcher.run())
     try:
         async with asyncio.timeout(5):
@@ -77,15 +69,7 @@ async def _listening(watcher: GrantWatcher) -> asyncio.Task[None]:
 async def test_a_cached_grant_is_judged_by_the_clock_on_every_check(
     store: AccessStore, directory: aioredis.Redis, clock: ManualClock
 ) -> None:
-    request = await store.file(
-        SAM,
-        org=ORG,
-        member="bob",
-        justification="TICKET-2 checking the invoices page",
-        duration_s=600,
-        scope="read",
-    )
-    await store.approve(request.id, ALICE)
+    await approved(store, 600, "read")
     watcher = GrantWatcher(directory, clock, InFlightFlows())
     listening = await _listening(watcher)
     try:
@@ -108,21 +92,13 @@ async def test_a_cached_grant_is_judged_by_the_clock_on_every_check(
 async def test_an_event_drops_the_parsed_grant(
     store: AccessStore, directory: aioredis.Redis, clock: ManualClock
 ) -> None:
-    request = await store.file(
-        SAM,
-        org=ORG,
-        member="bob",
-        justification="TICKET-3 checking the invoices page",
-        duration_s=600,
-        scope="write",
-    )
-    await store.approve(request.id, ALICE)
+    request_id = await approved(store, 600, "write")
     watcher = GrantWatcher(directory, clock, InFlightFlows())
     listening = await _listening(watcher)
     try:
         assert (await watcher.check(SAM.key, ORG)).grant is not None
         assert (SAM.key, ORG) in watcher._cache
-        await store.revoke(request.id, ALICE)
+        await store.revoke(request_id, ALICE)
         async with asyncio.timeout(5):
             while (SAM.key, ORG) in watcher._cache:  # noqa: ASYNC110 (the event drops it)
                 await asyncio.sleep(0.01)
@@ -137,15 +113,7 @@ async def test_an_event_drops_the_parsed_grant(
 async def test_request_counts_survive_a_flush_redis_refuses(
     store: AccessStore, directory: aioredis.Redis, clock: ManualClock, tmp_path: Path
 ) -> None:
-    request = await store.file(
-        SAM,
-        org=ORG,
-        member="bob",
-        justification="TICKET-2 counting the requests made",
-        duration_s=3600,
-        scope="write",
-    )
-    await store.approve(request.id, ALICE)
+    request_id = await approved(store, 3600, "write")
     watcher = GrantWatcher(directory, clock, InFlightFlows())
     for _ in range(3):
         assert (await watcher.check(SAM.key, ORG)).grant is not None
@@ -160,9 +128,9 @@ async def test_request_counts_survive_a_flush_redis_refuses(
     watcher.redis = directory
     assert (await watcher.check(SAM.key, ORG)).grant is not None
     await watcher.flush_usage()
-    assert await directory.hget(keys.access_request(request.id), "requests") == b"4"
+    assert await directory.hget(keys.access_request(request_id), "requests") == b"4"
     await watcher.flush_usage()  # nothing counted since: nothing added twice
-    assert await directory.hget(keys.access_request(request.id), "requests") == b"4"
+    assert await directory.hget(keys.access_request(request_id), "requests") == b"4"
 
 
 async def test_a_count_redis_refuses_is_not_added_twice_to_the_others(
@@ -170,16 +138,8 @@ async def test_a_count_redis_refuses_is_not_added_twice_to_the_others(
 ) -> None:
     granted: dict[str, str] = {}
     for requester in (SAM, SUE):
-        request = await store.file(
-            requester,
-            org=ORG,
-            member="bob",
-            justification="TICKET-3 counting the requests made",
-            duration_s=3600,
-            scope="read",
-        )
-        await store.approve(request.id, ALICE)
-        granted[requester.key] = request.id
+        request_id = await approved(store, 3600, "read", requester=requester)
+        granted[requester.key] = request_id
     # One damaged count: Redis refuses its HINCRBY inside the EXEC that applies the other.
     await directory.hset(keys.access_request(granted[SUE.key]), "requests", "many")
     watcher = GrantWatcher(directory, clock, InFlightFlows())
