@@ -234,10 +234,11 @@ def main() -> int:
             rps = {name: statistics.mean(r.rps for r in runs) for name, runs in results.items()}
             errors = {name: sum(r.errors for r in runs) for name, runs in results.items()}
             print()
+            cpu_us: dict[str, float] = {}
             for name in targets:
                 runs = ", ".join(f"{r.rps:,.0f}" for r in results[name])
                 served = sum(r.requests for r in results[name])
-                cpu = cpu_s[name] / served * 1e6 if served else 0.0
+                cpu = cpu_us[name] = cpu_s[name] / served * 1e6 if served else 0.0
                 detail = f"(runs: {runs}; errors: {errors[name]}; {cpu:,.0f} µs CPU/request)"
                 print(f"  {name:<11} {rps[name]:>10,.0f} req/s   {detail}")
             print(f"  ({NO_AUDIT}: {WITHOUT_AUDIT})")
@@ -251,6 +252,11 @@ def main() -> int:
             print(f"  gateway / direct     = {to_direct:.2f}x")
             unaudited_to_bare = rps[NO_AUDIT] / rps["bare proxy"]
             print(f"  {NO_AUDIT} / bare proxy = {unaudited_to_bare:.2f}x   (diagnostic only)")
+            print(
+                f"  gateway CPU over the bare proxy: "
+                f"{cpu_us['gateway'] - cpu_us['bare proxy']:+,.0f} µs/request, of which the two "
+                f"audit records {cpu_us['gateway'] - cpu_us[NO_AUDIT]:+,.0f} (diagnostic)"
+            )
             if any(errors.values()):
                 print("  WARNING: some answers were errors; the numbers above are not valid")
 
