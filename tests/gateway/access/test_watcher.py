@@ -149,3 +149,26 @@ async def test_a_count_redis_refuses_is_not_added_twice_to_the_others(
     await watcher.flush_usage()  # nothing counted since: nothing is added again
     assert await directory.hget(keys.access_request(granted[SAM.key]), "requests") == b"2"
     assert await directory.hget(keys.access_request(granted[SUE.key]), "requests") == b"many"
+
+
+async def test_a_flush_cancelled_before_redis_ran_it_keeps_its_counts(
+    store: AccessStore, directory: aioredis.Redis, clock: ManualClock, redis_url: str
+) -> None:
+    request_id = await approved(store, 3600, "write")
+    watcher = GrantWatcher(directory, clock, InFlightFlows())
+    for _ in range(3):
+        assert (await watcher.check(SAM.key, ORG)).grant is not None
+    admin = aioredis.from_url(redis_url)
+    try:
+        # Writes wait while the server is paused: the flush is under way, not yet applied
+        # (the cancelled client drops its connection, so Redis never runs it).
+        await admin.client_pause(300, all=False)
+        flushing = asyncio.create_task(watcher.flush_usage())
+        await asyncio.sleep(0.1)
+        flushing.cancel()  # as the app's stop cancels the watcher mid-flush
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+    finally:
+        await admin.aclose()
+    await watcher.flush_usage()  # the stop's last flush
+    assert await directory.hget(keys.access_request(request_id), "requests") == b"3"
