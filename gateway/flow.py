@@ -13,6 +13,7 @@ connection (websockets get close code 1008), and the audit outcome records `abor
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,10 @@ from gateway.identity import ActingGrant, Principal
 from policies.model import Decision, Route
 
 log = logging.getLogger(__name__)
+
+# Abort reasons after which a grant is never live again (the grant watcher's words).
+ENDED_FOR_GOOD = frozenset({"grant_revoked", "grant_expired"})
+REMEMBERED_ENDED_GRANTS = 4096
 
 
 @dataclass(eq=False, slots=True)
@@ -149,10 +154,21 @@ class InFlightFlows:
 
     def __init__(self) -> None:
         self._by_grant: dict[str, set[Flow]] = {}
+        # Grants aborted for good (revoked, expired), most recent last: a flow whose grant
+        # check read Redis just before such an abort was heard joins after it, and must
+        # be ended as it joins. Bounded: that race lasts one Redis round trip.
+        self._ended: OrderedDict[str, str] = OrderedDict()
 
     def add(self, flow: Flow) -> None:
-        if flow.grant is not None:
-            self._by_grant.setdefault(flow.grant.grant_id, set()).add(flow)
+        if flow.grant is None:
+            return
+        grant_id = flow.grant.grant_id
+        ended = self._ended.get(grant_id)
+        if ended is not None:
+            # SECURITY: its grant ended while the check was on its way back from Redis.
+            flow.abort(ended)
+            return
+        self._by_grant.setdefault(grant_id, set()).add(flow)
 
     def discard(self, flow: Flow) -> None:
         if flow.grant is None:
@@ -167,7 +183,17 @@ class InFlightFlows:
         return frozenset(self._by_grant.get(grant_id, ()))
 
     def abort_grant(self, grant_id: str, reason: str) -> int:
-        """Abort every in-flight flow of `grant_id`; returns how many were aborted."""
+        """Abort every in-flight flow of `grant_id`; returns how many were aborted.
+
+        For a grant that ended for good (`reason` in ENDED_FOR_GOOD), flows that join
+        later are aborted as they join; other reasons (a member changed: the grant may be
+        live again) end only the flows in flight now.
+        """
+        if reason in ENDED_FOR_GOOD:
+            self._ended[grant_id] = reason
+            self._ended.move_to_end(grant_id)
+            while len(self._ended) > REMEMBERED_ENDED_GRANTS:
+                self._ended.popitem(last=False)
         flows = self._by_grant.pop(grant_id, set())
         for flow in flows:
             flow.abort(reason)

@@ -12,7 +12,8 @@
 
 A rule is a mapping with exactly one of `allow` / `deny`, whose value names exactly one of
 `path` (exact), `prefix` (segment-aware) or `glob` (`*` within a segment, `**` across,
-`**/` zero or more whole segments, `?` one character), and optionally `methods`.
+`**/` zero or more whole segments, `?` one character), and optionally `methods` (a rule
+naming GET covers HEAD too).
 docs/policies.md is the full reference.
 """
 
@@ -417,6 +418,24 @@ def _read_section(
     return None if len(problems.items) > before else fields
 
 
+# Headers whose value the gateway computes for each message (framing, Host, hop-by-hop):
+# a route may not set them.
+_GATEWAY_FRAMED = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+
+
 def _header_name(
     value: object, line: int, key: str, problems: Problems, *, request: bool
 ) -> str | None:
@@ -455,6 +474,16 @@ def _header_edits(*, request: bool) -> Callable[[object, int, str, Problems], He
                     _kind(text),
                     f"a string header value (at most {MAX_HEADER_VALUE_LENGTH} characters, "
                     "no control characters)",
+                )
+                continue
+            if checked is not None and checked.lower() in _GATEWAY_FRAMED:
+                # SECURITY: a second Content-Length, Transfer-Encoding or Host beside the
+                # gateway's own would let the upstream frame the message differently.
+                problems.add(
+                    value.line_of(name),
+                    where,
+                    name,
+                    "a header the gateway sets itself (not framing, Host or hop-by-hop)",
                 )
                 continue
             if checked is not None:

@@ -34,7 +34,8 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @dataclass(frozen=True)
 class Rule:
-    """One ordered allow/deny entry. `methods` empty means every method.
+    """One ordered allow/deny entry. `methods` empty means every method; a rule naming
+    GET also covers HEAD (an upstream answers HEAD with its GET handler).
 
     `pattern` is the path as written; `key` is what is matched against a path's match key
     (case folded when the route is case-insensitive). `regex` is an equivalent regular
@@ -52,7 +53,12 @@ class Rule:
     glob: tuple[str, ...] = field(default=(), compare=False, repr=False)  # compiled tokens
 
     def applies_to(self, method: str) -> bool:
-        return not self.methods or method.upper() in self.methods
+        if not self.methods:
+            return True
+        method = method.upper()
+        # SECURITY: upstreams answer HEAD by running their GET handler (only the body is
+        # dropped), so a rule naming GET covers HEAD too: a deny for GET denies both.
+        return method in self.methods or (method == "HEAD" and "GET" in self.methods)
 
     def matches(self, match_key: str) -> bool:
         """Does this rule's path cover `match_key` (a `NormalisedPath` reading)?"""

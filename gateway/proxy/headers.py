@@ -5,7 +5,9 @@ Request side (DESIGN.md "Spoofing"), in this order:
    name listed in `Connection`) BEFORE anything is added, and dropped;
 2. spoofable names are dropped: any name that, lower-cased with `_` read as `-`, starts
    with `x-gateway-`, `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Original-URL`,
-   `X-Rewrite-URL` and every method-override header;
+   `X-Rewrite-URL` and every method-override header, and the like statements other
+   proxies make (`X-Original-URI`, `X-Envoy-Original-Path`, `X-Remote-User`,
+   `X-Auth-Request-*`, CDN client-address headers);
 3. the gateway's cookies are cut out of `Cookie`;
 4. `X-Forwarded-For/Proto/Host` are rebuilt (client values kept only from trusted proxies);
 5. identity headers are added last by the inject stage.
@@ -58,6 +60,19 @@ _SPOOFABLE: frozenset[str] = frozenset(
         "x-method-override",
         "x-client-ip",
         "true-client-ip",
+        # The same statements under other proxies' names (nginx auth_request, Envoy, IIS,
+        # CDNs, auth proxies): an upstream once behind one of them may still believe them.
+        "x-original-uri",
+        "x-original-method",
+        "x-original-host",
+        "x-host",
+        "x-envoy-original-path",
+        "x-remote-user",
+        "remote-user",
+        "x-originating-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
     }
 )
 
@@ -74,6 +89,7 @@ def _spoofable_key(key: str) -> bool:
     return (
         key.startswith("x-gateway-")  # SECURITY: identity is only ever the gateway's word
         or key.startswith("x-forwarded-")
+        or key.startswith("x-auth-request-")  # oauth2-proxy's identity headers
         or key in _SPOOFABLE
     )
 
@@ -271,7 +287,16 @@ def _plain_host(value: str) -> bool:
 
 
 def cookie_name(set_cookie: str) -> str:
-    return set_cookie.split(";", 1)[0].split("=", 1)[0].strip()
+    """The name a browser will send the cookie back under.
+
+    A cookie set without a name (`=NAME=value`, or `=NAME`) is kept by browsers and sent
+    back as its bare value, `NAME=value`: that NAME is what it will be taken for.
+    """
+    pair = set_cookie.split(";", 1)[0]
+    name, equals, value = pair.partition("=")
+    if equals and not name.strip():
+        return value.split("=", 1)[0].strip()
+    return name.strip()
 
 
 def rewrite_set_cookie(value: str) -> str | None:

@@ -6,8 +6,9 @@ to the client as each chunk arrives (server-sent events pass event by event). No
 is decompressed. Only the first `capture.max_bytes` of each body is kept for the audit.
 
 Failures before the upstream's response headers become denials (refused or reset ->
-502, timeout -> 504); failures after the response started cut the client's connection
-so a truncated body is never mistaken for a whole one.
+502, timeout -> 504, a 1xx final answer such as an unasked 101 -> 502); failures after
+the response started cut the client's connection so a truncated body is never mistaken
+for a whole one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from yarl import URL
 from gateway.denials import Denial
 from gateway.flow import Flow
 from gateway.proxy.headers import downstream_response_headers
+from gateway.stages.route import split_host
 from policies.model import Upstream
 
 CHUNK_LIMIT = 256 * 1024  # largest single read handed on; memory per flow stays bounded
@@ -73,9 +75,16 @@ def upstream_origin(upstream: Upstream) -> str:
 
 
 def public_origin(request: web.BaseRequest) -> str:
-    """The origin the client addressed: scheme and Host as received."""
+    """The origin the client addressed, serialised once (RFC 6454): scheme, the host as the
+    route stage judged it (lower-case, no trailing dot) and the port only when not the
+    scheme's default. It is the assertion's audience: one origin, one spelling."""
     scheme = "https" if request.secure else "http"
-    return f"{scheme}://{request.headers.get('Host', '').strip().lower()}"
+    parsed = split_host(request.headers.get("Host", ""))
+    if parsed is None:
+        return f"{scheme}://"  # never a routed flow: the route stage refused the Host
+    name, port = parsed
+    default = "443" if scheme == "https" else "80"
+    return f"{scheme}://{name}" + (f":{int(port)}" if port and int(port) != int(default) else "")
 
 
 class _Capture:
@@ -183,6 +192,15 @@ async def exchange(
         flow.upstream_connect_s = loop.time() - flow.started_monotonic
         flow.upstream_status = upstream.status
         flow.upstream_response_headers = received_headers(upstream.raw_headers)
+        if upstream.status < 200:
+            # A protocol switch (or any 1xx as the final answer) nobody asked for: the
+            # upgrade headers never left the gateway. Relayed, it would leave the client's
+            # connection switched to nothing and held open.
+            flow.deny(
+                Denial(502, "upstream_bad_answer", "The application answered out of protocol.")
+            )
+            flow.interrupted = f"upstream answered {upstream.status} to a plain request"
+            return
         headers_out = CIMultiDict(
             downstream_response_headers(
                 flow.upstream_response_headers,

@@ -6,6 +6,8 @@ is in the app's in-flight set under its grant (the grant stage put it there) so 
 revoking the grant ends it at once: a flow aborted before forwarding is a `grant_ended`
 denial and reaches nothing; an HTTP exchange is cancelled (before the answer: the same
 denial; during it: the client connection is cut), a websocket is closed with 1008.
+The grant's end needs no event: the stage aborts its own flow when the grant's
+`expires_at` comes (by the Clock when forwarding starts, then by the loop's timer).
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import asyncio
 
 from aiohttp import web
 
-from gateway.appkeys import UPSTREAM_CLIENT
+from gateway.appkeys import CLOCK, UPSTREAM_CLIENT
 from gateway.denials import Denial
 from gateway.flow import Flow
 from gateway.proxy.streaming import exchange, upstream_url
 from gateway.proxy.websockets import relay
 from gateway.stages.policy import is_websocket_upgrade
+from policies.model import Route
+
+GRANT_EXPIRED = "grant_expired"  # the abort reason, as the grant watcher gives it
 
 
 class Forward:
@@ -34,10 +39,24 @@ class Forward:
             # SECURITY: only a routed, judged, granted flow is ever forwarded.
             flow.deny(Denial(500, "internal_error", "The request was not authorised."))
             return
+        remaining = flow.grant.expires_at - self.app[CLOCK].now()
+        if remaining <= 0:
+            flow.abort(GRANT_EXPIRED)
         if _was_aborted(flow):
             # SECURITY: the grant ended after it was checked: nothing reaches the upstream.
             self._aborted(flow)
             return
+        # SECURITY: the exchange (a stream, a websocket) ends when the grant does, by this
+        # process's own timer: the expiry event may come late or, with Redis down, never.
+        deadline = asyncio.get_running_loop().call_later(remaining, flow.abort, GRANT_EXPIRED)
+        try:
+            await self._forward(flow, route)
+        finally:
+            deadline.cancel()
+
+    async def _forward(self, flow: Flow, route: Route) -> None:
+        if flow.path is None:
+            raise RuntimeError("forward needs a judged path")
         url = upstream_url(route.upstream, flow.path, flow.query)
         client = self.app[UPSTREAM_CLIENT]
         if is_websocket_upgrade(flow.request):

@@ -3,8 +3,9 @@
 No grant means no forwarding (`no_grant`): until the session and grant stages have
 authorised a flow, every proxied request is denied here. The path judged is the
 normalised path the forwarder sends; every reading an upstream might give it must be
-allowed (deny overrides allow). A `read` grant never opens a websocket: its messages
-could write whatever the upgrade's GET was allowed to read.
+allowed (deny overrides allow). Likewise every method: a POST whose query carries
+`_method=DELETE` is judged as a DELETE as well. A `read` grant never opens a websocket:
+its messages could write whatever the upgrade's GET was allowed to read.
 
 Decisions are remembered per (route object, method, readings, scope): see
 `RememberedDecisions`.
@@ -13,6 +14,7 @@ Decisions are remembered per (route object, method, readings, scope): see
 from __future__ import annotations
 
 from collections import OrderedDict
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -72,14 +74,45 @@ class RememberedDecisions:
         return decision
 
 
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+MAX_OVERRIDE_CHARS = 32
+MAX_OVERRIDES = 4
+
+
+def method_overrides(method: str, query: str) -> tuple[str, ...]:
+    """The methods a POST's `_method` query parameters ask the upstream to take it for.
+
+    Symfony reads `_method` from the query as well as the form body, and method-override
+    middleware can be set to; the headers that do the same are dropped by the inject
+    stage, but the query passes as received. (A form body is never read: see the docs.)
+    """
+    if method != "POST" or not query:
+        return ()  # nearly every request: nothing to parse
+    found: list[str] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name.strip().lower() == "_method" and value.strip():
+            found.append(value.strip().upper()[:MAX_OVERRIDE_CHARS])
+    return tuple(dict.fromkeys(found))
+
+
+def asks_for_websocket(request: web.BaseRequest) -> bool:
+    """`Upgrade: websocket` with `Connection: upgrade`, whatever the method."""
     upgrade = request.headers.get("Upgrade")
     if upgrade is None:
         return False  # most requests: nothing to parse
     connection = request.headers.get("Connection", "").lower()
     return "upgrade" in [t.strip() for t in connection.split(",")] and (
-        upgrade.lower() == "websocket"
+        upgrade.strip().lower() == "websocket"
     )
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    """A websocket opening the forwarder relays: only ever a GET.
+
+    SECURITY: the upstream handshake is always a GET, so an upgrade asked by any other
+    method would be judged as that method and reach the upstream as a GET (the route stage
+    refuses such requests; this keeps the forwarder from ever relaying one).
+    """
+    return request.method == "GET" and asks_for_websocket(request)
 
 
 class PolicyCheck:
@@ -106,6 +139,21 @@ class PolicyCheck:
             return
         keys = flow.match_paths or (flow.match_path or flow.path,)
         decision = self.decisions.decision(route, flow.method, keys, grant.scope)
+        overrides = method_overrides(flow.method, flow.query)
+        if len(overrides) > MAX_OVERRIDES:
+            # No application asks for several: judging thousands would only cost time.
+            decision = Decision(False, None, "too many _method overrides in the query")
+            overrides = ()
+        for method in overrides:
+            # SECURITY: each method an upstream may take the request for is judged too.
+            overridden = self.decisions.decision(route, method, keys, grant.scope)
+            if not overridden.allowed:
+                decision = Decision(
+                    False,
+                    overridden.rule,
+                    f"{overridden.reason} (?_method={method} makes this POST a {method})",
+                )
+                break
         flow.decision = decision
         if not decision.allowed:
             flow.deny(Denial(403, "policy_denied", decision.reason))

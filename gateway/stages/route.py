@@ -6,9 +6,13 @@ It refuses, before anything else looks at the request:
   authority than `Host` or an unrouted one (400: no open proxy);
 - missing, repeated or malformed `Host` (400), SNI naming another host (421);
 - Content-Length / Transfer-Encoding conflicts (400: request smuggling);
+- a websocket upgrade asked by any method but GET (400: it would reach the upstream as GET),
+  or with a malformed handshake (400, before the upstream is asked);
 - unknown hosts (404), paths the normaliser refuses (400);
 - every `/.gateway/*` path but the routed endpoints (404); `auth` and `logout` are
-  answered here by their handlers and never forwarded.
+  answered here by their handlers and never forwarded;
+- requests a browser sent from a page of another org's routed host, or of no routed host
+  (`Origin`, 403 `cross_origin`): sibling hosts share one site, so cookies do not tell.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from gateway.denials import (
 )
 from gateway.flow import Flow
 from gateway.proxy.sni import sni_of
+from gateway.stages.policy import asks_for_websocket
 from policies.errors import PathRejected
 from policies.paths import normalise
 
@@ -36,6 +41,7 @@ ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 GATEWAY_PREFIX = "/.gateway"
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 _IPV6_CHARS = frozenset("0123456789abcdef:.")
+_SCHEMES = frozenset({"http", "https"})
 
 
 def split_host(value: str) -> tuple[str, str] | None:
@@ -110,6 +116,19 @@ def framing_denial(request: web.Request) -> Denial | None:
     return None
 
 
+def under_gateway_prefix(path: str, readings: tuple[str, ...]) -> bool:
+    """True when the path, or any reading an upstream might give it, is under `/.gateway`.
+
+    SECURITY: compared case-folded and over every reading (`;` cut, NFKC): a spelling
+    some upstream takes for `/.gateway/...` is the gateway's, and is never forwarded.
+    """
+    for candidate in (path, *readings):
+        folded = candidate.casefold()
+        if folded == GATEWAY_PREFIX or folded.startswith(GATEWAY_PREFIX + "/"):
+            return True
+    return False
+
+
 class RouteLookup:
     name = "route"
 
@@ -121,10 +140,43 @@ class RouteLookup:
         if denial is not None:
             flow.deny(denial)
             return
-        if flow.path is not None and (
-            flow.path == GATEWAY_PREFIX or flow.path.startswith(GATEWAY_PREFIX + "/")
-        ):
+        if flow.path is not None and under_gateway_prefix(flow.path, flow.match_paths):
             await self._gateway_endpoint(flow)
+            return
+        foreign = self._foreign_origin(flow)
+        if foreign is not None:
+            flow.deny(
+                Denial(
+                    403,
+                    "cross_origin",
+                    f"A page of {foreign} may not act in this application.",
+                )
+            )
+
+    def _foreign_origin(self, flow: Flow) -> str | None:
+        """The `Origin` a browser named for a page of another org's routed host, if any.
+
+        SECURITY: every routed host is a sibling under one site, so SameSite cookies do not
+        keep one customer's application (its scripts, an XSS in it) from sending requests,
+        websockets included, to another's host with the staff member's app session. Pages
+        of this host and of other hosts routed to the same org may; nothing else may
+        (`null` included). Requests without `Origin` (navigations, same-origin GETs) pass.
+        """
+        route = flow.route
+        if route is None:
+            return None
+        for origin in flow.request.headers.getall("Origin", []):
+            scheme, separator, authority = origin.strip().partition("://")
+            parsed = split_host(authority) if separator and scheme.lower() in _SCHEMES else None
+            if parsed is None:
+                return origin[:100]  # "null", or not an origin at all
+            name = parsed[0]
+            if name == flow.host:
+                continue
+            other = self.app[POLICIES].current.route_for(name)
+            if other is None or other.org != route.org:
+                return name
+        return None
 
     def _judge(self, flow: Flow) -> Denial | None:
         request = flow.request
@@ -149,6 +201,14 @@ class RouteLookup:
         framing = framing_denial(request)
         if framing is not None:
             return framing
+        if asks_for_websocket(request):
+            if flow.method != "GET":
+                # SECURITY: the upgrade would be judged as this method but made upstream as GET.
+                return bad_request("Only a GET request opens a websocket.", "bad_upgrade")
+            if not web.WebSocketResponse().can_prepare(request).ok:
+                # Checked before the upstream is asked: its handshake would succeed (the
+                # gateway makes its own) and the client's then fail.
+                return bad_request("The websocket handshake is malformed.", "bad_upgrade")
         sni = sni_of(request)
         if sni is not None and sni != host:
             # SECURITY: a connection opened for one host must not carry another's requests.
@@ -188,9 +248,11 @@ class RouteLookup:
         return None
 
     async def _gateway_endpoint(self, flow: Flow) -> None:
-        # SECURITY: nothing under /.gateway/ is ever forwarded to the customer application.
-        name = (flow.path or "")[len(GATEWAY_PREFIX) + 1 :]
-        handler = self.app[ROUTED_ENDPOINTS].get(name)
+        # SECURITY: nothing under /.gateway/ is ever forwarded to the customer application;
+        # only the exact spelling `/.gateway/<name>` reaches an endpoint, the rest is 404.
+        path = flow.path or ""
+        exact = path.startswith(GATEWAY_PREFIX + "/")
+        handler = self.app[ROUTED_ENDPOINTS].get(path[len(GATEWAY_PREFIX) + 1 :]) if exact else None
         if handler is None:
             flow.deny(not_found("No such gateway endpoint on this host."))
             return

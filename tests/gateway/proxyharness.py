@@ -242,6 +242,22 @@ class Upstream:
         return response
 
 
+# Routed hosts beside acme.test: another of acme's applications, and another org's.
+SIBLING_ROUTES = """  - name: acme-api
+    hosts: [api.acme.test]
+    upstream: http://127.0.0.1:1
+    org: acme
+    default: allow
+    rules: []
+  - name: beta
+    hosts: [beta.test]
+    upstream: http://127.0.0.1:1
+    org: beta
+    default: allow
+    rules: []
+"""
+
+
 def policy_yaml(upstream_port: int, scheme: str = "http", **options: Any) -> str:
     options.setdefault("websockets", "true")
     extra = "".join(f"    {key}: {value}\n" for key, value in options.items())
@@ -254,13 +270,14 @@ def policy_yaml(upstream_port: int, scheme: str = "http", **options: Any) -> str
     timeouts: {{connect_s: 2, read_s: 1.5, websocket_idle_s: 1.0}}
 {extra}    rules:
       - deny: {{prefix: /admin}}
+      - deny: {{prefix: /records, methods: [DELETE, PUT]}}
   - name: down
     hosts: [down.test]
     upstream: http://127.0.0.1:1
     org: acme
     default: allow
     rules: []
-"""
+{SIBLING_ROUTES}"""
 
 
 def gateway_config(tmp: Path, policy: str, **limits: int) -> GatewayConfig:
@@ -345,6 +362,7 @@ async def gateway_factory(
         tls: ssl.SSLContext | None = None,
         redis_url_override: str | None = None,
         upstream_tls: ssl.SSLContext | None = None,
+        upstream_port: int | None = None,  # route to another server than the recording one
         customise: Callable[[web.Application], None] | None = None,
         **route_options: Any,
     ) -> Gateway:
@@ -358,7 +376,9 @@ async def gateway_factory(
         home.mkdir()
         config = gateway_config(
             home,
-            policy_yaml(upstream.port, "https" if upstream_tls else "http", **route_options),
+            policy_yaml(
+                upstream_port or upstream.port, "https" if upstream_tls else "http", **route_options
+            ),
             **(limits or {}),
         )
         app = create_app(config, clock=clock, redis_url=redis_url_override or redis_url)

@@ -61,6 +61,20 @@ NONE = HeaderEdits()
         "x_http_method_override",
         "X-HTTP-Method",
         "X-Method-Override",
+        # the same overrides under other proxies' names (nginx, Envoy, IIS, CDNs, auth proxies)
+        "X-Original-URI",
+        "X-Original-Method",
+        "X-Original-Host",
+        "X-Host",
+        "X-Envoy-Original-Path",
+        "X-Remote-User",
+        "Remote-User",
+        "X-Auth-Request-User",
+        "X-Auth-Request-Email",
+        "X-Originating-IP",
+        "X-Cluster-Client-IP",
+        "CF-Connecting-IP",
+        "Fastly-Client-IP",
     ],
 )
 def test_spoofable_names(name: str) -> None:
@@ -231,6 +245,21 @@ def test_client_address(peer: str, xff: str, client: str) -> None:
 )
 def test_set_cookie_rewrite(value: str, expected: str | None) -> None:
     assert rewrite_set_cookie(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"={APP_SESSION}=planted; Path=/; Secure",
+        f" = {CONSOLE_SESSION}=planted",
+        f"={APP_SESSION}",
+        f"{APP_SESSION}",
+    ],
+)
+def test_a_nameless_set_cookie_cannot_plant_a_gateway_cookie(value: str) -> None:
+    # A browser keeps `=NAME=value` as a cookie without a name and sends it back as
+    # `NAME=value`: to the gateway, that is its own cookie.
+    assert rewrite_set_cookie(value) is None
 
 
 @pytest.mark.parametrize(

@@ -141,3 +141,34 @@ def test_glob_matching_is_linear_on_hostile_paths() -> None:
     decision = decide(route, "GET", path, Scope.WRITE)
     assert time.perf_counter() - started < 5.0
     assert decision.allowed
+
+
+HEAD_POLICY = """
+routes:
+  - name: head
+    hosts: [head.example]
+    upstream: http://127.0.0.1:9
+    org: acme
+    default: allow
+    rules:
+      - deny: {prefix: /export, methods: [GET]}
+      - deny: {prefix: /reports, methods: [post]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/export/all", False),
+        # Upstreams answer HEAD with their GET handler (it runs, only the body is dropped):
+        # a rule naming GET covers HEAD, or HEAD would run what the rule denies.
+        ("HEAD", "/export/all", False),
+        ("head", "/export/all", False),
+        ("OPTIONS", "/export/all", True),
+        ("HEAD", "/reports", True),
+        ("POST", "/reports", False),
+    ],
+)
+def test_a_rule_naming_get_covers_head(method: str, path: str, allowed: bool) -> None:
+    route = parse_policy(HEAD_POLICY, "h.yaml").routes[0]
+    assert decide(route, method, normalise(path), Scope.WRITE).allowed is allowed

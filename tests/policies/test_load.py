@@ -253,6 +253,22 @@ LOADER_ERRORS: list[tuple[str, str]] = [
         "p.yaml:8: routes[0].request_headers.remove[0]: a header not starting with X-Gateway-",
     ),
     (
+        doc("    request_headers: {set: {Content-Length: '0'}}\n"),
+        "p.yaml:8: routes[0].request_headers.set.Content-Length: a header the gateway sets itself (not framing, Host or hop-by-hop) (got 'Content-Length')",
+    ),
+    (
+        doc("    request_headers: {set: {transfer-encoding: chunked}}\n"),
+        "p.yaml:8: routes[0].request_headers.set.transfer-encoding: a header the gateway sets itself",
+    ),
+    (
+        doc("    request_headers: {set: {Host: internal.example}}\n"),
+        "p.yaml:8: routes[0].request_headers.set.Host: a header the gateway sets itself",
+    ),
+    (
+        doc("    response_headers: {set: {Content-Length: '5', Connection: close}}\n"),
+        "p.yaml:8: routes[0].response_headers.set.Content-Length: a header the gateway sets itself",
+    ),
+    (
         doc("    request_headers: {set: {X-A: 5}}\n"),
         "p.yaml:8: routes[0].request_headers.set.X-A: a string header value (at most 4096 characters, no control characters) (got 5)",
     ),
