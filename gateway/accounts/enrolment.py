@@ -1,10 +1,13 @@
 """TOTP enrolment: one-time tokens (valid 24 h) that let an account set up its secret.
 
 An admin (or the directory import) issues a token: the account's old secret is removed
-and only the token's SHA-256 is stored. Enrolling takes the token and the password
-(checked by the caller), gives a fresh secret to show as an `otpauth://` URI and QR
-code, and activates it only when one valid code from it is presented; that last step is
-one Lua script, so a token is spent exactly once even under concurrent attempts.
+and only the token's SHA-256 is stored. A TOTP reset (`reset`) does the same for an
+account that had a secret, and ends every session of the account in the same Redis step
+as the removal (a lost or leaked second factor takes what it opened with it).
+Enrolling takes the token and the password (checked by the caller), gives a fresh secret
+to show as an `otpauth://` URI and QR code, and activates it only when one valid code
+from it is presented; that last step is one Lua script, so a token is spent exactly once
+even under concurrent attempts.
 
     gw:enrol:<sha256(token)>   hash: principal, expires_at, pending (sealed secret)
 """
@@ -23,6 +26,7 @@ from gateway.accounts.model import redis_key, text
 from gateway.accounts.store import AccountStore
 from gateway.accounts.totp import TotpVerifier, new_secret
 from gateway.clock import Clock
+from gateway.sessions.ending import end_sessions_of
 
 TOKEN_TTL_S = 24 * 3600
 MAX_TOKEN = 128
@@ -51,6 +55,29 @@ class Enrolment:
 
     async def issue(self, principal_key: str) -> str:
         """A new token for the account; its TOTP secret and any older token stop working."""
+        token, digest = await self._new_token(principal_key)
+        await self._redis.hset(
+            redis_key(principal_key), mapping={"totp_secret": "", "enrolment_token": digest}
+        )
+        return token
+
+    async def reset(self, principal_key: str) -> tuple[str, int]:
+        """Remove the account's TOTP secret and issue a token, ending every session of the
+        account in the same step as the removal: (token, sessions ended). On a Redis
+        error nothing of the account has changed."""
+        token, digest = await self._new_token(principal_key)
+        # SECURITY: never a removed second factor whose sessions live on.
+        ended = await end_sessions_of(
+            self._redis,
+            principal_key,
+            account_key=redis_key(principal_key),
+            credential={"totp_secret": "", "enrolment_token": digest},
+        )
+        return token, ended
+
+    async def _new_token(self, principal_key: str) -> tuple[str, str]:
+        """(token, its hash) with its record written; the account does not name it yet (so
+        a record left alone by a failure later is inert), and its older token is gone."""
         account = await self._store.get(principal_key)
         if account is None:
             raise AccountNotFound(f"no account {principal_key}")
@@ -65,11 +92,8 @@ class Enrolment:
                 mapping={"principal": principal_key, "expires_at": repr(expires)},
             )
             pipe.expire(keys.enrolment(digest), TOKEN_TTL_S + 60)
-            pipe.hset(
-                redis_key(principal_key), mapping={"totp_secret": "", "enrolment_token": digest}
-            )
             await pipe.execute()
-        return token
+        return token, digest
 
     async def has_live_token(self, principal_key: str) -> bool:
         account = await self._store.get(principal_key)

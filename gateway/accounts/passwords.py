@@ -1,9 +1,11 @@
 """Password hashing: scrypt from `cryptography`, parameters stored with each hash.
 
 A stored hash reads `scrypt$<log2 n>$<r>$<p>$<salt b64>$<hash b64>`, so the cost can
-grow later without invalidating old hashes. Comparison is constant-time. Work runs in a
-thread so that one login does not stall the event loop, and an unknown account costs
-exactly the same work as a known one (`verify_absent`).
+grow later without invalidating old hashes. Comparison is constant-time. Work runs in
+threads of its own (`SCRYPT_THREADS`), so that one login does not stall the event loop
+and a flood of logins does not starve what the loop's default pool serves (the upstream
+connector's DNS lookups, policy reloads); an unknown account costs exactly the same work
+as a known one (`verify_absent`).
 
     hasher = PasswordHasher()
     stored = await hasher.hash("correct horse battery staple")
@@ -16,6 +18,9 @@ import asyncio
 import base64
 import hmac
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -27,10 +32,21 @@ DEFAULT_LOG2_N = 15
 _R = 8
 _P = 1
 _LENGTH = 32
+# Each thread holds up to 2^log2_n * 128 * r bytes while it works: a few cover the cores
+# without letting a flood of attempts claim more memory.
+SCRYPT_THREADS = max(1, min(4, os.cpu_count() or 1))
+_POOL = ThreadPoolExecutor(max_workers=SCRYPT_THREADS, thread_name_prefix="scrypt")
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+_T = TypeVar("_T")
+
+
+async def _in_pool(work: Callable[[], _T]) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(_POOL, work)
 
 
 def _derive(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
@@ -55,7 +71,7 @@ class PasswordHasher:
         return f"scrypt${self.log2_n}${_R}${_P}${_b64(salt)}${_b64(digest)}"
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self.hash_sync, password)
+        return await _in_pool(lambda: self.hash_sync(password))
 
     def verify_sync(self, password: str, stored: str) -> bool:
         if len(password) > MAX_PASSWORD:
@@ -72,9 +88,9 @@ class PasswordHasher:
         return hmac.compare_digest(digest, wanted)
 
     async def verify(self, password: str, stored: str) -> bool:
-        return await asyncio.to_thread(self.verify_sync, password, stored)
+        return await _in_pool(lambda: self.verify_sync(password, stored))
 
     async def verify_absent(self, password: str) -> bool:
         """Do the work of one verification for an account that does not exist; always False."""
-        await asyncio.to_thread(self.verify_sync, password, self._absent)
+        await _in_pool(lambda: self.verify_sync(password, self._absent))
         return False

@@ -300,9 +300,14 @@ class AccountStore:
         check_new_password(password)
         await self.require(principal_key)
         hashed = await self.hasher.hash(password)
-        await self.redis.hset(redis_key(principal_key), "password_hash", hashed)
-        # SECURITY: a reset password usually means a leaked one; its sessions go with it.
-        return await self.end_sessions(principal_key)
+        # SECURITY: a reset password usually means a leaked one; its sessions go with it,
+        # in the same step as the new hash (never one without the other).
+        return await end_sessions_of(
+            self.redis,
+            principal_key,
+            account_key=redis_key(principal_key),
+            credential={"password_hash": hashed},
+        )
 
     async def end_sessions(self, principal_key: str) -> int:
         """End every console session (and its app sessions) of one account, and every login
@@ -317,13 +322,19 @@ class AccountStore:
                 "totp_secret: expected base32 (A-Z, 2-7), 16 to 128 characters"
             )
         replaced = (await self.require(principal_key)).enrolled
-        await self.redis.hset(
-            redis_key(principal_key),
-            mapping={"totp_secret": self.box.seal(secret, principal_key), "enrolment_token": ""},
+        sealed = self.box.seal(secret, principal_key)
+        fields = {"totp_secret": sealed, "enrolment_token": ""}
+        if not replaced:
+            # An account without a second factor had no login to end.
+            await self.redis.hset(
+                redis_key(principal_key), mapping={"totp_secret": sealed, "enrolment_token": ""}
+            )
+            return 0
+        # SECURITY: as with a TOTP reset, a replaced second factor ends what the old made,
+        # in the same step as the new secret (never one without the other).
+        return await end_sessions_of(
+            self.redis, principal_key, account_key=redis_key(principal_key), credential=fields
         )
-        # SECURITY: as with a TOTP reset, a replaced second factor ends what the old made
-        # (an account without one had no login to end).
-        return await self.end_sessions(principal_key) if replaced else 0
 
     def totp_secret(self, account: Account) -> str:
         """The plain TOTP secret of an enrolled account (SecretKeyError if tampered)."""

@@ -4,7 +4,9 @@ Passwords: failures slow down further attempts per account name (the email as ty
 known or not) and per client address with a growing delay and no hard lock, so nobody
 can lock the approvers out. An attempt is counted as a failure *before* the password is
 checked (atomically, in Lua) and forgiven on success, so concurrent guesses cannot slip
-through between check and count.
+through between check and count. A client address is counted in one spelling (an
+IPv4-mapped IPv6 address is its IPv4 address), and an IPv6 client by its /64, the block
+one host or site is given: rotating the interface id does not make a new client.
 
     account: 3 free failures, then 1, 2, 4, ... s between attempts, at most 300 s
     address: 10 free failures, then 1, 2, 4, ... s, at most 300 s
@@ -16,6 +18,7 @@ minutes. In-flight attempts count, so at most 5 codes are ever tried per window.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 
@@ -32,6 +35,8 @@ class Backoff:
     max_s: float
     forget_after_s: float
 
+
+IPV6_CLIENT_PREFIX = 64
 
 ACCOUNT_BACKOFF = Backoff(free=3, base_s=1.0, max_s=300.0, forget_after_s=3600.0)
 ADDRESS_BACKOFF = Backoff(free=10, base_s=1.0, max_s=300.0, forget_after_s=3600.0)
@@ -109,6 +114,21 @@ def _seconds(reply: bytes | str | float) -> int:
     return math.ceil(left) if left > 0 else 0
 
 
+def address_key(address: str) -> str:
+    """The one name of a client address for throttling (see the module docstring)."""
+    try:
+        parsed = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address  # not an IP (e.g. a unix socket peer): counted as given
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        # SECURITY: an IPv6 client holds a whole /64; each of its addresses is the same client.
+        network = ipaddress.IPv6Network((parsed, IPV6_CLIENT_PREFIX), strict=False)
+        return str(network)
+    return str(parsed)
+
+
 class PasswordThrottle:
     def __init__(
         self,
@@ -134,7 +154,7 @@ class PasswordThrottle:
             await self._begin(
                 keys=[
                     keys.password_failures_account(account_name),
-                    keys.password_failures_address(address),
+                    keys.password_failures_address(address_key(address)),
                 ],
                 args=args,
             )
@@ -142,7 +162,7 @@ class PasswordThrottle:
 
     async def succeeded(self, account_name: str, address: str) -> None:
         await self._redis.delete(keys.password_failures_account(account_name))
-        await self._forgive(keys=[keys.password_failures_address(address)], args=[])
+        await self._forgive(keys=[keys.password_failures_address(address_key(address))], args=[])
 
 
 class TotpLockout:

@@ -146,11 +146,13 @@ async def proceed(request: web.Request, session: Session, logins: Logins) -> web
     following = session.pop("next", None)
     login = current_login(session)
     if isinstance(returning, str) and login is not None:
-        url = logins.addresses.verify(returning, logins.is_routed_host)
-        parts = routed_url_parts(url) if url else None
-        if parts is not None:
+        address = logins.addresses.verify_bound(returning, logins.is_routed_host)
+        parts = routed_url_parts(address.url) if address else None
+        if address is not None and parts is not None:
             host, netloc, target = parts
-            code = await logins.codes.issue(login.session_id, login.principal_key, host, target)
+            code = await logins.codes.issue(
+                login.session_id, login.principal_key, host, target, binding=address.binding
+            )
             return see_other(f"https://{netloc}/.gateway/auth?code={code}")
     if isinstance(following, str) and local_path(following):
         return see_other(following)

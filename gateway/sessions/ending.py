@@ -9,6 +9,8 @@ in-flight responses can drop them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import redis.asyncio as aioredis
 
 from gateway import keys
@@ -23,11 +25,31 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return #apps
 """
 
-# KEYS[1]: the principal's session set, KEYS[2]: the principal's session epoch.
-# ARGV: console-session, app-session-set and app-session key prefixes.
-# Raises the epoch and deletes every session in one step: a login that read the old
-# epoch can no longer save (records._CREATE_LOGIN), and one saved before is deleted here.
+# KEYS[1]: the principal's session set, KEYS[2]: the principal's session epoch,
+# KEYS[3]: the account hash. ARGV: console-session, app-session-set and app-session key
+# prefixes, then field pairs to write into the account first (a new credential).
+# Writes the credential, raises the epoch and deletes every session in one step: a login
+# that read the old epoch can no longer save (records._CREATE_LOGIN), and one saved before
+# is deleted here. Lua undoes nothing, so whatever could refuse is checked before any
+# write: a credential never lands without the end of the sessions it replaces.
 _END_ALL = """
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+if kind(KEYS[1]) ~= 'none' and kind(KEYS[1]) ~= 'set' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is no set of sessions')
+end
+-- An epoch INCR can raise: digits only, and few enough never to overflow.
+local epoch_kind = kind(KEYS[2])
+if epoch_kind ~= 'none'
+    and (epoch_kind ~= 'string' or not string.match(redis.call('GET', KEYS[2]), '^%d+$')
+         or #redis.call('GET', KEYS[2]) > 18) then
+  return redis.error_reply('DAMAGED ' .. KEYS[2] .. ' is no session epoch')
+end
+if #ARGV > 3 then
+  if kind(KEYS[3]) ~= 'hash' then
+    return redis.error_reply('NOACCOUNT ' .. KEYS[3] .. ' is no account')
+  end
+  for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+end
 redis.call('INCR', KEYS[2])
 local sids = redis.call('SMEMBERS', KEYS[1])
 for _, sid in ipairs(sids) do
@@ -54,13 +76,27 @@ async def end_console_session(redis: aioredis.Redis, session_id: str, principal_
     await redis.publish(keys.session_events_channel(), f"end {session_id}")
 
 
-async def end_sessions_of(redis: aioredis.Redis, principal_key: str) -> int:
+async def end_sessions_of(
+    redis: aioredis.Redis,
+    principal_key: str,
+    *,
+    account_key: str = "",
+    credential: Mapping[str, str] | None = None,
+) -> int:
     """End every console session (and its app sessions) of one principal, and every login
-    of it under way; returns how many sessions ended."""
-    # SECURITY: epoch raised and sessions deleted atomically (no login slips in between).
+    of it under way; returns how many sessions ended. With `credential`, its fields are
+    first written into the account hash `account_key`, in the same step (or nothing is
+    written and the Redis error raised)."""
+    fields = [part for pair in (credential or {}).items() for part in pair]
+    # SECURITY: credential written, epoch raised and sessions deleted atomically (no login
+    # slips in between, and no credential changes without its sessions ending).
     ended = await redis.register_script(_END_ALL)(
-        keys=[keys.principal_sessions(principal_key), keys.session_epoch(principal_key)],
-        args=[keys.console_session(""), keys.app_sessions_of(""), keys.app_session("")],
+        keys=[
+            keys.principal_sessions(principal_key),
+            keys.session_epoch(principal_key),
+            account_key or keys.session_epoch(principal_key),
+        ],
+        args=[keys.console_session(""), keys.app_sessions_of(""), keys.app_session(""), *fields],
     )
     sids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in ended]
     for sid in sids:

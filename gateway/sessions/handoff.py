@@ -1,19 +1,23 @@
 """The hand-off between a routed host and the console (DESIGN.md "Two kinds of origin").
 
 1. A routed host without an app session sends the browser to the console's login with
-   a *signed return address*: `https://<routed host>/<path>` plus an expiry, HMAC-SHA256
-   under a key kept outside Redis. The console accepts only addresses it signed, that
-   have not expired, that are https and whose host is a routed host now: no open
-   redirect, whatever the query string says.
+   a *signed return address*: `https://<routed host>/<path>` plus an expiry and the
+   browser's *binding* (the SHA-256 of a random nonce the routed host keeps in the
+   host-only `__Host-gw_handoff` cookie), HMAC-SHA256 under a key kept outside Redis.
+   The console accepts only addresses it signed, that have not expired, that are https
+   and whose host is a routed host now: no open redirect, whatever the query says.
 2. After login (and MFA) the console issues a *hand-off code*: 256 random bits, stored
-   in Redis only as its SHA-256 with the console session, the routed host and the path,
-   valid `sessions.handoff_code_ttl_s` seconds by the Clock.
+   in Redis only as its SHA-256 with the console session, the routed host, the path and
+   the binding, valid `sessions.handoff_code_ttl_s` seconds by the Clock.
 3. The routed host's `/.gateway/auth?code=…` redeems the code once (GETDEL: a second
-   use finds nothing), only on the host it was issued for, and sets the host-only
-   app-session cookie (see `app_sessions`).
+   use finds nothing), only on the host it was issued for and only from the browser
+   holding the nonce, and sets the host-only app-session cookie (see `app_sessions`).
+   A code sent to someone else (login CSRF: the victim would act, and be audited, as
+   the sender) fails in their browser.
 
     addresses = ReturnAddresses(key, clock)
-    token = addresses.sign("https://acme.gateway.example:8443/invoices?page=2")
+    token = addresses.sign("https://acme.gateway.example:8443/invoices?page=2",
+                           binding=browser_binding(nonce))
     url = addresses.verify(token, is_routed_host)      # None if forged/expired/off-route
 """
 
@@ -33,11 +37,12 @@ import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.clock import Clock
-from gateway.sessions.records import json_object
+from gateway.sessions.records import json_object, valid_token
 
 RETURN_TTL_S = 3600  # time to log in (and enrol) between leaving a routed host and coming back
 MAX_RETURN = 4096
 HANDOFF_KEY_ENV = "GATEWAY_HANDOFF_KEY"
+_BINDING_HEX = 64
 
 
 def _b64(data: bytes) -> str:
@@ -46,6 +51,39 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def new_nonce() -> str:
+    """A fresh browser nonce for the `__Host-gw_handoff` cookie."""
+    return secrets.token_urlsafe(32)
+
+
+def browser_binding(nonce: str | None) -> str | None:
+    """The binding a browser's nonce stands for; None when it holds no well-formed one."""
+    return browser_nonce(nonce)[1] if valid_token(nonce) else None
+
+
+def browser_nonce(presented: str | None) -> tuple[str, str]:
+    """(nonce, binding): the browser's own nonce when it holds a well-formed one, else a
+    fresh one (to be set in its `__Host-gw_handoff` cookie)."""
+    nonce = presented if valid_token(presented) else new_nonce()
+    return nonce, hashlib.sha256(b"handoff|" + nonce.encode("ascii")).hexdigest()
+
+
+def _is_binding(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == _BINDING_HEX
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+@dataclass(frozen=True)
+class ReturnAddress:
+    """A verified return address and the binding of the browser it was made for."""
+
+    url: str
+    binding: str
 
 
 def routed_url_parts(url: str) -> tuple[str, str, str] | None:
@@ -76,13 +114,25 @@ class ReturnAddresses:
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, b"return|" + payload.encode(), hashlib.sha256).digest())
 
-    def sign(self, url: str) -> str:
-        body = json.dumps({"u": url, "e": self._clock.now() + RETURN_TTL_S}, separators=(",", ":"))
+    def sign(self, url: str, *, binding: str) -> str:
+        if not _is_binding(binding):
+            raise ValueError("a return address needs the binding of the browser it is for")
+        body = json.dumps(
+            {"u": url, "e": self._clock.now() + RETURN_TTL_S, "b": binding},
+            separators=(",", ":"),
+        )
         payload = _b64(body.encode())
         return f"{payload}.{self._mac(payload)}"
 
     def verify(self, token: str, is_routed_host: Callable[[str], bool]) -> str | None:
         """The URL signed in `token` if it is genuine, fresh and points at a routed host."""
+        found = self.verify_bound(token, is_routed_host)
+        return found.url if found is not None else None
+
+    def verify_bound(
+        self, token: str, is_routed_host: Callable[[str], bool]
+    ) -> ReturnAddress | None:
+        """`verify`, with the binding of the browser the address was made for."""
         if not token or len(token) > MAX_RETURN or token.count(".") != 1:
             return None
         payload, mac = token.split(".")
@@ -95,16 +145,18 @@ class ReturnAddresses:
             return None
         if not isinstance(body, dict):
             return None
-        url, expires = body.get("u"), body.get("e")
+        url, expires, binding = body.get("u"), body.get("e"), body.get("b")
         if not isinstance(url, str) or not isinstance(expires, int | float):
             return None
+        if not _is_binding(binding):
+            return None  # SECURITY: an address for no browser in particular is no address
         if self._clock.now() >= expires:
             return None
         parts = routed_url_parts(url)
         # SECURITY: and even a signed one must still name a routed host, never the console.
         if parts is None or not is_routed_host(parts[0]):
             return None
-        return url
+        return ReturnAddress(url, str(binding))
 
 
 @dataclass(frozen=True)
@@ -115,6 +167,7 @@ class HandoffGrant:
     principal_key: str
     host: str  # the routed host name it is valid on
     target: str  # path?query to land on after the exchange
+    binding: str  # the browser it was issued for (`browser_binding`)
 
 
 class HandoffCodes:
@@ -123,21 +176,27 @@ class HandoffCodes:
         self._clock = clock
         self._ttl_s = ttl_s
 
-    async def issue(self, session_id: str, principal_key: str, host: str, target: str) -> str:
+    async def issue(
+        self, session_id: str, principal_key: str, host: str, target: str, *, binding: str
+    ) -> str:
+        if not _is_binding(binding):
+            raise ValueError("a hand-off code needs the binding of the browser it is for")
         code = secrets.token_urlsafe(32)
         record = {
             "sid": session_id,
             "principal": principal_key,
             "host": host.lower(),
             "target": target,
+            "binding": binding,
             "expires_at": self._clock.now() + self._ttl_s,
         }
         digest = hashlib.sha256(code.encode()).hexdigest()
         await self._redis.set(keys.handoff_code(digest), json.dumps(record), ex=self._ttl_s + 5)
         return code
 
-    async def redeem(self, code: str, host: str) -> HandoffGrant | None:
-        """Spend `code` on `host`: once, in time, on its own host; else None."""
+    async def redeem(self, code: str, host: str, nonce: str | None) -> HandoffGrant | None:
+        """Spend `code` on `host` from the browser holding `nonce`: once, in time, on its
+        own host, in its own browser; else None."""
         if not code or len(code) > 128:
             return None
         digest = hashlib.sha256(code.encode("utf-8", "replace")).hexdigest()
@@ -148,10 +207,15 @@ class HandoffCodes:
             return None
         if self._clock.now() >= record["expires_at"]:
             return None
-        fields = [record.get(name) for name in ("sid", "principal", "host", "target")]
+        names = ("sid", "principal", "host", "target", "binding")
+        fields = [record.get(name) for name in names]
         if not all(isinstance(value, str) for value in fields):
             return None  # SECURITY: a damaged record is no code (fail closed, no 500)
-        sid, principal, issued_for, target = (str(value) for value in fields)
+        sid, principal, issued_for, target, binding = (str(value) for value in fields)
         if not hmac.compare_digest(issued_for, host.lower()):
             return None
-        return HandoffGrant(sid, principal, issued_for, target)
+        presented = browser_binding(nonce)
+        # SECURITY: only the browser that was sent to log in may finish the hand-off.
+        if presented is None or not hmac.compare_digest(binding, presented):
+            return None
+        return HandoffGrant(sid, principal, issued_for, target, binding)

@@ -1,8 +1,9 @@
 """The hand-off's routed-host side: `/.gateway/auth` and `/.gateway/logout`, and the way
 back to the console for a flow that has no (or a stale) login.
 
-    GET /.gateway/auth?code=…   redeem a one-time hand-off code made for THIS host, set the
-                                host-only app-session cookie, 303 to where the user was going
+    GET /.gateway/auth?code=…   redeem a one-time hand-off code made for THIS host and THIS
+                                browser (its `__Host-gw_handoff` nonce), set the host-only
+                                app-session cookie, 303 to where the user was going
     GET|POST /.gateway/logout   end this host's app session, 303 to the console's logout
 
 Nothing here ever reaches the customer application (the route stage answers these
@@ -17,9 +18,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway.appkeys import RoutedEndpoint
-from gateway.cookies import APP_SESSION
+from gateway.cookies import APP_SESSION, HANDOFF_BINDING
 from gateway.denials import Denial, denial_response, method_not_allowed, wants_html
 from gateway.flow import Flow
+from gateway.sessions.handoff import RETURN_TTL_S, browser_nonce
 from gateway.sessions.logins import Logins, logins_of
 from gateway.stages.route import split_host
 
@@ -48,7 +50,7 @@ async def auth(request: web.Request) -> web.StreamResponse:
     logins = logins_of(request.config_dict)
     host = _host(request)
     code = request.query.get("code", "")
-    grant = await logins.codes.redeem(code, host)
+    grant = await logins.codes.redeem(code, host, request.cookies.get(HANDOFF_BINDING))
     if grant is None:
         return denial_response(
             Denial(
@@ -75,6 +77,8 @@ async def auth(request: web.Request) -> web.StreamResponse:
         samesite="Lax",
         max_age=logins.config.sessions.absolute_lifetime_s,
     )
+    # The binding has done its work; the next hand-off of this browser gets a fresh one.
+    response.del_cookie(HANDOFF_BINDING, path="/", secure=True, httponly=True, samesite="Lax")
     return response
 
 
@@ -100,6 +104,14 @@ def to_console(flow: Flow, logins: Logins, page: str, error: str, reason: str) -
     parsed = split_host(flow.request.headers.get("Host", ""))
     port = parsed[1] if parsed else ""
     netloc = flow.host + (f":{port}" if port.isdigit() else "")
-    signed = logins.addresses.sign(f"https://{netloc}{target}")
+    # The browser keeps its nonce across redirects (several tabs share one), so any of
+    # its hand-offs completes in it, and in no other browser.
+    nonce, binding = browser_nonce(flow.request.cookies.get(HANDOFF_BINDING))
+    signed = logins.addresses.sign(f"https://{netloc}{target}", binding=binding)
     location = f"{logins.config.console_url}/{page}?return={quote(signed, safe='')}"
-    return Denial(303, error, reason, {"Location": location, "Cache-Control": "no-store"})
+    # SECURITY: host-only (__Host-, no Domain), HTTPS-only, invisible to the app's scripts.
+    cookie = (
+        f"{HANDOFF_BINDING}={nonce}; Max-Age={RETURN_TTL_S}; Path=/; Secure; HttpOnly; SameSite=Lax"
+    )
+    headers = {"Location": location, "Cache-Control": "no-store", "Set-Cookie": cookie}
+    return Denial(303, error, reason, headers)

@@ -3,10 +3,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
+from gateway import keys
 from gateway.accounts import AccountNotFound, Accounts
 from gateway.accounts.totp import code_at
 from gateway.clock import ManualClock
+from gateway.sessions.records import create_login_record
 
 BOB = "member:acme:bob"
 
@@ -101,3 +105,33 @@ async def test_reset_removes_secret(accounts: Accounts, alice: str) -> None:
     assert not (await accounts.store.require("member:acme:alice")).enrolled
     with pytest.raises(AccountNotFound):
         await accounts.enrolment.issue("member:acme:nobody")
+
+
+async def test_a_totp_reset_ends_every_session_in_the_same_step(
+    accounts: Accounts, alice: str, redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    key = "member:acme:alice"
+    epoch = int(await redis.get(keys.session_epoch(key)) or 0)
+    record = {"principal": key, "epoch": epoch, "created_at": clock.now()}
+    for sid in ("s1", "s2"):
+        assert await create_login_record(redis, sid, {**record, "last_seen": clock.now()}, 600)
+    token, ended = await accounts.enrolment.reset(key)
+    assert ended == 2
+    assert not await redis.exists(keys.console_session("s1"), keys.console_session("s2"))
+    assert not (await accounts.store.require(key)).enrolled
+    assert await accounts.enrolment.has_live_token(key)
+    assert token
+
+
+async def test_a_totp_reset_that_cannot_end_the_sessions_changes_nothing(
+    accounts: Accounts, alice: str, redis: aioredis.Redis
+) -> None:
+    key = "member:acme:alice"
+    await redis.rpush(keys.principal_sessions(key), "not what the gateway wrote")
+    with pytest.raises(redis_errors.ResponseError):
+        await accounts.enrolment.reset(key)
+    account = await accounts.store.require(key)
+    assert accounts.store.totp_secret(account) == alice  # still the old second factor
+    assert not await accounts.enrolment.has_live_token(key)
+    with pytest.raises(AccountNotFound):
+        await accounts.enrolment.reset("member:acme:nobody")

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -61,3 +64,21 @@ def test_absent_account_costs_the_same_work() -> None:
 def test_cost_out_of_range_refused() -> None:
     with pytest.raises(ValueError, match="log2_n"):
         PasswordHasher(log2_n=4)
+
+
+async def test_hashing_never_waits_for_the_shared_thread_pool(hasher: PasswordHasher) -> None:
+    # A flood of logins must not hold up what the event loop's default pool serves (the
+    # upstream connector's DNS lookups, policy reloads): scrypt has its own threads. Here
+    # the default pool's only thread is busy, and hashing still finishes.
+    loop = asyncio.get_running_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(pool)
+    release = threading.Event()
+    blocked = loop.run_in_executor(None, release.wait, 30.0)
+    try:
+        stored = await asyncio.wait_for(hasher.hash("correct horse"), 10)
+        assert await asyncio.wait_for(hasher.verify("correct horse", stored), 10)
+        assert not await asyncio.wait_for(hasher.verify_absent("correct horse"), 10)
+    finally:
+        release.set()
+        assert await blocked is True

@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from gateway import keys
 from gateway.accounts import (
@@ -171,3 +172,27 @@ async def test_a_new_totp_secret_ends_every_session(
 async def test_bad_principal_key_refused(accounts: Accounts, bad: str) -> None:
     with pytest.raises(InvalidAccountInput):
         await accounts.store.get(bad)
+
+
+@pytest.mark.parametrize("damage", ["epoch", "sessions", "epoch overflow"])
+async def test_a_credential_reset_that_cannot_end_the_sessions_changes_nothing(
+    accounts: Accounts, alice: str, redis: aioredis.Redis, damage: str
+) -> None:
+    # The new credential and the end of the sessions it replaces are one step: were the
+    # credential written alone, a re-run of an idempotent import would find it current
+    # and never end the sessions of the old one.
+    key = "member:acme:alice"
+    before = await accounts.store.require(key)
+    broken = keys.principal_sessions(key) if damage == "sessions" else keys.session_epoch(key)
+    await redis.delete(broken)
+    if damage == "epoch overflow":
+        await redis.set(broken, str(2**63 - 1))  # an integer INCR cannot raise
+    else:
+        await redis.rpush(broken, "not what the gateway wrote")
+    with pytest.raises(redis_errors.ResponseError):
+        await accounts.store.set_password(key, "a fresh long passphrase 9")
+    with pytest.raises(redis_errors.ResponseError):
+        await accounts.store.set_totp_secret(key, "JBSWY3DPEHPK3PXZ")
+    after = await accounts.store.require(key)
+    assert after.password_hash == before.password_hash
+    assert accounts.store.totp_secret(after) == alice

@@ -110,3 +110,29 @@ async def test_concurrent_totp_attempts_at_most_five(
     results = await asyncio.gather(*(lockout.begin("staff:sam") for _ in range(20)))
     assert results.count(0) == 5
     assert all(r == 900 for r in results if r)
+
+
+async def test_address_throttle_holds_across_one_ipv6_prefix(
+    redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    # One client holds a whole /64: rotating the interface id is not a new client.
+    throttle = PasswordThrottle(redis, clock)
+    for i in range(10):
+        assert await throttle.begin(f"user{i}@x.example", f"2001:db8:1:2::{i + 1:x}") == 0
+    assert await throttle.begin("fresh@x.example", "2001:db8:1:2:ffff:ffff:ffff:ffff") == 1
+    # Another /64 is another client.
+    assert await throttle.begin("fresh@x.example", "2001:db8:1:3::1") == 0
+
+
+async def test_address_throttle_one_key_per_address_whatever_its_spelling(
+    redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    throttle = PasswordThrottle(redis, clock)
+    spellings = ["198.51.100.7", "::ffff:198.51.100.7", "::FFFF:c633:6407"]
+    for i in range(10):
+        assert await throttle.begin(f"user{i}@x.example", spellings[i % 3]) == 0
+    for spelling in spellings:
+        assert await throttle.begin("fresh@x.example", spelling) == 1
+    await throttle.succeeded("user0@x.example", "::ffff:198.51.100.7")
+    # The success forgave the one address (its attempt), under whichever spelling.
+    assert await throttle.begin("fresh@x.example", "198.51.100.7") == 0

@@ -191,3 +191,18 @@ async def test_concurrent_api_logins_one_code_one_session(site: Site) -> None:
     finally:
         for browser in browsers:
             await browser.close()
+
+
+async def test_deeply_nested_login_body_is_a_clear_400(site: Site, browser: Browser) -> None:
+    # Well under the size limit, but nested past what a JSON parser can recurse into.
+    for body in ("[" * 30_000, '{"a":' * 10_000 + "1" + "}" * 10_000):
+        status, answer, _ = await call(
+            browser,
+            "POST",
+            site.console(f"{API}/login"),
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 400, answer
+        assert answer["error"] == "malformed_json"
+    assert (await api_login(site, browser))[0] == 200

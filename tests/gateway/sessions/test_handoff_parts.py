@@ -14,10 +14,18 @@ from gateway.clock import ManualClock
 from gateway.config import Sessions
 from gateway.identity import Principal, PrincipalKind
 from gateway.sessions.app_sessions import AppSessions
-from gateway.sessions.handoff import HandoffCodes, ReturnAddresses, routed_url_parts
+from gateway.sessions.handoff import (
+    HandoffCodes,
+    ReturnAddresses,
+    browser_binding,
+    new_nonce,
+    routed_url_parts,
+)
 from gateway.sessions.records import alive, live_record, sid_of
 
 KEY = bytes(range(32))
+NONCE = new_nonce()
+BINDING = str(browser_binding(NONCE))
 LIMITS = Sessions(idle_timeout_s=600, absolute_lifetime_s=3600, mfa_max_age_s=300)
 
 
@@ -27,7 +35,7 @@ def routed(host: str) -> bool:
 
 def test_signed_return_round_trip_and_tampering(clock: ManualClock) -> None:
     addresses = ReturnAddresses(KEY, clock)
-    token = addresses.sign("https://acme.example:8443/a/b?c=d")
+    token = addresses.sign("https://acme.example:8443/a/b?c=d", binding=BINDING)
     assert addresses.verify(token, routed) == "https://acme.example:8443/a/b?c=d"
     payload, mac = token.split(".")
     assert (
@@ -56,7 +64,7 @@ def test_signed_return_round_trip_and_tampering(clock: ManualClock) -> None:
 )
 def test_signed_but_unfit_addresses_refused(clock: ManualClock, url: str) -> None:
     addresses = ReturnAddresses(KEY, clock)
-    assert addresses.verify(addresses.sign(url), routed) is None
+    assert addresses.verify(addresses.sign(url, binding=BINDING), routed) is None
 
 
 def test_url_parts() -> None:
@@ -70,17 +78,17 @@ def test_url_parts() -> None:
 
 async def test_code_once_in_time_on_its_host(redis: aioredis.Redis, clock: ManualClock) -> None:
     codes = HandoffCodes(redis, clock, ttl_s=30)
-    code = await codes.issue("sid", "staff:sam", "acme.example", "/x")
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING)
     stored = await redis.keys(keys.handoff_code("*"))
     assert len(stored) == 1
     assert code.encode() not in stored[0]
-    grant = await codes.redeem(code, "ACME.example")
+    grant = await codes.redeem(code, "ACME.example", NONCE)
     assert grant is not None
     assert (grant.session_id, grant.principal_key, grant.target) == ("sid", "staff:sam", "/x")
-    assert await codes.redeem(code, "acme.example") is None
-    late = await codes.issue("sid", "staff:sam", "acme.example", "/x")
+    assert await codes.redeem(code, "acme.example", NONCE) is None
+    late = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING)
     clock.advance(30)
-    assert await codes.redeem(late, "acme.example") is None
+    assert await codes.redeem(late, "acme.example", NONCE) is None
 
 
 async def test_concurrent_redemptions_one_wins(
@@ -88,9 +96,11 @@ async def test_concurrent_redemptions_one_wins(
 ) -> None:
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
     try:
-        code = await HandoffCodes(redis, clock, 30).issue("sid", "staff:sam", "acme.example", "/")
+        code = await HandoffCodes(redis, clock, 30).issue(
+            "sid", "staff:sam", "acme.example", "/", binding=BINDING
+        )
         results = await asyncio.gather(
-            *(HandoffCodes(c, clock, 30).redeem(code, "acme.example") for c in clients * 3)
+            *(HandoffCodes(c, clock, 30).redeem(code, "acme.example", NONCE) for c in clients * 3)
         )
         assert sum(r is not None for r in results) == 1
     finally:
@@ -114,12 +124,12 @@ async def test_damaged_code_record_is_no_code_and_is_spent(
     redis: aioredis.Redis, clock: ManualClock, record: bytes | dict[str, object]
 ) -> None:
     codes = HandoffCodes(redis, clock, ttl_s=30)
-    code = await codes.issue("sid", "staff:sam", "acme.example", "/x")
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING)
     (key,) = await redis.keys(keys.handoff_code("*"))
     if isinstance(record, dict):
-        record = json.dumps({**record, "expires_at": clock.now() + 30}).encode()
+        record = json.dumps({"binding": BINDING, **record, "expires_at": clock.now() + 30}).encode()
     await redis.set(key, record)
-    assert await codes.redeem(code, "acme.example") is None
+    assert await codes.redeem(code, "acme.example", NONCE) is None
     assert not await redis.exists(key)
 
 

@@ -6,7 +6,7 @@ import asyncio
 from urllib.parse import quote
 
 from gateway import keys
-from gateway.sessions.handoff import ReturnAddresses
+from gateway.sessions.handoff import ReturnAddresses, browser_binding, new_nonce
 from tests.gateway.sessions.harness import (
     ACME,
     ALICE_SECRET,
@@ -180,7 +180,8 @@ async def _step_up(site: Site, browser: Browser) -> None:
 
 
 async def test_return_address_must_be_signed_and_routed(site: Site, browser: Browser) -> None:
-    evil = ReturnAddresses(b"k" * 32, site.clock).sign("https://evil.example/")
+    binding = str(browser_binding(new_nonce()))
+    evil = ReturnAddresses(b"k" * 32, site.clock).sign("https://evil.example/", binding=binding)
     for value in (evil, "https://evil.example/", "", "a.b", "x" * 5000):
         page = await browser.get(site.console(f"/login?return={quote(value)}"))
         assert page.status == 400
@@ -190,10 +191,12 @@ async def test_return_address_must_be_signed_and_routed(site: Site, browser: Bro
 
     logins = logins_of(site.app)
     for url in ("https://evil.example/x", site.console("/"), "http://acme.localhost/x"):
-        page = await browser.get(site.console(f"/login?return={quote(logins.addresses.sign(url))}"))
+        page = await browser.get(
+            site.console(f"/login?return={quote(logins.addresses.sign(url, binding=binding))}")
+        )
         assert page.status == 400
     # Signed addresses expire.
-    old = logins.addresses.sign(site.routed(ACME, "/x"))
+    old = logins.addresses.sign(site.routed(ACME, "/x"), binding=binding)
     site.clock.advance(3601)
     page = await browser.get(site.console(f"/login?return={quote(old)}"))
     assert page.status == 400
