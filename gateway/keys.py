@@ -136,6 +136,11 @@ def org_live_grants(org_id: str) -> str:
     return f"{P}org:{org_id}:live-grants"
 
 
+def usage_flush(token: str) -> str:
+    """Marker of one applied batch of request counts (so a retried batch adds nothing twice)."""
+    return f"{P}access:usage-flush:{token}"
+
+
 def access_outbox() -> str:
     """Stream of workflow events written by the transition scripts, for notices and audit."""
     return f"{P}access:outbox"

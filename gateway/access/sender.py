@@ -70,9 +70,12 @@ class MailSender:
         for message in await self.queue.claim(limit):
             try:
                 await self.deliver(message)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+            except Exception as exc:
+                # Any failure of one message (SMTP, network, TLS, or a message that cannot
+                # be built) counts against that message alone, with its reason recorded,
+                # so it is retried, then given up on visibly, and never holds back the rest.
                 failed += 1
-                log.warning("mail %s to %s not delivered: %s", message.id, message.to, exc)
+                log.warning("mail %s to %r not delivered: %s", message.id, message.to, exc)
                 await self.queue.failed(message, f"{type(exc).__name__}: {exc}")
                 continue
             sent += 1

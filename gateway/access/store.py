@@ -18,7 +18,7 @@ import json
 import math
 import secrets
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -79,19 +79,23 @@ class GrantCheck:
     reason: str
 
 
-# The live-grant pointer, the hash of the member it acts as and the org's settings, in one
-# round trip. KEYS[1]: the pointer; KEYS[2]: the org hash; ARGV[1]: the org's member key
-# with '{id}' for the member id.
+# The live-grant pointer, the hash of the member it acts as, the org's settings and, when
+# the actor is a customer admin (an impersonation), the admin's own account, in one round
+# trip. KEYS[1]: the pointer; KEYS[2]: the org hash; ARGV[1]: the org's member key with
+# '{id}' for the member id.
 _READ_GRANT = """
 local pointer = redis.call('HGETALL', KEYS[1])
 local settings = redis.call('HGET', KEYS[2], 'settings') or ''
-local member_id = nil
-for i = 1, #pointer, 2 do
-  if pointer[i] == 'member' then member_id = pointer[i + 1] end
+local fields = {}
+for i = 1, #pointer, 2 do fields[pointer[i]] = pointer[i + 1] end
+local function account(id)
+  if not id then return {} end
+  local key = string.gsub(ARGV[1], '{id}', function() return id end)
+  return redis.call('HGETALL', key)
 end
-if not member_id then return {pointer, {}, settings} end
-local member_key = string.gsub(ARGV[1], '{id}', function() return member_id end)
-return {pointer, redis.call('HGETALL', member_key), settings}
+local actor = {}
+if fields.actor_kind == 'member' then actor = account(fields.actor_id) end
+return {pointer, account(fields.member), settings, actor}
 """
 
 
@@ -103,6 +107,9 @@ class GrantFacts:
     pointer: dict[str, str]
     member: dict[str, str]  # empty when the member's account does not exist
     admins_impersonable: bool = False
+    # The acting customer admin's own account (an impersonation's actor); empty when the
+    # actor is staff, or when the admin's account does not exist.
+    actor: dict[str, str] = field(default_factory=dict)
 
 
 class GrantReader:
@@ -115,12 +122,12 @@ class GrantReader:
         raw: Any = await self._script(
             keys=[keys.live_grant(actor_key, org), keys.org(org)], args=[keys.member(org, "{id}")]
         )
-        pointer, member, settings = raw
+        pointer, member, settings, actor = raw
         try:
             admins = settings_from(settings, org).admins_impersonable
         except AccessInvalid:
             admins = False  # SECURITY: unreadable settings allow nothing extra
-        return GrantFacts(_pairs(pointer), _pairs(member), admins)
+        return GrantFacts(_pairs(pointer), _pairs(member), admins, _pairs(actor))
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
@@ -145,11 +152,23 @@ def check_scope(value: object) -> Scope:
     return Scope(str(value))
 
 
+def _check_characters(text: str, what: str) -> str:
+    # A lone surrogate (JSON allows "\ud800") cannot be stored as UTF-8 at all, and control
+    # characters have no place in a note that is mailed and audited: both are refused here,
+    # before anything is stored, rather than failing half-way inside Redis.
+    if any(0xD800 <= ord(c) <= 0xDFFF or (ord(c) < 0x20 and c not in "\t\n\r") for c in text):
+        raise AccessInvalid(
+            f"invalid_{what}", f"{what}: no control characters or unpaired surrogates"
+        )
+    return text
+
+
 def check_comment(value: object, *, required: bool = False) -> str:
     if value is None:
         value = ""
     if not isinstance(value, str) or len(value) > MAX_COMMENT:
         raise AccessInvalid("invalid_comment", f"comment: expected text of at most {MAX_COMMENT}")
+    _check_characters(value, "comment")
     if required and not value.strip():
         raise AccessInvalid("comment_required", "a comment is required")
     return value
@@ -163,6 +182,7 @@ def check_justification(value: object, settings: OrgSettings) -> str:
         raise AccessInvalid(
             "invalid_justification", f"justification: at most {MAX_JUSTIFICATION} characters"
         )
+    _check_characters(text, "justification")
     if len(text) < settings.justification_min_length:
         raise AccessInvalid(
             "justification_too_short",
@@ -261,7 +281,15 @@ class AccessStore:
         narrowed = "" if scope is None else check_scope(scope).value
         org = approver.org or "-"
         template = keys.member(org, "{id}")
-        await self._decide("approve", rid, approver, note, duration, narrowed, template)
+        # SECURITY: the org's rules in force now bind the approval, not those at filing: an
+        # org that since asks for more approvals or allows shorter grants gets its way.
+        # Unreadable settings refuse the approval (AccessInvalid).
+        request_org, _ = await self._anchor(rid)
+        settings = await self._guard(load_settings(self.redis, request_org))
+        await self._decide(
+            "approve", rid, approver, note, duration, narrowed, template,
+            str(settings.approvals_required), str(settings.max_duration_s),
+        )  # fmt: skip
         return await self.require(rid)
 
     async def deny(
@@ -315,7 +343,16 @@ class AccessStore:
 
     async def sweep(self, request_id: str) -> str:
         """Make the time-driven transition of one request if its time is up; returns its state."""
-        org, requester_key = await self._anchor(request_id)
+        try:
+            org, requester_key = await self._anchor(request_id)
+        except AccessNotFound:
+            # An index naming a record that is gone: drop the entry (sweep.lua does the
+            # same inside its script) rather than fail on it every round.
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.pending_requests(), request_id)
+                pipe.zrem(keys.live_grants(), request_id)
+                await self._guard(pipe.execute())
+            return "gone"
         keys_ = self._keys(request_id, org, requester_key, None)
         reply = await self._run(self._scripts.sweep, keys_, [request_id])
         return str(reply["state"])
@@ -548,7 +585,18 @@ def parse_grant(facts: GrantFacts) -> ParsedGrant:
         return ParsedGrant(_NO_GRANT, _NO_GRANT)
     # SECURITY: the approval was for a member who could be impersonated then; a member
     # disabled or marked not impersonable since is never acted as again.
-    if not member or member.get("disabled") == "1" or member.get("impersonable", "1") != "1":
+    actor = facts.actor
+    if grant.actor.kind is PrincipalKind.MEMBER and (
+        actor.get("role") != "admin" or actor.get("disabled") == "1"
+    ):
+        # SECURITY: a customer admin acts as their org's members only while still an
+        # enabled admin of that org; demoted, disabled or gone, the impersonation ends.
+        granted = GrantCheck(
+            None,
+            "not_admin",
+            f"{grant.actor.id} is no longer an admin of {grant.org}; the impersonation ended",
+        )
+    elif not member or member.get("disabled") == "1" or member.get("impersonable", "1") != "1":
         granted = GrantCheck(
             None,
             "member_not_impersonable",

@@ -14,6 +14,11 @@ subscription was down are re-checked when it comes back, and so are the grants o
 whose member changed (a member disabled or marked not impersonable ends their flows).
 Requests made under each grant are counted in memory and added to the request's
 `requests` field every second (the counts shown in the end-of-grant summary).
+
+A subscription is healthy only while the server answers it: it is pinged every
+PING_EVERY_S, and one that has said nothing for ANSWER_WITHIN_S past a ping (a connection
+dropped without a reset by a firewall or NAT) is treated as lost, as is a round of the
+watcher's own Redis work that does not finish in that time.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections import Counter
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -37,14 +44,41 @@ from gateway.access.store import (
     grant_check_from,
     parse_grant,
 )
+from gateway.access.text import as_text
 from gateway.clock import Clock
 from gateway.flow import InFlightFlows
 
 log = logging.getLogger(__name__)
 
-PING_EVERY_S = 5.0
+PING_EVERY_S = 1.0
+# A healthy server answers a ping at once; silence this long after one means the
+# subscription may be missing events.
+ANSWER_WITHIN_S = 3.0
 RECONNECT_S = 1.0
 FLUSH_EVERY_S = 1.0
+# How long a flushed batch's marker is kept at most (it is deleted once its reply came):
+# far longer than any retry of that batch.
+FLUSH_MARKER_TTL_S = 3600
+
+# One batch of request counts, applied at most once. KEYS[1]: the batch's marker; KEYS[2..]:
+# the requests' hashes; ARGV[1]: the marker's TTL; ARGV[2..]: the counts. Returns {} when
+# the batch was applied before, else {1} and then the positions of counts Redis refused
+# (a damaged record) with their errors.
+_FLUSH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {} end
+local out = {1}
+for i = 2, #KEYS do
+  local reply = {err = 'no such request'}
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    reply = redis.pcall('HINCRBY', KEYS[i], 'requests', ARGV[i])
+  end
+  if type(reply) == 'table' and reply.err then
+    out[#out + 1] = i - 1
+    out[#out + 1] = reply.err
+  end
+end
+return out
+"""
 
 
 class GrantWatcher:
@@ -58,6 +92,9 @@ class GrantWatcher:
         self._cache: dict[tuple[str, str], ParsedGrant] = {}
         self._generation = 0
         self._usage: Counter[str] = Counter()
+        # A batch of counts sent to Redis without a reply yet: (its token, its counts).
+        self._unconfirmed: tuple[str, Counter[str]] | None = None
+        self._flush = redis.register_script(_FLUSH)
         self._seen: dict[str, tuple[str, str]] = {}  # grant id -> (actor key, org)
 
     async def check(self, actor_key: str, org: str) -> GrantCheck:
@@ -133,25 +170,41 @@ class GrantWatcher:
     async def flush_usage(self) -> None:
         """Add the requests counted since the last flush to their grants' records.
 
-        One MULTI/EXEC: when it does not run (Redis unreachable), the counts are kept for
-        the next flush instead of being lost. Once it ran, every count Redis took is in:
-        one it refused (a damaged record) is logged and dropped, never tried again with
-        the others, which would add theirs twice. The app flushes once more when it stops.
+        Each batch of counts carries a token and is applied by one script at most once
+        (`_FLUSH`): a batch whose reply never came (Redis unreachable, or the flush
+        cancelled after Redis ran it) is sent again with the same token before anything
+        newer, so its counts are neither lost nor added twice. A count Redis refused (a
+        damaged record) is logged and dropped. The app flushes once more when it stops.
         """
-        if not self._usage:
-            return
-        usage, self._usage = self._usage, Counter()
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for grant_id, count in usage.items():
-                    pipe.hincrby(keys.access_request(grant_id), "requests", count)
-                results = await pipe.execute(raise_on_error=False)
-        except BaseException:
-            self._usage.update(usage)
-            raise
-        for (grant_id, count), result in zip(usage.items(), results, strict=True):
-            if isinstance(result, Exception):
-                log.warning("%d request(s) of grant %s not counted: %s", count, grant_id, result)
+        for _ in range(2):  # the unconfirmed batch, if any, then the counts since
+            if self._unconfirmed is None:
+                if not self._usage:
+                    return
+                self._unconfirmed = (secrets.token_hex(12), self._usage)
+                self._usage = Counter()
+            token = self._unconfirmed[0]
+            await self._flush_batch(*self._unconfirmed)
+            self._unconfirmed = None
+            # Confirmed: the batch is never sent again, so its marker may go (its TTL
+            # removes it anyway if this delete does not happen).
+            await self.redis.delete(keys.usage_flush(token))
+
+    async def _flush_batch(self, token: str, usage: Counter[str]) -> None:
+        grant_ids = list(usage)
+        reply: Any = await self._flush(
+            keys=[keys.usage_flush(token), *(keys.access_request(g) for g in grant_ids)],
+            args=[str(FLUSH_MARKER_TTL_S), *(str(usage[g]) for g in grant_ids)],
+            client=self.redis,
+        )
+        refused = list(reply)[1:]
+        for position, error in zip(refused[0::2], refused[1::2], strict=True):
+            grant_id = grant_ids[int(position) - 1]
+            log.warning(
+                "%d request(s) of grant %s not counted: %s",
+                usage[grant_id],
+                grant_id,
+                as_text(error),
+            )
 
     async def listen_once(self) -> None:
         """Subscribe and handle events until the subscription fails (then raise)."""
@@ -159,22 +212,35 @@ class GrantWatcher:
         try:
             await pubsub.subscribe(keys.grant_events_channel())
             loop = asyncio.get_running_loop()
-            last_ping = last_flush = loop.time()
+            last_ping = last_flush = last_heard = loop.time()
             while True:
-                message = await pubsub.get_message(timeout=0.5)
-                if message is not None:
-                    if message["type"] == "subscribe":
-                        self._subscribed()
-                        await self._recheck()
-                    elif message["type"] == "message" and self.on_event(message["data"]):
-                        await self._recheck()
-                now = loop.time()
-                if now - last_ping >= PING_EVERY_S:
-                    await pubsub.ping()
-                    last_ping = now
-                if now - last_flush >= FLUSH_EVERY_S:
-                    await self.flush_usage()
-                    last_flush = now
+                # SECURITY: none of the watcher's own Redis work may stall this loop while
+                # the cache is trusted: a round that does not finish in time ends it.
+                try:
+                    async with asyncio.timeout(ANSWER_WITHIN_S):
+                        message = await pubsub.get_message(timeout=0.5)
+                        if message is not None:
+                            last_heard = loop.time()
+                            if message["type"] == "subscribe":
+                                self._subscribed()
+                                await self._recheck()
+                            elif message["type"] == "message" and self.on_event(message["data"]):
+                                await self._recheck()
+                        now = loop.time()
+                        if now - last_ping >= PING_EVERY_S:
+                            await pubsub.ping()
+                            last_ping = now
+                        if now - last_flush >= FLUSH_EVERY_S:
+                            await self.flush_usage()
+                            last_flush = now
+                except TimeoutError as exc:
+                    raise ConnectionError(
+                        f"grant-event upkeep took over {ANSWER_WITHIN_S} s"
+                    ) from exc
+                # SECURITY: a connection dropped without a reset delivers nothing, not even
+                # an error; silence past a ping means events may be missed: stop caching.
+                if loop.time() - last_heard > PING_EVERY_S + ANSWER_WITHIN_S:
+                    raise ConnectionError("the grant events subscription stopped answering")
         finally:
             self._lost()
             with contextlib.suppress(Exception):

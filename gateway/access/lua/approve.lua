@@ -1,6 +1,7 @@
 -- One approver approves. ARGV: 3 approver id, 4 approver key, 5 approver org, 6 comment,
--- 7 duration_s ('' keeps), 8 scope ('' keeps), 9 member key template. Shortest duration and narrowest scope apply;
--- the grant starts at the final approval.
+-- 7 duration_s ('' keeps), 8 scope ('' keeps), 9 member key template, 10 approvals the org
+-- requires now, 11 the longest duration the org allows now. Shortest duration and
+-- narrowest scope apply; the grant starts at the final approval.
 local r, refused = decidable_request(k, now, ARGV[3], ARGV[4], ARGV[5],
   'nobody approves their own request')
 if not r then return refused end
@@ -14,6 +15,11 @@ if ARGV[7] ~= '' then
   end
   if tonumber(ARGV[7]) < tonumber(duration) then duration = ARGV[7] end
 end
+-- SECURITY: the org's rules in force now apply: a maximum lowered since the filing caps
+-- the duration, and approvals required raised since are required.
+if tonumber(duration) > tonumber(ARGV[11]) then duration = ARGV[11] end
+local required = math.max(tonumber(r.approvals_required), tonumber(ARGV[10]))
+r.approvals_required = tostring(required)
 local scope = r.scope
 if ARGV[8] ~= '' then
   if ARGV[8] == 'write' and r.requested_scope == 'read' then
@@ -28,12 +34,13 @@ for _, earlier in ipairs(redis.call('SMEMBERS', k.approvals)) do
   local earlier_key = string.gsub(ARGV[9], '{id}', earlier)
   if may_decide(k.approvers, earlier_key, earlier) then count = count + 1 end
 end
-local final = count >= tonumber(r.approvals_required)
+local final = count >= required
 if final and live_elsewhere(k.live_grant, now, r.id) then
   return fail('live_grant_exists', 'the requester already has a live grant for this org')
 end
 redis.call('SADD', k.approvals, ARGV[3])
-redis.call('HSET', k.request, 'duration_s', duration, 'scope', scope)
+redis.call('HSET', k.request, 'duration_s', duration, 'scope', scope,
+  'approvals_required', r.approvals_required)
 r.duration_s = duration
 r.scope = scope
 remember(k.history, now, 'approval', ARGV[4], ARGV[6], ARGV[7], ARGV[8])

@@ -178,3 +178,19 @@ async def test_header_injection_refused(queue: MailQueue, redis: aioredis.Redis)
     with pytest.raises(ValueError, match="single lines"):
         await queue.enqueue("a@b.example", "s\nBcc: evil@x.example", "b")
     assert await redis.dbsize() == 0
+
+
+async def test_a_message_that_cannot_be_built_is_recorded_and_holds_back_no_other(
+    queue: MailQueue, redis: aioredis.Redis, inbox: Inbox, plain_port: int
+) -> None:
+    sender = MailSender(queue, Smtp(port=plain_port, security="plain", sender="gw@vendor.example"))
+    damaged = await queue.enqueue("alice@acme.example", "Access request", "first")
+    await queue.enqueue("carol@acme.example", "Access request", "second")
+    # A damaged record (written around `enqueue`): no message can carry this header.
+    await redis.hset(keys.mail_message(damaged), "to", "alice@acme.example\nBcc: x@evil.example")
+    assert await sender.send_due() == (1, 1)
+    assert [m["To"] for m in inbox.messages] == ["carol@acme.example"]
+    [waiting] = await queue.waiting()
+    assert waiting.id == damaged
+    assert waiting.attempts == 1
+    assert waiting.last_error.startswith("ValueError")
