@@ -33,17 +33,19 @@ from gateway.access.service import access_service
 from gateway.access.settings import load_settings, save_settings
 from gateway.access.store import AccessStore
 from gateway.access.text import ID_PATTERN
-from gateway.api.common import API_PREFIX, ApiError, Caller, caller, json_body
+from gateway.api.common import (
+    API_PREFIX,
+    ApiError,
+    Caller,
+    access_refusal,
+    caller,
+    json_body,
+)
 from gateway.appkeys import CLOCK
 from gateway.denials import Denial
 from gateway.identity import Principal, PrincipalKind
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _refusal(exc: AccessError) -> ApiError:
-    headers = {"Retry-After": "1"} if exc.status == 503 else {}
-    return ApiError(Denial(exc.status, exc.code, exc.reason, headers))
 
 
 def _not_found(what: str = "request") -> ApiError:
@@ -57,7 +59,7 @@ def _refusals(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except AccessError as exc:
-            raise _refusal(exc) from exc
+            raise access_refusal(exc) from exc
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -305,7 +307,7 @@ async def impersonate(request: web.Request) -> web.Response:
     body = await json_body(request)
     _only(body, "member", "duration_s", "scope")
     if who.principal.kind is not PrincipalKind.MEMBER:
-        raise _refusal(AccessNotFound("not_found", "no such org"))
+        raise access_refusal(AccessNotFound("not_found", "no such org"))
     started = await _store(request).impersonate(
         who.principal,
         member=body.get("member"),

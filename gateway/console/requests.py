@@ -29,7 +29,7 @@ from gateway.access.model import AccessRequest
 from gateway.access.service import access_service
 from gateway.access.settings import MAX_JUSTIFICATION
 from gateway.access.text import ID_PATTERN
-from gateway.api.common import ApiError
+from gateway.api.common import ApiError, access_refusal
 from gateway.api.requests import may_see
 from gateway.appkeys import CLOCK
 from gateway.console.forms import field
@@ -166,9 +166,14 @@ async def file_request(request: web.Request) -> web.Response:
             scope=values["scope"],
         )
     except AccessError as exc:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        refusal = access_refusal(exc).denial
         return await _list(
-            request, who, typed=typed, error=exc.reason, status=exc.status, headers=headers
+            request,
+            who,
+            typed=typed,
+            error=refusal.reason,
+            status=refusal.status,
+            headers=dict(refusal.headers),
         )
     return see_other(f"/requests/{created.id}")
 
@@ -232,7 +237,8 @@ async def act(request: web.Request) -> web.Response:
         else:
             await store.revoke(rid, who, comment=comment)
     except AccessError as exc:
-        return await _detail(request, who, rid, error=exc.reason, status=exc.status)
+        refusal = access_refusal(exc).denial
+        return await _detail(request, who, rid, error=refusal.reason, status=refusal.status)
     return see_other(f"/requests/{rid}")
 
 

@@ -10,6 +10,8 @@ from gateway import keys
 from tests.gateway.access.test_console_pages import filed
 from tests.gateway.sessions.harness import ALICE_SECRET, PASSWORD, Site
 
+GINA_SECRET = "JBSWY3DPEHPK3PXPGINATESTSECRET23"
+
 
 @pytest.mark.parametrize("duration", ["²", "٣٠٠", "9" * 5000, "-5", "1e3", " 600x"])
 async def test_hostile_duration_is_a_clear_error_and_changes_nothing(
@@ -28,3 +30,28 @@ async def test_hostile_duration_is_a_clear_error_and_changes_nothing(
         assert refused.status == 422, refused.text
         assert "duration" in refused.text
         assert await site.redis.hget(keys.access_request(rid), "state") == b"pending"
+
+
+async def test_another_orgs_request_is_404_to_see_and_to_decide(site: Site) -> None:
+    rid = await filed(site)
+    store = site.accounts.store
+    await store.put_org("globex", "Globex")
+    gina = await store.put_member("globex", "gina", "gina@globex.example", "Gina", "admin")
+    await store.set_password(gina.key, PASSWORD)
+    await store.set_totp_secret(gina.key, GINA_SECRET)
+    async with site.browser() as browser:
+        answer = await browser.login("gina@globex.example", PASSWORD, GINA_SECRET)
+        assert answer.status == 303, answer.text
+        shown = await browser.get(site.console(f"/requests/{rid}"))
+        assert shown.status == 404, shown.text
+        listing = await browser.get(site.console("/requests"))
+        assert rid not in listing.text
+        own = await browser.get(site.console("/"))
+        for action in ("approve", "deny", "revoke", "cancel"):
+            tried = await browser.post(
+                site.console(f"/requests/{rid}/{action}"),
+                data={"csrf_token": own.csrf, "comment": "not mine"},
+            )
+            assert tried.status == 404, (action, tried.text)
+    assert await site.redis.hget(keys.access_request(rid), "state") == b"pending"
+    assert await site.redis.scard(keys.request_approvals(rid)) == 0
