@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -41,7 +40,7 @@ from redis.exceptions import RedisError
 
 from audit.collector import Collector
 from audit.errors import AuditError, LayoutError, SigningKeyError
-from audit.export import har_document, jsonl_lines, ocsf_lines
+from audit.export import har_document, jsonl_lines, ocsf_lines, to_json
 from audit.frame import decode_frame
 from audit.keys import KeyDirectory, Keyring
 from audit.reader import (
@@ -463,7 +462,7 @@ def _export(args: argparse.Namespace) -> int:
         count = 0
         if args.format == "har":
             document = har_document(bodies)
-            json.dump(document, out, indent=1, ensure_ascii=False)
+            out.write(to_json(document, indent=1, ensure_ascii=False))
             out.write("\n")
             count = len(document["log"]["entries"])
         else:

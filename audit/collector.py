@@ -28,6 +28,14 @@ acknowledges it, logs it at error and counts it (`lost`, `lost_entries()`); its 
 is gone, and the hole shows in `gaps()` (and in verify) once later frames of its stream
 are stored.
 
+A segment file abandoned after a failed write or fsync (see `audit.segment`) may hold
+frames of the failed batch past its durable size. Its name and durable size go into the
+Redis hash `<stream>:abandoned-segments` before the collector stops with the error, so
+that any later collector on that directory counts nothing past that size as stored and
+writes those frames again (an identical duplicate is harmless to verify). The process
+that abandoned a file cuts it back once it can, and then removes its mark; a later
+process never cuts a file on the word of Redis.
+
 Gaps (a stream whose seqs this directory holds with holes, or that does not start at
 0) are reported through `gaps()` and logged, with the lost frames, at each round where
 they change.
@@ -45,16 +53,16 @@ import contextlib
 import os
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from audit.errors import FrameError
+from audit.errors import FrameError, SegmentError
 from audit.frame import MAX_FRAME_BYTES, decode_frame
-from audit.segment import SegmentWriter, read_segment, repair_tail, segment_paths
+from audit.segment import MAGIC, SegmentWriter, read_segment, repair_tail, segment_paths
 from audit.writer import FRAME_FIELD
 
 GROUP = "collectors"
@@ -125,9 +133,15 @@ class Collector:
         max_segment_age_s: float = 3600.0,
         trim: bool = True,
         log: TextIO | None = None,
+        abandoned_key: str | None = None,
     ) -> None:
         self._redis = redis
         self._key = stream
+        # Segment file name -> its durable size, for files abandoned after a failed write
+        # or fsync: the one record of that failure a later process can read (see
+        # load_index).
+        self._abandoned_key = abandoned_key or f"{stream}:abandoned-segments"
+        self._marked: set[str] = set()  # names this process put under that key
         self._dir = segment_dir
         self._consumer = consumer
         self._batch = batch
@@ -153,26 +167,85 @@ class Collector:
         self.lost = 0  # entries deleted from the stream before their frame was stored
 
     # -- start-up ----------------------------------------------------------------------
-    def load_index(self) -> None:
-        """Learn every (stream, seq) already in the segment directory; cut partial tails."""
+    def load_index(self, marked: Mapping[str, int] | None = None) -> None:
+        """Learn every (stream, seq) already in the segment directory; cut partial tails.
+
+        `marked` names files abandoned by any process (file name -> durable size, as
+        `abandoned_key` holds them): records past that size are not counted as stored.
+        """
         if not self._dir.exists():
             return
         # SECURITY: a file abandoned after a failed write or fsync may still hold frames of
         # that batch; never made durable, they must be written again, not counted as stored.
-        undurable = self._out.retry_abandoned()
+        # This process cuts its own such files back where it can now; those another
+        # process abandoned are only distrusted past their durable size, never cut on the
+        # word of Redis (a mark must not be able to destroy acknowledged frames).
+        undurable = {self._dir / name: size for name, size in (marked or {}).items()}
+        undurable.update(self._out.retry_abandoned())
         for path in segment_paths([self._dir]):
-            removed = repair_tail(path)
+            try:
+                removed = repair_tail(path)
+            except SegmentError as exc:
+                # Damage inside a file, or not a segment: left for verify to report. This
+                # collector never appends to an existing file; it indexes what reads.
+                self._say(str(exc), error=True)
+                removed = 0
             if removed:
                 self._say(f"cut a partial record ({removed} bytes) from the end of {path}")
             durable = undurable.get(path)
-            for item in read_segment(path):
-                if item.data is None:
-                    continue
-                if durable is not None and item.end > durable:
-                    break
-                with contextlib.suppress(FrameError):
-                    frame = decode_frame(item.data)
-                    self._seen.setdefault(frame.stream, SeqRanges()).add(frame.seq)
+            with contextlib.suppress(SegmentError):  # not a segment: said above
+                self._index_file(path, durable)
+
+    def _index_file(self, path: Path, durable: int | None) -> None:
+        """Learn the (stream, seq) of every frame of one file, up to `durable` bytes."""
+        for item in read_segment(path):
+            if item.data is None:
+                continue
+            if durable is not None and item.end > durable:
+                break
+            with contextlib.suppress(FrameError):
+                frame = decode_frame(item.data)
+                self._seen.setdefault(frame.stream, SeqRanges()).add(frame.seq)
+
+    async def _abandoned_marks(self) -> dict[str, int]:
+        """The abandoned files' durable sizes (file name -> bytes), as recorded in Redis.
+
+        Marks this process made for files it has since cut back are removed. A mark that
+        does not read as a size trusts nothing in its file: its frames are written again
+        (a duplicate is harmless, a frame on no disk is not).
+        """
+        raw: Any = await self._redis.hgetall(self._abandoned_key)
+        marks: dict[str, int] = {}
+        for name, value in raw.items():
+            text = _entry_id(name)
+            try:
+                marks[text] = max(int(value), 0)
+            except (TypeError, ValueError):
+                marks[text] = len(MAGIC)
+        still = self._out.retry_abandoned()
+        done = [name for name in self._marked if self._dir / name not in still]
+        if done:
+            await self._redis.hdel(self._abandoned_key, *done)
+            self._marked.difference_update(done)
+            for name in done:
+                marks.pop(name, None)
+        return marks
+
+    async def _mark_abandoned(self) -> None:
+        """Record in Redis every file this process abandoned (see `_abandoned_marks`)."""
+        for path, durable in self._out.abandoned.items():
+            if path.name in self._marked:
+                continue
+            try:
+                await self._redis.hset(self._abandoned_key, path.name, durable)
+            except RedisError as exc:
+                self._say(
+                    f"cannot record that {path} was abandoned ({exc}): cut it back to "
+                    f"{durable} bytes before another collector starts on this directory",
+                    error=True,
+                )
+                continue
+            self._marked.add(path.name)
 
     async def ensure_group(self) -> None:
         try:
@@ -199,7 +272,7 @@ class Collector:
         return self.written - before
 
     async def _start(self) -> None:
-        self.load_index()
+        self.load_index(await self._abandoned_marks())
         await self.ensure_group()
         await self._reread_own_pending()
 
@@ -306,8 +379,14 @@ class Collector:
             stored.add((frame.stream, frame.seq))
             frames.append(data)
         if frames:
-            self._out.write(frames)
-            self._out.sync()  # durable before acknowledged
+            try:
+                self._out.write(frames)
+                self._out.sync()  # durable before acknowledged
+            except OSError:
+                # SECURITY: a file abandoned now may hold this batch's frames past its
+                # durable size; a later process learns that only from Redis.
+                await self._mark_abandoned()
+                raise
             self.written += len(frames)
         # SECURITY: a seq counts as stored only once it is durable; were it marked before a
         # failed write or fsync, the retry would skip it and acknowledge a frame on no disk.

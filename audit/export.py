@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -65,12 +66,16 @@ def _headers(value: Any) -> list[dict[str, str]]:
 
 
 def _ms(value: Any, default: float) -> float:
-    return round(float(value), 3) if isinstance(value, int | float) and value >= 0 else default
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return default  # a record's own numbers are finite; a forged one's may not be
+    return round(float(value), 3)
 
 
 # -- HAR ---------------------------------------------------------------------------------
 def har_entry(body: dict[str, Any]) -> dict[str, Any]:
-    timings_in = get(body, "gateway.timings") or {}
+    timings_in = get(body, "gateway.timings")
+    if not isinstance(timings_in, dict):
+        timings_in = {}
     timings = {
         "blocked": _ms(timings_in.get("blocked"), -1),
         "dns": -1,
@@ -183,9 +188,32 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` as strict JSON can hold it: string keys, no NaN or infinity (a forged or
+    damaged record must not stop the export of the others, nor make it invalid JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {
+            (_jsonable(key) if isinstance(key, bytes) else str(key)): _json_safe(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def to_json(value: Any, **options: Any) -> str:
+    """`value` as strict JSON (bytes as base64; see `_json_safe`); `options` as json.dumps."""
+    try:
+        return json.dumps(value, default=_jsonable, allow_nan=False, **options)
+    except (TypeError, ValueError):
+        return json.dumps(_json_safe(value), default=_jsonable, allow_nan=False, **options)
+
+
 def jsonl_lines(bodies: Iterable[dict[str, Any]]) -> Iterator[str]:
     for body in bodies:
-        yield json.dumps(body, default=_jsonable, ensure_ascii=False, sort_keys=True) + "\n"
+        yield to_json(body, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 # -- OCSF ----------------------------------------------------------------------------------
@@ -195,7 +223,10 @@ def ocsf_event(body: dict[str, Any]) -> dict[str, Any]:
     status = get(body, "http.response.status_code")
     failed = body.get("record") == "http.denial" or (isinstance(status, int) and status >= 400)
     stamp = body.get("@timestamp")
-    time_ms = int(parse_time(stamp) * 1000) if isinstance(stamp, str) else 0
+    try:
+        time_ms = int(parse_time(stamp) * 1000) if isinstance(stamp, str) else 0
+    except (ValueError, OverflowError):
+        time_ms = 0  # a damaged timestamp: the event is still exported
     user: dict[str, Any] = {"uid": get(body, "user.id") or "unknown"}
     if get(body, "user.full_name"):
         user["name"] = get(body, "user.full_name")
@@ -286,4 +317,4 @@ def ocsf_event(body: dict[str, Any]) -> dict[str, Any]:
 def ocsf_lines(bodies: Iterable[dict[str, Any]]) -> Iterator[str]:
     for body in bodies:
         if _is_request(body):
-            yield json.dumps(ocsf_event(body), default=_jsonable, sort_keys=True) + "\n"
+            yield to_json(ocsf_event(body), sort_keys=True) + "\n"

@@ -76,6 +76,23 @@ def read_records(
             print(f"skipped: {exc}", file=log or sys.stderr)
 
 
+def printable(text: str) -> str:
+    """`text` as a terminal may show it: control and format characters escaped.
+
+    SECURITY: records hold client-supplied text (paths, bodies, reasons); an escape
+    sequence or a bidi override printed raw would let it erase or reorder what an auditor
+    sees of the trail. Tabs stay: they only move the cursor forward.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char
+        if char.isprintable() or char == "\t"
+        else (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+        for char in text
+    )
+
+
 def get(body: dict[str, Any], dotted: str) -> Any:
     value: Any = body
     for part in dotted.split("."):

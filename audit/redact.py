@@ -2,11 +2,14 @@
 
 What is redacted, wherever it appears in a body:
 - header values of `Authorization`, `Cookie` (each cookie's value), `Set-Cookie` (the
-  cookie's value), `Proxy-Authorization`, `X-Api-Key` and configured header names;
+  cookie's value), `Proxy-Authorization`, `X-Api-Key`, configured header names, and
+  headers named like a denylisted field (`X-Auth-Token`);
 - JSON and form fields whose name is on the denylist (password, secret, token, api_key,
-  …; a name matches when, lower-cased with `-` read as `_`, it equals an entry or
-  starts/ends with `entry_` / `_entry`), in captured bodies, in `url.query`, and in any
-  map of the body (e.g. `gateway.details`);
+  …; a name matches when, lower-cased with `-`, `.`, `[`, `]` read as `_`, it equals an
+  entry or starts/ends with `entry_` / `_entry`), in captured bodies, in `url.query`, and in any
+  map of the body (e.g. `gateway.details`); in text bodies (and in each string of a JSON
+  body) JSON-looking pairs, XML elements, multipart form fields, form pairs and URL
+  parameters (`Redactor._text`), and URL parameters in every header value;
 - bearer tokens and JWTs found in any string value.
 
 A redacted value becomes `[redacted:hmac-sha256:<key id>:<32 hex>]`, an HMAC of the
@@ -39,7 +42,7 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -73,8 +76,29 @@ DEFAULT_FIELDS = frozenset(
 MARKER = re.compile(r"\[redacted:hmac-sha256:[A-Za-z0-9._-]{1,64}:[0-9a-f]{32}\]")
 JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+([A-Za-z0-9._~+/=-]{8,})")
-# Keys of JSON text that a truncated (unparseable) body may still contain.
-_JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.){1,128})"\s*:\s*"((?:[^"\\]|\\.)*)"?')
+# Pairs of JSON text that a truncated or mislabelled body may still contain: a quoted
+# name, then a string value (its closing quote possibly cut off) or a number.
+_JSON_PAIR = re.compile(
+    r'"((?:[^"\\]|\\.){1,128})"\s*:\s*(?:"((?:[^"\\]|\\.)*)"?|(-?[0-9][0-9.eE+-]*))'
+)
+# A multipart part's headers, naming the field (`name="…"`, not `filename="…"`), up to
+# the blank line before its value; the value runs to the next boundary line or the end.
+_PART_HEAD = re.compile(r"(?im)^content-disposition:[^\r\n]*")
+_PART_NAME = re.compile(r'[;\s]name="([^"\r\n]{1,128})"')
+_BLANK_LINE = re.compile(r"\r?\n\r?\n")
+_PART_END = re.compile(r"\r?\n--")
+# A URL parameter anywhere in a text: `?name=value`, `&name=value`, `;name=value` or
+# `#name=value` (a fragment's parameters: OAuth's implicit flow puts `access_token` there).
+_URL_PARAM = re.compile(r"[?#&;]([^=&#?;\s\"'<>]{1,128})=([^&#;\s\"'<>]*)")
+# An XML element's (local) name, then its text up to the next tag, or its CDATA section's
+# content (either possibly cut off by the capture cap): `<wsse:Password>…</wsse:Password>`.
+_XML_ELEMENT = re.compile(
+    r"<(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]{0,127})(?:\s[^<>]*)?>"
+    r"(?:<!\[CDATA\[((?:[^\]]|\](?!\]>))*)|([^<]*))"
+)
+# A JSON document nested deeper than this is redacted as text: the walk recurses, and
+# the record must not depend on how deep the caller's own stack happens to be.
+MAX_JSON_DEPTH = 100
 
 Report = Callable[[str, str], None]
 # a header as stored: [name, value], its redactions as (field suffix, kind), its msgpack
@@ -84,12 +108,107 @@ StoredHeaders = tuple[bytes, tuple[tuple[str, str], ...]]
 Encoder = Callable[[Any], bytes]
 
 
+# Separators a field name may use between its words: `api-key`, `user[password]`,
+# `user.password`, `password[]` all read as words joined by `_`.
+_NAME_SEPARATORS = re.compile(r"[-.\[\]\s]+")
+
+
 def _norm(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+    return _NAME_SEPARATORS.sub("_", name.strip().lower()).strip("_")
 
 
 def _is_redacted(value: str) -> bool:
     return MARKER.fullmatch(value) is not None
+
+
+def _json_name(name: str) -> str:
+    """A quoted JSON name as the application reads it (`pass\\u0077ord` is `password`)."""
+    if "\\" not in name:
+        return name
+    try:
+        decoded = json.loads(f'"{name}"')
+    except ValueError:
+        return name
+    return decoded if isinstance(decoded, str) else name
+
+
+def json_text_pairs(text: str) -> Iterator[tuple[re.Match[str], str, str]]:
+    """Each JSON-looking pair of `text`: its match, the name as read, the value as written."""
+    for match in _JSON_PAIR.finditer(text):
+        value = match.group(2) if match.group(3) is None else match.group(3)
+        yield match, _json_name(match.group(1)), value
+
+
+def multipart_fields(text: str) -> Iterator[tuple[str, int, int]]:
+    """Each multipart form field of `text`: its name and its value's span (to the next
+    boundary line, or the end of a body the capture cap cut)."""
+    if "isposition" not in text and "ISPOSITION" not in text:
+        return  # the common case: no part headers (the pattern ignores case)
+    # Each search starts past the previous one's end: linear in the text, whatever it holds.
+    position = 0
+    while (head := _PART_HEAD.search(text, position)) is not None:
+        name = _PART_NAME.search(head.group(0))
+        if name is None:
+            position = head.end()
+            continue
+        blank = _BLANK_LINE.search(text, head.end())
+        if blank is None:
+            return  # no value follows any header from here on
+        start = blank.end()
+        end_match = _PART_END.search(text, start)
+        end = end_match.start() if end_match is not None else len(text)
+        yield name.group(1), start, end
+        position = max(end, start)
+
+
+def url_params(text: str) -> Iterator[tuple[str, int, int]]:
+    """Each URL parameter of `text` with a value: its name (percent-decoded) and the
+    value's span."""
+    if "=" not in text:
+        return
+    for match in _URL_PARAM.finditer(text):
+        start, end = match.span(2)
+        if start < end:
+            yield unquote_plus(match.group(1)), start, end
+
+
+def xml_elements(text: str) -> Iterator[tuple[str, int, int]]:
+    """Each XML element of `text` with text of its own: its local name and that text's
+    span (whitespace-only text is not a value)."""
+    if "<" not in text:
+        return
+    for match in _XML_ELEMENT.finditer(text):
+        group = 2 if match.group(2) is not None else 3
+        start, end = match.span(group)
+        if text[start:end].strip():
+            yield match.group(1), start, end
+
+
+def json_document(text: str) -> Any:
+    """`text` parsed as a JSON document the redactor walks, or `NOT_JSON` when it does not
+    parse or is nested deeper than MAX_JSON_DEPTH (then it is redacted as text)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return NOT_JSON
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return doc  # the common case: too few brackets to nest that deep
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return NOT_JSON
+        stack.extend((child, depth + 1) for child in children)
+    return doc
+
+
+NOT_JSON = object()
 
 
 def _token_like(text: str) -> bool:
@@ -285,9 +404,15 @@ class Redactor:
             name, value = pair
             lower = name.lower()
             key = lower.strip()
-            if key not in _SPECIAL_HEADERS and key not in self.denylist.headers:
+            # SECURITY: a header named like a denylisted field (`X-Auth-Token`,
+            # `Private-Token`, `x_api_key`) holds a secret as surely as a listed one.
+            secret = key in self.denylist.headers or self.denylist.field(key)
+            if key not in _SPECIAL_HEADERS and not secret:
                 # The common case: no secret by name; any header may still carry a token
-                # (the gateway's own assertion, for one).
+                # (the gateway's own assertion, for one), or a URL with one in its query
+                # or fragment (`Location`, `Referer`, `Link`).
+                if "=" in value:
+                    value = self._spans(value, url_params(value), f"{where}.{lower}", note)
                 out.append([self._tokens(name, where, note), self._tokens(value, where, note)])
                 continue
             if lower == "cookie":
@@ -295,7 +420,7 @@ class Redactor:
             elif lower == "set-cookie":
                 first, sep, attrs = value.partition(";")
                 value = self._cookie(first) + sep + attrs
-            elif self.denylist.header(name) and not _is_redacted(value):
+            elif secret and not _is_redacted(value):
                 value = self.hash(value)
             else:
                 # Any header may carry a token (the gateway's own assertion, for one).
@@ -383,9 +508,11 @@ class Redactor:
         return found
 
     def _cookie(self, item: str) -> str:
-        name, sep, value = item.strip().partition("=")
+        text = item.strip()
+        name, sep, value = text.partition("=")
         if not sep:
-            return item.strip()
+            # SECURITY: a cookie without a name is all value (browsers send it so).
+            return text if not text or _is_redacted(text) else self.hash(text)
         return f"{name}={value if _is_redacted(value) else self.hash(value)}"
 
     def _query(self, query: str, where: str, note: Report) -> str:
@@ -397,7 +524,9 @@ class Redactor:
                 note(f"{where}:{unquote_plus(name)}", "field")
             else:
                 parts.append(item)
-        return "&".join(parts)
+        joined = "&".join(parts)
+        # Pairs after `;` (some servers split on it too), and URLs inside values.
+        return self._spans(joined, url_params(joined), where, note)
 
     def _body(self, body: dict[str, Any], where: str, note: Report) -> None:
         content = body.get("content")
@@ -405,31 +534,89 @@ class Redactor:
             return
         mime = str(body.get("mime_type", "")).split(";")[0].strip().lower()
         if mime == "application/json" or mime.endswith("+json"):
-            try:
-                doc = json.loads(content)
-            except ValueError:
-                pass  # truncated or mislabelled: redacted as text below
-            else:
+            doc = json_document(content)
+            if doc is not NOT_JSON:  # else truncated, mislabelled or too deep: text below
+                walked = self._walk(doc, "", where, note)
+                if "=" in content or "<" in content or "\\" in content:
+                    # Without these (nor an escape that could make them), no string of
+                    # the document can hold what `_text` redacts.
+                    walked = self._json_strings(walked, where, note)
                 body["content"] = json.dumps(
-                    self._walk(doc, "", where, note), ensure_ascii=False, separators=(",", ":")
+                    walked,
+                    ensure_ascii=False,
+                    separators=(",", ":"),
                 )
                 return
         # SECURITY: the sender chooses the label, and an application may read a body by
-        # its own rules: any other text has both its JSON-looking pairs and its form
-        # pairs redacted (tokens by the walk), whatever its Content-Type says.
-        content = self._json_text(content, where, note)
-        body["content"] = self._query(content, where, note) if "=" in content else content
+        # its own rules: any other text has its JSON-looking pairs, XML elements,
+        # multipart fields, form pairs and URL parameters redacted (tokens by the walk),
+        # whatever its Content-Type says.
+        body["content"] = self._text(content, where, note)
+
+    def _text(self, text: str, where: str, note: Report) -> str:
+        """Free text's secrets: JSON-looking pairs, XML elements, multipart fields, form
+        pairs, URL parameters (`?token=…`, `#access_token=…`)."""
+        text = self._json_text(text, where, note)
+        text = self._spans(text, xml_elements(text), where, note)
+        if "=" not in text:
+            return text  # neither a multipart field nor a form pair
+        text = self._spans(text, multipart_fields(text), where, note)
+        return self._query(text, where, note)  # form pairs, then URL parameters
+
+    def _json_strings(self, value: Any, where: str, note: Report) -> Any:
+        """A walked JSON document with `_text` applied to each string in it.
+
+        SECURITY: a string value may itself be a form (`a=1&password=…`), a URL with a
+        token in its query, or JSON text: applications decode such strings too.
+        """
+        if isinstance(value, str):
+            if '"' in value or "=" in value or "<" in value:
+                return self._text(value, where, note)
+            return value
+        if isinstance(value, dict):
+            return {key: self._json_strings(item, where, note) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._json_strings(item, where, note) for item in value]
+        return value
 
     def _json_text(self, text: str, where: str, note: Report) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name, value = match.group(1), match.group(2)
+        if '"' not in text:
+            return text
+        out: list[str] = []
+        done = 0
+        for match, name, value in json_text_pairs(text):
             if not self.denylist.field(name) or _is_redacted(value):
-                return match.group(0)
+                continue
             note(f"{where}:{name}", "field")
-            closed = match.group(0).endswith('"') and len(match.group(0)) > 1
-            return f'"{name}":"{self.hash(value)}' + ('"' if closed else "")
+            # A string the capture cap cut before its closing quote stays unclosed; a
+            # number becomes a quoted marker.
+            closed = match.group(3) is not None or match.end(2) < match.end()
+            out.append(text[done : match.start()])
+            out.append(f'"{match.group(1)}":"{self.hash(value)}' + ('"' if closed else ""))
+            done = match.end()
+        if not out:
+            return text
+        out.append(text[done:])
+        return "".join(out)
 
-        return _JSON_PAIR.sub(replace, text)
+    def _spans(
+        self, text: str, fields: Iterable[tuple[str, int, int]], where: str, note: Report
+    ) -> str:
+        """`text` with the value spans of denylisted `fields` (name, start, end) replaced."""
+        out: list[str] = []
+        done = 0
+        for name, start, end in fields:
+            value = text[start:end]
+            if not self.denylist.field(name) or _is_redacted(value):
+                continue
+            note(f"{where}:{name}", "field")
+            out.append(text[done:start])
+            out.append(self.hash(value))
+            done = end
+        if not out:
+            return text
+        out.append(text[done:])
+        return "".join(out)
 
     def _walk(self, value: Any, parent: str, name: object, note: Report) -> Any:
         """A copy of `value` (found at `parent`.`name`) with secrets replaced."""
@@ -482,15 +669,12 @@ LIST_MEMO = 256  # header lists remembered by `Redactor.header_list`
 LIST_MEMO_TEXT = 4096  # the most text (names and values) a remembered list has
 
 
-def _is_json_document(mime: str, content: str) -> bool:
-    """Whether a stored body is JSON the redactor walked (labelled JSON, and it parses)."""
+def _json_document(mime: str, content: str) -> Any:
+    """A stored body as the JSON document the redactor walked (labelled JSON, and
+    `json_document` takes it), or `NOT_JSON`."""
     if not (mime == "application/json" or mime.endswith("+json")):
-        return False
-    try:
-        json.loads(content)
-    except ValueError:
-        return False
-    return True
+        return NOT_JSON
+    return json_document(content)
 
 
 def _listing(body: dict[str, Any], listed: list[dict[str, str]]) -> dict[str, Any]:
@@ -514,16 +698,39 @@ def find_plaintext_secrets(body: Any, denylist: Denylist | None = None) -> list[
             return False
         return not any(not _is_redacted(m.group(2)) for m in BEARER.finditer(text))
 
-    def json_pairs(text: str, where: str) -> None:
-        for match in _JSON_PAIR.finditer(text):
-            if rules.field(match.group(1)) and not _is_redacted(match.group(2)):
-                found.append(f"{where}:{match.group(1)}")
-
     def query(text: str, where: str) -> None:
+        """What `Redactor._query` redacts: form pairs, then URL parameters."""
         for item in text.split("&"):
             name, sep, value = item.partition("=")
             if sep and rules.field(unquote_plus(name)) and not _is_redacted(value):
                 found.append(f"{where}:{unquote_plus(name)}")
+        urls(text, where)
+
+    def text_pairs(text: str, where: str) -> None:
+        """What `Redactor._text` redacts: JSON pairs, XML elements, multipart fields, forms."""
+        for _, name, value in json_text_pairs(text):
+            if rules.field(name) and not _is_redacted(value):
+                found.append(f"{where}:{name}")
+        for name, start, end in [*xml_elements(text), *multipart_fields(text)]:
+            if rules.field(name) and not _is_redacted(text[start:end]):
+                found.append(f"{where}:{name}")
+        query(text, where)
+
+    def urls(text: str, where: str) -> None:
+        for name, start, end in url_params(text):
+            if rules.field(name) and not _is_redacted(text[start:end]):
+                found.append(f"{where}:{name}")
+
+    def json_strings(value: Any, where: str) -> None:
+        """What `Redactor._json_strings` redacts: `text_pairs` in each string."""
+        if isinstance(value, str):
+            text_pairs(value, where)
+        elif isinstance(value, dict):
+            for item in value.values():
+                json_strings(item, where)
+        elif isinstance(value, list):
+            for item in value:
+                json_strings(item, where)
 
     def walk(value: Any, where: str) -> None:
         if isinstance(value, dict):
@@ -561,20 +768,28 @@ def find_plaintext_secrets(body: Any, denylist: Denylist | None = None) -> list[
                 if name in ("cookie", "set-cookie"):
                     cookies = value.split(";") if name == "cookie" else value.split(";")[:1]
                     for cookie in cookies:
-                        _, sep, val = cookie.strip().partition("=")
-                        if sep and not _is_redacted(val):
+                        text = cookie.strip()
+                        _, sep, val = text.partition("=")
+                        secret = val if sep else text
+                        if (sep or secret) and not _is_redacted(secret):
                             found.append(f"http.{side}.headers.{name}")
-                elif rules.header(name) and not _is_redacted(value):
-                    found.append(f"http.{side}.headers.{name}")
+                elif rules.header(name) or rules.field(name):
+                    if not _is_redacted(value):
+                        found.append(f"http.{side}.headers.{name}")
+                else:
+                    urls(value, f"http.{side}.headers.{name}")
             content = (
                 part.get("body", {}).get("content") if isinstance(part.get("body"), dict) else None
             )
             if isinstance(content, str) and part["body"].get("encoding") != "base64":
                 where = f"http.{side}.body.content"
-                json_pairs(content, where)
                 mime = str(part["body"].get("mime_type", "")).split(";")[0].strip().lower()
-                if not _is_json_document(mime, content):
-                    query(content, where)  # form pairs, whatever the label says
+                doc = _json_document(mime, content)
+                if doc is NOT_JSON:
+                    text_pairs(content, where)  # whatever the label says
+                else:
+                    walk(doc, where)
+                    json_strings(doc, where)
     url = body.get("url")
     if isinstance(url, dict) and isinstance(url.get("query"), str):
         query(url["query"], "url.query")

@@ -5,14 +5,15 @@
     2026-11-29T09:15:00.000Z  workflow grant.revoked  by alice (acme)  grant g-42
 
 `format_line(body)` renders one merged request or event; `format_bodies(body)` the
-captured (already redacted) bodies beneath it.
+captured (already redacted) bodies beneath it. Both show record text with its control
+and format characters escaped (`audit.reader.printable`): it is shown, never obeyed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from audit.reader import REQUEST_KINDS, get
+from audit.reader import REQUEST_KINDS, get, printable
 
 
 def _size(n: Any) -> str:
@@ -66,13 +67,13 @@ def format_line(body: dict[str, Any]) -> str:
                     _size(get(body, "http.response.bytes")),
                 )
             )
-        return f"{stamp}  {_who(body)}{grant_part}  {target}  {outcome}".rstrip()
+        return printable(f"{stamp}  {_who(body)}{grant_part}  {target}  {outcome}".rstrip())
     action = get(body, "event.action") or "?"
     outcome = get(body, "event.outcome")
     reason = get(body, "event.reason")
     tail = f"  {outcome}" if outcome and outcome != "success" else ""
     tail += f": {reason}" if reason else ""
-    return f"{stamp}  {body.get('record')} {action}  by {_who(body)}{grant_part}{tail}"
+    return printable(f"{stamp}  {body.get('record')} {action}  by {_who(body)}{grant_part}{tail}")
 
 
 def format_bodies(body: dict[str, Any]) -> list[str]:
@@ -82,6 +83,8 @@ def format_bodies(body: dict[str, Any]) -> list[str]:
         if isinstance(captured, dict) and isinstance(captured.get("content"), str):
             mime = captured.get("mime_type") or "?"
             note = " (truncated)" if captured.get("truncated") else ""
-            lines.append(f"    {side} body [{mime}, {_size(captured.get('bytes'))}]{note}:")
-            lines.extend("      " + line for line in captured["content"].splitlines()[:200])
+            header = f"    {side} body [{mime}, {_size(captured.get('bytes'))}]{note}:"
+            lines.append(printable(header))
+            content = captured["content"].splitlines()[:200]
+            lines.extend("      " + printable(line) for line in content)
     return lines

@@ -98,7 +98,11 @@ def repair_tail(path: Path) -> int:
     """Cut a partial last record left by a crash; returns the bytes removed.
 
     A file cut short inside its magic (a crash while it was being created) holds no frame:
-    it gets its whole magic back, so that it reads as an empty segment.
+    it gets its whole magic back, so that it reads as an empty segment. A crash leaves
+    damage only at the end: a partial record, or zeros where the file system grew the
+    file without its data. A bad record length followed by anything else is damage
+    inside the file (bit rot, an edit): SegmentError, and the file is left as it is, so
+    that the acknowledged frames after it are not destroyed and verify reports it.
     """
     size = path.stat().st_size
     if size < len(MAGIC):
@@ -115,6 +119,12 @@ def repair_tail(path: Path) -> int:
     good = len(MAGIC)
     for item in read_segment(path):
         if item.data is None:
+            # SECURITY: only a crash's tail may go; never frames after damage inside.
+            if (item.error or "").startswith("bad record length") and not _zeros_from(path, good):
+                raise SegmentError(
+                    f"{path}: damaged at offset {good} ({item.error}), not at its end: "
+                    "left as it is (verify reports it)"
+                )
             break
         good = item.end
     if size > good:
@@ -123,6 +133,16 @@ def repair_tail(path: Path) -> int:
             handle.flush()
             os.fsync(handle.fileno())
     return size - good
+
+
+def _zeros_from(path: Path, offset: int) -> bool:
+    """Whether every byte of `path` from `offset` on is zero (a crash's unwritten tail)."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        while chunk := handle.read(1 << 16):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -8,8 +8,10 @@ citation of the previous stream's checkpoint matches (a cited checkpoint beyond 
 cited stream's last frame means that stream was truncated). Per checkpoint: the
 signature verifies against the keyring, the key was valid at the checkpoint's time,
 the signed range and head match the recomputed chain, and checkpoints link. Frames
-after the last checkpoint are an unsealed tail (a warning: a live or crashed writer
-leaves one). No denylisted secret may appear in plain text.
+after the last checkpoint are an unsealed tail, and a stream whose last frame is a
+checkpoint without `final` is unfinished (warnings: a live or crashed writer leaves
+either; so does a tail cut off at a checkpoint, which `--strict` therefore fails). No
+denylisted secret may appear in plain text.
 
 Findings (code: meaning):
     unreadable          a segment file cannot be opened or is not a segment
@@ -33,6 +35,7 @@ Findings (code: meaning):
     citation_mismatch   a genesis cites a checkpoint that is not what the files hold
     plaintext_secret    a denylisted secret in plain text
     unsealed_tail       (warning) frames after the stream's last checkpoint
+    unfinished_stream   (warning) a stream ending on a checkpoint that is not final
     cited_stream_absent (warning) a genesis cites a stream not in the files given
 """
 
@@ -48,6 +51,7 @@ from audit.checkpoint import NO_CHECKPOINT, SIGNATURE_DOMAIN, read_checkpoint
 from audit.errors import FrameError, SegmentError, UnknownFrameVersion
 from audit.frame import GENESIS_PREV, Frame, decode_frame, frame_hash
 from audit.keys import Keyring
+from audit.reader import printable
 from audit.record import RecordKind, kind_of
 from audit.redact import Denylist, find_plaintext_secrets
 from audit.segment import read_segment, segment_paths
@@ -69,7 +73,8 @@ class Finding:
     def __str__(self) -> str:
         where = self.file + (f"#{self.frame}" if self.frame is not None else "")
         who = f"stream {self.stream} seq {self.seq}: " if self.stream is not None else ""
-        return f"{where}: {self.severity}: {self.code}: {who}{self.message}"
+        # Messages quote what the files hold (a cited stream, a signed field): shown escaped.
+        return printable(f"{where}: {self.severity}: {self.code}: {who}{self.message}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,7 @@ def _check_stream(
     citation: tuple[_Seen, dict[str, Any]] | None = None
     last_cp_seq = -1
     last_cp_h = NO_CHECKPOINT
+    last_cp_final = False
     if seqs[0] != 0:
         add("no_genesis", f"the stream's first frame here is seq {seqs[0]}", frames[seqs[0]])
     for before, after in itertools.pairwise(seqs):
@@ -224,16 +230,35 @@ def _check_stream(
             continue
         if kind == RecordKind.CHECKPOINT:
             report.checkpoints += 1
-            _check_checkpoint(seen, body, keyring, frames, recomputed, last_cp_seq, last_cp_h, add)
+            last_cp_final = _check_checkpoint(
+                seen, body, keyring, frames, recomputed, last_cp_seq, last_cp_h, add
+            )
             last_cp_seq, last_cp_h = seq, recomputed[seq]
             continue
-        for where in find_plaintext_secrets(body, denylist):
+        try:
+            leaks = find_plaintext_secrets(body, denylist)
+        except RecursionError:
+            # A body nested too deeply to scan is not a record the writer makes: reported,
+            # and the rest of the report still comes out.
+            add("body_error", "the body is nested too deeply to scan for secrets", seen)
+            continue
+        for where in leaks:
             add("plaintext_secret", f"a denylisted secret in plain text at {where}", seen)
     if seqs[-1] != last_cp_seq:
         first = last_cp_seq + 1
         add(
             "unsealed_tail",
             f"frames {first}..{seqs[-1]} are not covered by a signed checkpoint",
+            frames[seqs[-1]],
+            WARNING,
+        )
+    elif not last_cp_final:
+        # SECURITY: frames cut off right after a checkpoint leave no unsealed tail; only a
+        # clean shutdown's final checkpoint says that nothing came after it.
+        add(
+            "unfinished_stream",
+            "the stream ends on a checkpoint that is not final: a live or crashed writer, "
+            "or frames removed after it",
             frames[seqs[-1]],
             WARNING,
         )
@@ -249,12 +274,13 @@ def _check_checkpoint(
     last_cp_seq: int,
     last_cp_h: bytes,
     add: Callable[..., None],
-) -> None:
+) -> bool:
+    """Check one checkpoint; whether it says it is final (a forged one is an error anyway)."""
     try:
         signed = read_checkpoint(body)
     except FrameError as exc:
         add("bad_checkpoint", str(exc), seen)
-        return
+        return False
     cp = signed.checkpoint
     key = keyring.get(cp.key_id)
     if key is None:
@@ -279,6 +305,7 @@ def _check_checkpoint(
         add("checkpoint_mismatch", "; ".join(problems), seen)
     if cp.prev_checkpoint != last_cp_h:
         add("checkpoint_link", "does not cite the previous checkpoint", seen)
+    return cp.final
 
 
 def _check_citation(

@@ -110,4 +110,6 @@ def headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def capture(data: bytearray | None, size: int, content_type: str | None) -> BodyCapture | None:
     if data is None:
         return None
-    return BodyCapture(bytes(data), content_type, size)
+    # The label is sender-supplied text like any other: one a record cannot hold (too
+    # long, undecodable bytes) would otherwise cost the whole outcome record.
+    return BodyCapture(bytes(data), None if content_type is None else text(content_type), size)

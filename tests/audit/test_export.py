@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from audit.cli import main
+from audit.export import har_document, jsonl_lines, ocsf_lines, to_json
 from gateway.clock import ManualClock
 from tests.audit.chains import read_frames, with_body, write_segment
 from tests.audit.conftest import WriterFactory, collect, request_pair, write_session
@@ -218,3 +219,39 @@ def test_gateway_audit_commands_run_as_a_process(segments: Path, tmp_path: Path)
     )
     assert verify.returncode == 1
     assert "unknown_key" in verify.stdout
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"gateway": {"timings": "fast"}},
+        {"gateway": {"timings": [1, 2]}},
+        {"gateway": {"timings": {"total": float("inf"), "wait": float("nan")}}},
+        {"@timestamp": "not a time"},
+        {"@timestamp": "9999-99-99T99:99:99Z", "event": {"start": 12}},
+        {"http": {"response": {"bytes": float("inf"), "status_code": "200"}}},
+        {"gateway": {"route": b"\xff", b"raw": float("nan"), 7: [float("-inf")]}},
+    ],
+)
+def test_a_malformed_record_never_stops_an_export(hostile: dict[str, Any]) -> None:
+    # One forged or damaged record must not cost the auditor the export of all the others.
+    body: dict[str, Any] = {
+        "record": "http.outcome",
+        "@timestamp": "2026-11-29T09:14:03.120Z",
+        "event": {"id": "r1"},
+        "url": {"path": "/a"},
+        "http": {"request": {"method": "GET"}},
+        **hostile,
+    }
+    har = _strict_json(to_json(har_document([body]), indent=1))
+    assert len(har["log"]["entries"]) == 1
+    ocsf = [_strict_json(line) for line in ocsf_lines([body])]
+    assert len(ocsf) == 1
+    assert len([_strict_json(line) for line in jsonl_lines([body])]) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import msgpack
@@ -385,12 +386,187 @@ def test_a_body_is_redacted_whatever_its_label_says(content: str, content_type: 
 
 def test_the_detector_finds_form_pairs_in_a_mislabelled_body() -> None:
     leaked = _body_record("user=bob&password=hunter2-pw", "text/plain")
-    assert find_plaintext_secrets(leaked) == ["http.request.body.content:password"]
+    assert find_plaintext_secrets(leaked) != []
 
 
 def test_form_like_text_inside_a_json_document_stays_valid_json() -> None:
     redactor = Redactor(b"r" * 32, "r1")
     doc = {"search": "a&token=abc", "page": 2}
     clean = redactor.scrub(_body_record(json.dumps(doc), "application/json"))
-    assert json.loads(clean["http"]["request"]["body"]["content"]) == doc
+    stored = json.loads(clean["http"]["request"]["body"]["content"])
+    # Still the same JSON document; the form pair in the string is redacted as form pairs are.
+    assert stored == {"search": f"a&token={redactor.hash('abc')}", "page": 2}
     assert find_plaintext_secrets(clean, redactor.denylist) == []
+    assert find_plaintext_secrets(_body_record(json.dumps(doc), "application/json")) == [
+        "http.request.body.content:token"
+    ]
+
+
+# Bodies whose secrets sit where a plain JSON walk or form split does not look: form pairs
+# and JSON text inside JSON string values, numbers in JSON-looking text, escaped names in
+# a truncated document, multipart form fields (whole and cut at the capture cap).
+HIDDEN_SECRETS = [
+    ("text/html", b'<a href="https://app.example/next?token=hunter2-pw">next</a>'),
+    ("application/xml", b"<login><user>bob</user><password>hunter2-pw</password></login>"),
+    (
+        "text/xml",
+        b'<s:Envelope><wsse:Password Type="x">hunter2-pw</wsse:Password></s:Envelope>',
+    ),
+    ("application/soap+xml", b"<api_key><![CDATA[hunter2-pw]]></api_key>"),
+    ("application/xml", b"<a><token>hunter2-pw"),
+    ("application/json", b'{"xml": "<password>hunter2-pw</password>"}'),
+    ("application/json", b'{"q": "a&password=hunter2-pw&b=1"}'),
+    ("application/json", b'{"url": "https://x.example/cb?state=1&access_token=hunter2-pw"}'),
+    ("application/json", b'{"data": "{\\"password\\":\\"hunter2-pw\\"}"}'),
+    ("application/json", b'{"deep": [{"form": "otp=hunter2-pw"}]}'),
+    ("text/plain", b'{"otp": 4711815, "cvv": -123.5e2}'),
+    ("application/json", b'{"a": 1, "card_number": 4111111111111111'),
+    ("application/json", b'{"a": 1, "pass\\u0077ord": "hunter2-pw'),
+    ("text/plain", b'{"\\u0074oken": "hunter2-pw"}'),
+    (
+        "multipart/form-data; boundary=XX",
+        b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2-pw\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="user"\r\n\r\nbob\r\n--XX--\r\n',
+    ),
+    (
+        "multipart/form-data; boundary=XX",
+        b'--XX\r\ncontent-disposition: form-data; name="api_key"\r\nContent-Type: text/plain'
+        b"\r\n\r\nhunter2-pw",
+    ),
+    (
+        "text/x-anything; x=1",
+        b'--b\nContent-Disposition: form-data; name="secret"\n\nhunter2-pw\n--b--',
+    ),
+]
+
+
+@pytest.mark.parametrize(("content_type", "data"), HIDDEN_SECRETS)
+def test_secrets_hidden_inside_bodies_are_redacted_and_verify_agrees(
+    content_type: str, data: bytes
+) -> None:
+    record = bare_http_record(
+        "attempt", method="POST", request_body=BodyCapture(data, content_type, len(data) + 9)
+    )
+    redactor = Redactor(b"r" * 32)
+    stored = redactor.scrub_encoded(record, encode_body)
+    assert stored == encode_body(redactor.scrub(record))
+    for secret in (b"hunter2", b"4711815", b"12350", b"123.5", b"4111111111111111"):
+        assert secret not in stored
+    body = msgpack.unpackb(stored)
+    assert body["gateway"]["redactions"]
+    assert find_plaintext_secrets(body) == []
+    # ... and verify finds every one of them when left in plain text.
+    plain = bare_http_record(
+        "attempt", method="POST", request_body=BodyCapture(data, content_type, len(data) + 9)
+    )
+    assert find_plaintext_secrets(msgpack.unpackb(encode_body(plain))) != []
+
+
+def test_hidden_secret_redaction_is_idempotent_and_keeps_other_text() -> None:
+    data = (
+        b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\nhunter2-pw\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="note"\r\n\r\nkeep me\r\n--XX--\r\n'
+    )
+    record = bare_http_record(
+        "attempt",
+        method="POST",
+        request_body=BodyCapture(data, "multipart/form-data; boundary=XX", len(data)),
+    )
+    redactor = Redactor(b"r" * 32)
+    once = redactor.scrub(record)
+    content = once["http"]["request"]["body"]["content"]
+    assert "keep me" in content
+    assert content.count("--XX") == 3
+    assert redactor.scrub(once)["http"] == once["http"]
+
+
+@pytest.mark.parametrize("depth", [400, 900, 5_000, 100_000])
+def test_a_deeply_nested_json_body_is_still_recorded_and_redacted(depth: int) -> None:
+    # A hostile client must not make its request's record fail (the outcome would be lost).
+    doc = "[" * depth + '{"password": "hunter2-pw"}' + "]" * depth
+    record = bare_http_record(
+        "outcome",
+        method="POST",
+        request_body=BodyCapture(doc.encode(), "application/json", len(doc)),
+    )
+    redactor = Redactor(b"r" * 32)
+    stored = redactor.scrub_encoded(record, encode_body)
+    assert b"hunter2" not in stored
+    body = msgpack.unpackb(stored)
+    assert body["http"]["request"]["body"]["content"].startswith("[[[")
+    assert find_plaintext_secrets(body) == []
+    leaked = msgpack.unpackb(encode_body(record))
+    assert find_plaintext_secrets(leaked) != []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'content-disposition: form-data; name="password"\n' * 1500,
+        "content-disposition: " + '; name="a"' * 8000,
+        '--b\r\nContent-Disposition: form-data; name="token"\r\n\r\n' + "x\r\n" * 30_000,
+        "<password><![CDATA[" * 10_000,
+        "<a " * 30_000,
+        "<password>x" * 10_000,
+    ],
+)
+def test_hostile_multipart_like_text_is_redacted_in_linear_time(text: str) -> None:
+    record = bare_http_record(
+        "attempt", method="POST", request_body=BodyCapture(text.encode(), "text/plain", len(text))
+    )
+    started = time.perf_counter()
+    stored = Redactor(b"r" * 32).scrub_encoded(record, encode_body)
+    find_plaintext_secrets(msgpack.unpackb(stored))
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-Auth-Token", "hunter2-pw"),
+        ("Private-Token", "hunter2-pw"),
+        ("X-Amz-Security-Token", "hunter2-pw"),
+        ("x_api_key", "hunter2-pw"),
+        ("X-CLIENT-SECRET", "hunter2-pw"),
+        ("Cookie", "hunter2-pw"),  # a cookie without a name is still a cookie's value
+        ("Cookie", "a=1; hunter2-pw"),
+        ("Set-Cookie", "hunter2-pw; Path=/; HttpOnly"),
+        # URLs in headers carry secrets in their query or fragment (OAuth redirects).
+        ("Location", "/login?token=hunter2-pw"),
+        ("Referer", "https://app.example/cb?state=1#access_token=hunter2-pw&x=1"),
+        ("Link", "<https://app.example/?api_key=hunter2-pw>; rel=next"),
+    ],
+)
+def test_secret_headers_in_every_variant_are_redacted(name: str, value: str) -> None:
+    record = bare_http_record("outcome", request_headers=[(name, value)])
+    redactor = Redactor(b"r" * 32)
+    stored = redactor.scrub_encoded(record, encode_body)
+    assert stored == encode_body(redactor.scrub(record))
+    assert b"hunter2" not in stored
+    assert find_plaintext_secrets(msgpack.unpackb(stored)) == []
+    leaked = msgpack.unpackb(encode_body(record))
+    assert find_plaintext_secrets(leaked) != []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "user[password]=hunter2-pw&commit=1",
+        "password[]=hunter2-pw",
+        "user.api_key=hunter2-pw",
+        "a=1&session%5Btoken%5D=hunter2-pw",
+        "a=1;password=hunter2-pw",  # `;` separates pairs for some servers
+    ],
+)
+def test_nested_form_names_are_redacted(query: str) -> None:
+    record = bare_http_record(
+        "attempt",
+        method="POST",
+        query=query,
+        request_body=BodyCapture(query.encode(), "application/x-www-form-urlencoded", 40),
+    )
+    redactor = Redactor(b"r" * 32)
+    stored = redactor.scrub_encoded(record, encode_body)
+    assert b"hunter2" not in stored
+    assert find_plaintext_secrets(msgpack.unpackb(stored)) == []
+    assert find_plaintext_secrets(msgpack.unpackb(encode_body(record))) != []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from audit.collector import GROUP, Collector
+from audit.errors import SegmentError
 from audit.keys import Keyring
 from audit.segment import MAGIC, SegmentWriter, read_segment, repair_tail
 from audit.verify import verify
@@ -330,3 +332,136 @@ async def test_a_lost_entry_of_a_failed_batch_is_counted_once_when_acknowledged(
     assert collector.lost == 1
     assert collector.lost_entries() == [gone.decode()]
     assert await pending(redis) == 0
+
+
+async def test_a_new_collector_rewrites_frames_left_unsynced_in_an_abandoned_file(
+    redis: aioredis.Redis,
+    make_writer: WriterFactory,
+    clock: ManualClock,
+    tmp_path: Path,
+    keyring: Keyring,
+    pipe: tuple[int, int],
+) -> None:
+    writer = await make_writer()
+    await write_session(writer, clock, requests=1)
+    await writer.close()
+    seg = tmp_path / "seg"
+    first = Collector(
+        redis, stream=STREAM, segment_dir=seg, consumer="c1", now=time.time, trim=False
+    )
+    await first.ensure_group()
+    delivered: Any = await redis.xreadgroup(GROUP, "c1", {STREAM: ">"})
+    entries = delivered[0][1]
+    await first._store(entries[:2])  # durable and acknowledged; the segment stays open
+    (segment,) = sorted(seg.glob("*.seg"))
+    durable = segment.stat().st_size
+    break_fsync(descriptor_of(segment), segment, pipe)
+    with pytest.raises(OSError, match=r"Errno 22\]"):  # EINVAL: neither fsync nor ftruncate
+        await first._store(entries[2:])
+    marks: Any = await redis.hgetall(f"{STREAM}:abandoned-segments")
+    assert marks == {segment.name.encode(): str(durable).encode()}
+    # What a write that reached the page cache before its fsync failed leaves behind: the
+    # batch's records in the abandoned file, never made durable (a crash may drop them).
+    unsynced = b"".join(
+        len(f[FRAME_FIELD]).to_bytes(RECORD_HEAD, "big") + f[FRAME_FIELD] for _, f in entries[2:]
+    )
+    segment.write_bytes(segment.read_bytes() + unsynced)
+    assert len(records(segment)) == len(entries)
+    # The first process is gone. A new one cannot tell those records from durable ones by
+    # looking at the file: it must store them again rather than trust them.
+    second = Collector(
+        redis, stream=STREAM, segment_dir=seg, consumer="c1", now=time.time, trim=False
+    )
+    await second.run_once()
+    assert await pending(redis) == 0
+    assert second.skipped == 0
+    assert second.written == len(entries) - 2
+    rewritten = [f for f in sorted(seg.glob("*.seg")) if f != segment]
+    assert sum(len(records(f)) for f in rewritten) == len(entries) - 2
+    assert segment.stat().st_size >= durable  # never cut on the word of Redis alone
+    report = verify([seg], keyring)
+    assert report.ok(strict=True), [str(f) for f in report.findings]
+
+
+async def test_the_collector_that_abandoned_a_file_cuts_it_back_and_drops_its_mark(
+    redis: aioredis.Redis,
+    make_writer: WriterFactory,
+    clock: ManualClock,
+    tmp_path: Path,
+    keyring: Keyring,
+    pipe: tuple[int, int],
+) -> None:
+    writer = await make_writer()
+    await write_session(writer, clock, requests=1)
+    await writer.close()
+    seg = tmp_path / "seg"
+    collector = Collector(
+        redis, stream=STREAM, segment_dir=seg, consumer="c1", now=time.time, trim=False
+    )
+    await collector.ensure_group()
+    delivered: Any = await redis.xreadgroup(GROUP, "c1", {STREAM: ">"})
+    entries = delivered[0][1]
+    await collector._store(entries[:2])
+    (segment,) = sorted(seg.glob("*.seg"))
+    break_fsync(descriptor_of(segment), segment, pipe)
+    with pytest.raises(OSError, match=r"Errno 22\]"):
+        await collector._store(entries[2:])
+    assert await redis.hlen(f"{STREAM}:abandoned-segments") == 1
+    await collector.run_once()  # the same process: the cut works now, the mark goes
+    assert await redis.hlen(f"{STREAM}:abandoned-segments") == 0
+    assert len(records(segment)) == 2
+    assert await pending(redis) == 0
+    assert verify([seg], keyring).ok(strict=True)
+
+
+@pytest.mark.parametrize("bad_length", [0, 0xFFFFFFFF])
+def test_damage_inside_a_segment_is_never_cut_away(tmp_path: Path, bad_length: int) -> None:
+    # Only a crash's partial record at the very end may be cut; a garbled length in the
+    # middle (bit rot, an edit) must stay for verify to report, with what follows it.
+    with SegmentWriter(tmp_path, "c1", now=lambda: 0.0) as out:
+        out.write([b"a" * 10, b"b" * 10, b"c" * 10])
+    (path,) = tmp_path.glob("*.seg")
+    data = bytearray(path.read_bytes())
+    second = len(MAGIC) + RECORD_HEAD + 10
+    data[second : second + RECORD_HEAD] = bad_length.to_bytes(RECORD_HEAD, "big")
+    path.write_bytes(bytes(data))
+    with pytest.raises(SegmentError, match="damaged"):
+        repair_tail(path)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_zero_filled_tail_left_by_a_crash_is_cut(tmp_path: Path) -> None:
+    with SegmentWriter(tmp_path, "c1", now=lambda: 0.0) as out:
+        out.write([b"a" * 10])
+    (path,) = tmp_path.glob("*.seg")
+    good = path.read_bytes()
+    path.write_bytes(good + bytes(4096))  # a file system that grew the file, not its data
+    assert repair_tail(path) == 4096
+    assert path.read_bytes() == good
+
+
+async def test_a_collector_starts_beside_a_damaged_segment_and_leaves_it(
+    redis: aioredis.Redis,
+    make_writer: WriterFactory,
+    clock: ManualClock,
+    tmp_path: Path,
+    keyring: Keyring,
+) -> None:
+    writer = await make_writer()
+    await write_session(writer, clock, requests=1)
+    seg = tmp_path / "seg"
+    await collect(redis, seg)
+    (path,) = seg.glob("*.seg")
+    data = bytearray(path.read_bytes())
+    data[len(MAGIC) : len(MAGIC) + RECORD_HEAD] = (0).to_bytes(RECORD_HEAD, "big")
+    path.write_bytes(bytes(data))
+    await write_session(writer, clock, requests=1)
+    await writer.close()
+    log = io.StringIO()
+    collector = Collector(
+        redis, stream=STREAM, segment_dir=seg, consumer="c1", now=time.time, log=log
+    )
+    assert await collector.run_once() > 0  # the new frames are still collected
+    assert path.read_bytes() == bytes(data)  # the evidence is left for verify
+    assert "damaged" in log.getvalue()
+    assert "decode_error" in verify([seg], keyring).codes()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 
@@ -92,6 +94,18 @@ def test_truncated_tail_is_unsealed(tmp_path: Path, written: list[Frame], keyrin
     assert [f.code for f in report.findings] == ["unsealed_tail"]
     assert report.ok() is True  # a crashed writer looks the same ...
     assert report.ok(strict=True) is False  # ... so --strict fails it
+
+
+def test_tail_cut_exactly_at_a_checkpoint_fails_strict(
+    tmp_path: Path, written: list[Frame], keyring: Keyring
+) -> None:
+    # The closed stream ends with its final checkpoint; cut it back to an earlier one.
+    cut = max(i for i, f in enumerate(written[:-1]) if b"checkpoint" in f.body and f.seq > 0)
+    report = check(tmp_path, list(written[: cut + 1]), keyring)
+    assert [f.code for f in report.findings] == ["unfinished_stream"]
+    assert report.findings[0].seq == cut
+    assert report.ok() is True  # a crashed or live writer looks the same ...
+    assert report.ok(strict=True) is False  # ... so --strict fails it, as documented
 
 
 async def test_truncated_stream_cited_by_the_next_one_is_an_error(
@@ -207,3 +221,19 @@ def test_a_file_that_is_not_a_segment(tmp_path: Path, keyring: Keyring) -> None:
     path.write_bytes(b"hello")
     report = verify([path], keyring)
     assert [f.code for f in report.findings] == ["unreadable"]
+
+
+def test_a_body_nested_too_deeply_is_reported_not_crashed_on(
+    tmp_path: Path, written: list[Frame], keyring: Keyring
+) -> None:
+    deep: dict[str, Any] = {"record": "gateway"}
+    inner = deep
+    for _ in range(1000):  # within what msgpack decodes, beyond what a recursive walk can
+        inner["a"] = inner = {}
+    index = 3
+    written[index] = Frame.seal(
+        written[index].stream, index, written[index - 1].h, msgpack.packb(deep)
+    )
+    report = check(tmp_path, rechain(written, index), keyring)
+    assert codes_at(report, "body_error") == [(index, index)]
+    assert "checkpoint_mismatch" in report.codes()  # the rest of the report still comes out

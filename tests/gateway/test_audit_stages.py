@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from audit.frame import encode_body
+from audit.record import MAX_TEXT
+from audit.redact import Redactor
 from gateway.identity import Principal, PrincipalKind
 from gateway.stages import audit_fields
 from gateway.stages.audit_out import millis
@@ -47,3 +51,19 @@ def test_remembered_persons_are_bounded_and_keyed_by_every_field() -> None:
         assert len(audit_fields._MEMBERS) <= audit_fields.PERSON_MEMO
     assert audit_fields.member("bob", "acme").org == "acme"
     assert audit_fields.member("bob", "other").org == "other"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; x=" + "a" * 20_000,  # within the server's header limit
+        "text/plain; charset=\udcff\udcfe",  # undecodable bytes, as aiohttp hands them over
+    ],
+)
+def test_a_hostile_content_type_never_costs_the_outcome_record(content_type: str) -> None:
+    captured = audit_fields.capture(bytearray(b'{"password": "hunter2-pw"}'), 26, content_type)
+    assert captured is not None
+    body = captured.ecs()  # a RecordError here would lose the whole outcome record
+    stored = Redactor(b"r" * 32).scrub_encoded({"http": {"request": {"body": body}}}, encode_body)
+    assert b"hunter2" not in stored
+    assert len(body["mime_type"]) <= MAX_TEXT
