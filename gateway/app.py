@@ -59,6 +59,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.denials import denial_response, method_not_allowed, not_found, request_id_of
 from gateway.embedded_redis import EmbeddedRedis
+from gateway.errors import RedisStartError
 from gateway.flow import Flow, InFlightFlows
 from gateway.pipeline import default_stages, run
 from gateway.policy_store import PolicyStore
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 POLICY_POLL_S = 2.0
+EMBEDDED_CHECK_S = 0.5
 READY_TIMEOUT_S = 1.0
 OUTCOME_DRAIN_S = 10.0
 REDACTION_KEY_ENV = "GATEWAY_AUDIT_REDACTION_KEY"
@@ -269,17 +271,34 @@ def _redis_ctx(url: str | None) -> Any:
             target = embedded.url
         client = redis_client(config.redis, url=target)
         app[REDIS] = client
+        keeper = None if embedded is None else asyncio.create_task(_keep_running(embedded))
         try:
             if embedded is None:
                 # A refused login will not heal by itself: say so at start-up, not as 503s.
                 await check_login(client, config.redis)
             yield
         finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
             await client.aclose()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 
     return redis_ctx
+
+
+async def _keep_running(embedded: EmbeddedRedis) -> None:
+    """Start the embedded server again if it dies: nothing else would bring it back, and
+    every request is refused while it is down. Runs on the loop's own thread, as start()
+    must (the parent-death signal follows the spawning thread)."""
+    while True:
+        await asyncio.sleep(EMBEDDED_CHECK_S)
+        try:
+            embedded.restart_if_dead()
+        except RedisStartError:
+            log.exception("the embedded redis-server did not start again; retrying")
 
 
 async def _policies_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ class Smtp:
     port: int = 465
     security: str = "tls"  # tls | starttls | plain (plain only for a local catcher)
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     sender: str = "gateway@localhost"
 
 
@@ -184,15 +185,47 @@ def _https_url(value: object, line: int, key: str, problems: Problems) -> Any:
     if not isinstance(value, str):
         problems.add(line, key, value, "an https:// URL")
         return None
-    try:
-        parts = urlsplit(value)
-        hostname = parts.hostname
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        hostname = None
-    if not hostname or parts.scheme != "https" or parts.path not in ("", "/"):
+    if not _is_origin(value):
         problems.add(line, key, value, "an https:// URL with a host and no path")
         return None
     return value.rstrip("/")
+
+
+def _is_origin(value: str) -> bool:
+    """An https origin and nothing else: links and redirects append a path to it."""
+    try:
+        parts = urlsplit(value)
+        hostname, port = parts.hostname, parts.port
+    except ValueError:  # e.g. an unclosed IPv6 bracket, a port out of range
+        return False
+    return (
+        bool(hostname)
+        and parts.scheme == "https"
+        and parts.path in ("", "/")
+        and (port is None or 1 <= port <= 65535)
+        and "@" not in parts.netloc
+        and not parts.query
+        and not parts.fragment
+        and not value.endswith(("?", "#"))
+    )
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,254}")
+
+
+def _env_problem(problems: Problems, line: int, key: str, variable: str, expected: str) -> None:
+    """Report a missing variable, echoing its name only when it looks like one."""
+    if _ENV_NAME.fullmatch(variable):
+        problems.add(line, key, variable, expected.format(variable))
+    else:
+        # SECURITY: a secret written where its variable's name belongs stays off stderr.
+        problems.add(
+            line,
+            key,
+            None,
+            expected.format("named here") + " (what is written here is not shown: it does not "
+            "look like a variable name and may be the secret itself)",
+        )
 
 
 def _env_secret(value: object, line: int, key: str, problems: Problems) -> Any:
@@ -201,7 +234,11 @@ def _env_secret(value: object, line: int, key: str, problems: Problems) -> Any:
         return None
     secret = os.environ.get(value)
     if secret is None:
-        problems.add(line, key, value, f"environment variable {value} to be set")
+        _env_problem(problems, line, key, value, "environment variable {} to be set")
+    elif not secret:
+        # SECURITY: an empty variable is a mistake, never a login without a password.
+        _env_problem(problems, line, key, value, "environment variable {} set, not empty")
+        return None
     return secret
 
 
@@ -253,8 +290,13 @@ def _listeners(value: object, line: int, key: str, problems: Problems) -> Any:
     return tuple(out)
 
 
+def _is_path(value: object) -> bool:
+    # A NUL byte is no file name: the OS calls would raise ValueError, not OSError.
+    return isinstance(value, str) and value != "" and "\0" not in value
+
+
 def _path_list(value: object, line: int, key: str, problems: Problems) -> Any:
-    if not isinstance(value, YamlList) or not all(isinstance(v, str) and v for v in value):
+    if not isinstance(value, YamlList) or not all(_is_path(v) for v in value):
         problems.add(line, key, value, "a list of file paths")
         return None
     return tuple(Path(v) for v in value)
@@ -262,6 +304,9 @@ def _path_list(value: object, line: int, key: str, problems: Problems) -> Any:
 
 def _path(value: object, line: int, key: str, problems: Problems) -> Any:
     text = _text(value, line, key, problems)
+    if text is not None and not _is_path(text):
+        problems.add(line, key, value, "a file path without NUL bytes")
+        return None
     return Path(text) if text is not None else None
 
 
@@ -272,11 +317,23 @@ def _networks(value: object, line: int, key: str, problems: Problems) -> Any:
     out = []
     for index, item in enumerate(value):
         try:
-            out.append(ipaddress.ip_network(str(item), strict=False))
+            network = ipaddress.ip_network(str(item), strict=False)
         except ValueError:
             problems.add(
                 value.line_of(index), f"{key}[{index}]", item, "an address or CIDR network"
             )
+            continue
+        if network.prefixlen == 0:
+            # SECURITY: trusting every address lets any client forge the address that
+            # throttling and the audit record go by.
+            problems.add(
+                value.line_of(index),
+                f"{key}[{index}]",
+                item,
+                "the proxies' own addresses or networks, not every address",
+            )
+            continue
+        out.append(network)
     return tuple(out)
 
 
@@ -295,7 +352,9 @@ def _optional_url(value: object, line: int, key: str, problems: Problems) -> Any
     except ValueError:  # e.g. an unclosed IPv6 bracket
         scheme = None
     if scheme not in ("redis", "rediss", "unix"):
-        problems.add(line, key, value, "null (embedded) or a redis://, rediss:// or unix:// URL")
+        # SECURITY: a mistyped URL may still carry a password; it never reaches stderr.
+        shown = _redacted_text(value) if isinstance(value, str) else value
+        problems.add(line, key, shown, "null (embedded) or a redis://, rediss:// or unix:// URL")
         return None
     return value
 
@@ -305,7 +364,8 @@ MAX_SENTINEL_NODES = 32
 
 def _env_name(value: object, line: int, key: str, problems: Problems) -> Any:
     if not isinstance(value, str) or not value or len(value) > 255 or "=" in value:
-        problems.add(line, key, value, "the name of an environment variable")
+        shown = value if not isinstance(value, str) or _ENV_NAME.fullmatch(value) else None
+        problems.add(line, key, shown, "the name of an environment variable")
         return None
     return value
 
@@ -343,7 +403,7 @@ def _sentinel_nodes(value: object, line: int, key: str, problems: Problems) -> A
             problems.add(
                 value.line_of(index),
                 f"{key}[{index}]",
-                item,
+                _redacted_text(item) if isinstance(item, str) else item,
                 '"host:port" with a port from 1 to 65535 ("[v6]:port" for IPv6)',
             )
         else:
@@ -370,10 +430,23 @@ def _sentinel(value: object, line: int, key: str, problems: Problems) -> Any:
     return RedisSentinel(**fields)
 
 
-def _url_password(url: str) -> bool:
+def redis_url_has_password(url: str) -> bool:
     """Whether a Redis URL carries a password (in its user part or as `?password=`)."""
-    parts = urlsplit(url)
-    return parts.password is not None or "password" in parse_qs(parts.query)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "@" in url  # malformed: assume the worst
+    return password is not None or "password" in parse_qs(parts.query, keep_blank_values=True)
+
+
+def _redacted_text(text: str) -> str:
+    """`text` with whatever precedes its last "@" (a user and password) replaced by ***."""
+    if "@" not in text:
+        return text
+    scheme, separator, rest = text.rpartition("://")
+    head = f"{scheme}{separator}" if separator else ""
+    return f"{head}***@{(rest if separator else text).rpartition('@')[2]}"
 
 
 def _redacted(url: str) -> str:
@@ -385,6 +458,27 @@ def _redacted(url: str) -> str:
 # Query options a Redis URL may carry; TLS and login never come from the URL.
 _URL_OPTIONS = frozenset({"db", "socket_timeout", "socket_connect_timeout"})
 _REDIS_FILES = ("ca_file", "client_cert_file", "client_key_file")
+MAX_REDIS_TIMEOUT_S = 300.0
+
+
+def _db_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535
+
+
+def _timeout_s(text: str) -> bool:
+    try:
+        seconds = float(text)
+    except ValueError:
+        return False
+    return 0 < seconds <= MAX_REDIS_TIMEOUT_S  # False for nan and inf too
+
+
+_TIMEOUT_EXPECTED = f"seconds, more than 0 and at most {MAX_REDIS_TIMEOUT_S:g}"
+_URL_OPTION_CHECKS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "db": (_db_number, "an integer from 0 to 65535"),
+    "socket_timeout": (_timeout_s, _TIMEOUT_EXPECTED),
+    "socket_connect_timeout": (_timeout_s, _TIMEOUT_EXPECTED),
+}
 _REDIS_CLIENT_KEYS = ("username", "password_env", "sentinel_password_env", *_REDIS_FILES)
 
 
@@ -422,7 +516,13 @@ def _redis(base: Path | None) -> _Reader:
             secret = os.environ.get(variable)
             if not secret:
                 # SECURITY: never fall back to a connection without the password.
-                problem(f"{name}_env", variable, f"environment variable {variable} set, not empty")
+                _env_problem(
+                    problems,
+                    value.line_of(f"{name}_env"),
+                    f"{key}.{name}_env",
+                    variable,
+                    "environment variable {} set, not empty",
+                )
             else:
                 out[name] = secret
         for name in _REDIS_FILES:
@@ -438,7 +538,7 @@ def _redis(base: Path | None) -> _Reader:
         url: str | None = out.get("url")
         if url is not None and "sentinel" in out:
             problem("sentinel", None, "either redis.url or redis.sentinel, not both")
-        if url is not None and _url_password(url):
+        if url is not None and redis_url_has_password(url):
             # SECURITY: secrets never sit in the file; the redacted URL keeps it off stderr.
             problem(
                 "url",
@@ -446,13 +546,23 @@ def _redis(base: Path | None) -> _Reader:
                 "a URL without a password: name the environment variable holding it "
                 "in redis.password_env",
             )
-        unknown = sorted(set(parse_qs(urlsplit(url).query)) - _URL_OPTIONS) if url else []
+        options = parse_qs(urlsplit(url).query, keep_blank_values=True) if url else {}
+        unknown = sorted(set(options) - _URL_OPTIONS)
         if unknown:
             problem(
                 "url",
-                _redacted(url) if url and _url_password(url) else url,
+                _redacted(url) if url and redis_url_has_password(url) else url,
                 "URL options only among " + ", ".join(sorted(_URL_OPTIONS)),
             )
+        for option, values in sorted(options.items()):
+            check = _URL_OPTION_CHECKS.get(option)
+            if check is None:
+                continue
+            if len(values) > 1:
+                problem("url", values, f"{option}: given once")
+            elif not check[0](values[0]):
+                # SECURITY: a timeout of 0, negative or inf would hang or fail every request.
+                problem("url", values[0], f"{option}: {check[1]}")
         # An invalid sentinel mapping is reported once, not again by every key that needs it.
         external = url is not None or "sentinel" in value
         for name in _REDIS_CLIENT_KEYS:
@@ -474,6 +584,47 @@ def _redis(base: Path | None) -> _Reader:
         return RedisConfig(**out)
 
     return read
+
+
+# One line of printable text: these go into SMTP commands and mail headers, where a line
+# break would end the command or start a header of its own.
+_smtp_word = _checked(
+    lambda v: isinstance(v, str) and 0 < len(v) <= 320 and v.isprintable(),
+    "a non-empty line of printable text",
+)
+
+_SMTP_READERS: dict[str, _Reader] = {
+    "host": _smtp_word,
+    "port": _integer(1, 65535),
+    "security": _choice("tls", "starttls", "plain"),
+    "username": _smtp_word,
+    "password_env": _env_secret,
+    "sender": _smtp_word,
+}
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _smtp(value: object, line: int, key: str, problems: Problems) -> Any:
+    fields = _section(value, key, line, _SMTP_READERS, problems)
+    smtp = Smtp(**fields)
+    # SECURITY: approval links and the SMTP login never cross a network in clear; plain
+    # is for a catcher on this machine (the demo's), nothing else.
+    if smtp.security == "plain" and not _is_loopback(smtp.host) and isinstance(value, YamlMap):
+        problems.add(
+            value.line_of("security"),
+            f"{key}.security",
+            "plain",
+            "tls or starttls for a host other than loopback (plain is for a local catcher only)",
+        )
+    return smtp
 
 
 _READERS: dict[str, _Reader] = {
@@ -503,17 +654,7 @@ _READERS: dict[str, _Reader] = {
             "handoff_code_ttl_s": _integer(5, 300),
         },
     ),
-    "smtp": _nested(
-        Smtp,
-        {
-            "host": _text,
-            "port": _integer(1, 65535),
-            "security": _choice("tls", "starttls", "plain"),
-            "username": _text,
-            "password_env": _env_secret,
-            "sender": _text,
-        },
-    ),
+    "smtp": _smtp,
     "audit": _nested(
         AuditConfig,
         {

@@ -4,6 +4,7 @@
     client = redis_client(config.redis, url=embedded.url)   # this URL instead
     ...
     await check_login(client, config.redis)                 # RedisLoginError if refused
+                                                            # (by Redis or the sentinels)
     await client.aclose()                                   # sentinel connections too
 
 The URL chooses the transport (`redis://`, `rediss://`, `unix://`); the username and the
@@ -21,12 +22,16 @@ Pub/sub (the grant watcher) goes through the same client, hence the same master.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import ConnectionPool, parse_url
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -36,6 +41,10 @@ from redis.exceptions import (
 
 from gateway.config import RedisConfig, RedisSentinel
 from gateway.errors import RedisLoginError
+
+log = logging.getLogger(__name__)
+
+_REFUSED = (AuthenticationError, AuthorizationError, NoPermissionError)
 
 
 class SentinelRedis(aioredis.Redis):
@@ -108,14 +117,65 @@ def _through_sentinel(settings: RedisConfig, sentinel: RedisSentinel) -> aioredi
 
 
 async def check_login(client: aioredis.Redis, settings: RedisConfig) -> None:
-    """Raise RedisLoginError when Redis refuses the login; an unreachable Redis is left to
-    the callers' fail-closed handling (it may come back, a wrong password will not)."""
+    """Raise RedisLoginError when Redis (or every Sentinel that answers) refuses the login;
+    an unreachable Redis is left to the callers' fail-closed handling (it may come back,
+    a wrong password will not)."""
+    sentinels = client.sentinels if isinstance(client, SentinelRedis) else None
+    if sentinels is not None and not await _sentinels_accept(sentinels, settings):
+        return  # none answers now: every check fails closed until one does
     try:
         await client.ping()
-    except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
+    except _REFUSED as exc:
         raise RedisLoginError(_login_refused(settings, exc)) from exc
     except (RedisError, OSError):
         return  # unreachable now: every check fails closed until it answers
+
+
+async def _sentinels_accept(sentinels: Sentinel, settings: RedisConfig) -> bool:
+    """Whether a sentinel accepted the login; RedisLoginError when all that answer refuse.
+
+    redis-py folds a sentinel's refusal into "No master found" (a ConnectionError, retried
+    as if the sentinel were down), so each one is asked directly, once, without retries.
+    """
+    answers = await asyncio.gather(*(_probe(node) for node in sentinels.sentinels))
+    refused = [answer for answer in answers if answer is not None and answer != _ACCEPTED]
+    accepted = _ACCEPTED in answers
+    if refused and not accepted:
+        source = (
+            f"the password in ${settings.sentinel_password_env}"
+            if settings.sentinel_password_env
+            else "no password"
+        )
+        raise RedisLoginError(
+            f"Redis Sentinel refused the login with {source} (redis.sentinel_password_env): "
+            + "; ".join(refused)
+        )
+    if refused:
+        log.warning("some Redis Sentinels refused the login: %s", "; ".join(refused))
+    return accepted
+
+
+_ACCEPTED = "accepted"
+SENTINEL_PROBE_TIMEOUT_S = 5.0
+
+
+async def _probe(node: aioredis.Redis) -> str | None:
+    """_ACCEPTED, "host:port: why" when the sentinel refused the login, None when down."""
+    pool = node.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    connection = pool.connection_class(**kwargs)
+    try:
+        async with asyncio.timeout(SENTINEL_PROBE_TIMEOUT_S):  # a silent one is down
+            await connection.connect()  # type: ignore[no-untyped-call]  # AUTH happens here
+            await connection.send_command("PING")
+            await connection.read_response()
+    except _REFUSED as exc:
+        return f"{kwargs.get('host')}:{kwargs.get('port')}: {exc}"
+    except (RedisError, OSError, TimeoutError):
+        return None
+    finally:
+        await connection.disconnect()
+    return _ACCEPTED
 
 
 def _login_refused(settings: RedisConfig, exc: Exception) -> str:

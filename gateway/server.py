@@ -7,7 +7,8 @@ listener with `tls: false` never reaches the application: a tiny separate app an
 console host and routed hosts only, 308 to the same host and target on HTTPS; anything
 else is 404. uvloop runs the loop when it is installed. SIGTERM and SIGINT stop the
 listeners, let in-flight requests finish, then close the application (whose cleanup stops
-the embedded Redis).
+the embedded Redis). SIGHUP reloads the policy files and the TLS certificate and key (each
+keeps what it had when its new files are bad).
 
     gateway run --config config/gateway.yaml
 
@@ -34,10 +35,12 @@ from aiohttp import web
 from gateway.app import create_app, parser_limits, runner_kwargs
 from gateway.appkeys import POLICIES, REDIS
 from gateway.config import GatewayConfig, Listener
+from gateway.errors import KeyMaterialError
 from gateway.heap import settle
 from gateway.metrics import metrics_app
+from gateway.policy_store import PolicyStore
 from gateway.runner import GatewayRunner
-from gateway.tls import server_context
+from gateway.tls import reload_certificate, server_context
 
 log = logging.getLogger("gateway.server")
 
@@ -168,6 +171,7 @@ class GatewayServer:
         context = self._ssl_context
         if context is None and any(lst.tls for lst in self.config.listeners):
             context = server_context(self.config.tls)
+        self._ssl_context = context
         sockets: list[tuple[Listener, socket.socket]] = []
         metrics_sock: socket.socket | None = None
         try:
@@ -223,6 +227,18 @@ class GatewayServer:
                 sock.close()
             raise
 
+    def reload_tls(self) -> bool:
+        """Take renewed TLS files for new handshakes; False (old ones kept) when they are bad."""
+        if self._ssl_context is None:
+            return False
+        try:
+            reload_certificate(self._ssl_context, self.config.tls)
+        except KeyMaterialError as exc:
+            log.error("TLS reload failed; the certificate loaded before stays in force: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s", self.config.tls.cert_file)
+        return True
+
     async def stop(self) -> None:
         """Stop listening, let in-flight requests finish (up to the grace), close the app."""
         runners, self._runners = self._runners, []
@@ -249,6 +265,26 @@ def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
 
 
 @contextlib.contextmanager
+def reload_on_sighup(server: GatewayServer) -> Iterator[None]:
+    """SIGHUP reloads the policy files and the TLS files while the block runs."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        # Each keeps what it had when its new files are bad, and logs why.
+        store = server.app.get(POLICIES)
+        if isinstance(store, PolicyStore):
+            store.reload()
+        server.reload_tls()
+
+    # The default action of SIGHUP ends the process, with every request in flight.
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+@contextlib.contextmanager
 def stop_requested() -> Iterator[asyncio.Event]:
     """An event SIGTERM or SIGINT sets while the block runs; the handlers go with it."""
     stopping = asyncio.Event()
@@ -268,9 +304,9 @@ async def serve(
     *,
     on_started: Callable[[GatewayServer], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    with stop_requested() as stopping:
-        server = GatewayServer(config, app)
+    """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads policy and TLS."""
+    server = GatewayServer(config, app)
+    with stop_requested() as stopping, reload_on_sighup(server):
         try:
             await server.start()
             settle()  # the start-up heap frozen: see gateway.heap

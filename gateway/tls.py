@@ -1,7 +1,9 @@
 """TLS for the gateway's listeners: the server SSL context, and the demo's own CA.
 
 `server_context(tls)` builds the one SSL context every TLS listener uses: TLS 1.2 at
-least, HTTP/1.1 by ALPN, certificate chain and key from the config's `tls:` section.
+least, HTTP/1.1 by ALPN, certificate chain and key from the config's `tls:` section;
+`reload_certificate(context, tls)` loads renewed files into it (on SIGHUP), or changes
+nothing when they are bad.
 
 `ensure_demo_tls(tls)` makes what `make demo` needs when it is missing or no longer
 fits: a self-signed demo CA (name-constrained to `localhost` names and loopback, so that
@@ -22,6 +24,7 @@ import os
 import secrets
 import ssl
 import stat
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,40 @@ RENEW_BEFORE = datetime.timedelta(days=7)
 # --- the listeners' context ---------------------------------------------------------------
 def server_context(tls: TlsFiles) -> ssl.SSLContext:
     """The SSL context of every TLS listener; raises KeyMaterialError on bad files."""
+    cert_file, key_file = _checked_files(tls)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # SECURITY: TLS 1.2 is the floor on every listener (DESIGN "Security stance").
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    context.options |= ssl.OP_NO_COMPRESSION
+    record_sni(context)  # the route stage answers 421 when SNI and Host disagree
+    _load_pair_into(context, cert_file, key_file)
+    return context
+
+
+def reload_certificate(context: ssl.SSLContext, tls: TlsFiles) -> None:
+    """Load a renewed certificate and key into the live `context`: new handshakes use them.
+
+    The files are read once and tried on a throw-away context first, so that a bad pair
+    (or one replaced half-way through) raises KeyMaterialError and leaves `context` as it
+    was, still serving the certificate loaded before.
+    """
+    cert_file, key_file = _checked_files(tls)
+    try:
+        cert_pem, key_pem = cert_file.read_bytes(), key_file.read_bytes()
+    except OSError as exc:
+        raise KeyMaterialError(f"{cert_file} / {key_file}: cannot read: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="gateway-tls-") as private:  # 0700
+        copy_cert, copy_key = Path(private) / "cert.pem", Path(private) / "key.pem"
+        copy_cert.write_bytes(cert_pem)
+        descriptor = os.open(copy_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(key_pem)
+        _load_pair_into(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), copy_cert, copy_key)
+        _load_pair_into(context, copy_cert, copy_key)
+
+
+def _checked_files(tls: TlsFiles) -> tuple[Path, Path]:
     if tls.cert_file is None or tls.key_file is None:
         raise KeyMaterialError(
             "a TLS listener needs tls.cert_file and tls.key_file (or set tls: false on it)"
@@ -62,19 +99,16 @@ def server_context(tls: TlsFiles) -> ssl.SSLContext:
     # SECURITY: a TLS key every local user can read is as good as published; refuse it.
     if mode & 0o007:
         raise KeyMaterialError(f"{tls.key_file}: mode {mode:04o}; the TLS key must not be o+r")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    # SECURITY: TLS 1.2 is the floor on every listener (DESIGN "Security stance").
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
-    context.options |= ssl.OP_NO_COMPRESSION
-    record_sni(context)  # the route stage answers 421 when SNI and Host disagree
+    return tls.cert_file, tls.key_file
+
+
+def _load_pair_into(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
     try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
+        context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise KeyMaterialError(
-            f"{tls.cert_file} / {tls.key_file}: cannot load certificate and key: {exc}"
+            f"{cert_file} / {key_file}: cannot load certificate and key: {exc}"
         ) from exc
-    return context
 
 
 # --- the demo's CA and certificate ------------------------------------------------------------

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from gateway.accounts import AccountError, Accounts, DirectoryError, open_accounts
 from gateway.accounts.directory import import_directory, parse_directory
+from gateway.cli.configfile import redis_url_settings
 from gateway.clock import SystemClock
-from gateway.config import RedisConfig, load_config
+from gateway.config import load_config
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import ConfigError, GatewayError
 from gateway.redis_client import redis_client
@@ -39,7 +41,10 @@ _Action = Callable[[Accounts, argparse.Namespace], Awaitable[int]]
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     admin = commands.add_parser("admin", help="manage orgs, staff, members and their secrets")
     admin.add_argument("--config", type=Path, default=Path("config/gateway.yaml"))
-    admin.add_argument("--redis-url", help="use this Redis instead of the config's")
+    admin.add_argument(
+        "--redis-url",
+        help="use this Redis instead of the config's (no password: the config's login is used)",
+    )
     sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
 
     imp = sub.add_parser("import", help="load a directory YAML file (idempotent)")
@@ -107,8 +112,14 @@ def _run(action: _Action) -> Callable[[argparse.Namespace], int]:
                 print(problem, file=sys.stderr)
             print(f"{len(exc.problems)} error(s); nothing was imported", file=sys.stderr)
             return 1
-        except (AccountError, GatewayError) as exc:
+        except (AccountError, GatewayError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except (AuthenticationError, NoPermissionError) as exc:
+            print(f"error: Redis refused the login: {exc}", file=sys.stderr)
+            return 1
+        except RedisError as exc:
+            print(f"error: Redis: {exc}", file=sys.stderr)
             return 1
 
     return handler
@@ -117,10 +128,11 @@ def _run(action: _Action) -> Callable[[argparse.Namespace], int]:
 @asynccontextmanager
 async def _redis(args: argparse.Namespace, data_dir: Path) -> AsyncIterator[aioredis.Redis]:
     url = args.redis_url
-    settings = RedisConfig()
     embedded: EmbeddedRedis | None = None
     if url is None:
         settings = load_config(args.config).redis
+    else:
+        settings = redis_url_settings(url, args.config)
     if url is None and not settings.external:
         embedded = EmbeddedRedis(data_dir / "redis")
         client: aioredis.Redis = aioredis.Redis.from_url(embedded.url)
@@ -225,9 +237,8 @@ async def _password_reset(accounts: Accounts, args: argparse.Namespace) -> int:
 
 
 async def _totp_reset(accounts: Accounts, args: argparse.Namespace) -> int:
-    token = await accounts.enrolment.issue(args.principal)
-    # SECURITY: a lost or leaked second factor ends the sessions it opened.
-    ended = await accounts.store.end_sessions(args.principal)
+    # SECURITY: a lost or leaked second factor ends the sessions it opened (one step).
+    token, ended = await accounts.enrolment.reset(args.principal)
     print(f"TOTP of {args.principal} removed; ended {ended} session(s)")
     print(f"enrolment token for {args.principal} (shown once, valid 24 h): {token}")
     return 0

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
+from audit.errors import AuditError
 from gateway.accounts import DirectoryError, open_accounts
 from gateway.accounts.directory import Directory, import_directory, parse_directory
 from gateway.accounts.totp import code_at, provisioning_uri
@@ -36,6 +38,7 @@ from gateway.demo.mail_catcher import MailCatcher
 from gateway.errors import GatewayError
 from gateway.server import GatewayServer, loop_factory, stop_requested
 from gateway.tls import ensure_demo_tls
+from policies.errors import PolicyError
 
 DEMO_DIRECTORY = Path("config/demo-directory.yaml")
 APP_HOST = "acme.localhost"
@@ -90,6 +93,7 @@ class Demo:
         config = self.config
         if not any(listener.tls for listener in config.listeners):
             raise GatewayError(f"{config.source}: the demo needs a TLS listener")
+        _refuse_tls_outside_data_dir(config)
         tls = await asyncio.to_thread(ensure_demo_tls, config.tls)
         print(f"demo TLS: {'made' if tls.created else 'reusing'} {tls.ca_file}", file=self.out)
         # Ports of the demo's own parts are taken first, so that a busy one fails the demo
@@ -211,6 +215,25 @@ Mail sent by the gateway is printed here. Ctrl-C stops everything.""",
         await self.catcher.stop()
 
 
+def _refuse_tls_outside_data_dir(config: GatewayConfig) -> None:
+    """The demo (re)writes keys at the `tls:` paths: only ever inside its data directory."""
+    data_dir = config.data_dir.resolve()
+    named = [config.tls.cert_file, config.tls.key_file, config.tls.ca_file]
+    # SECURITY: a real deployment's certificate and key are never replaced by demo ones.
+    outside = [
+        str(path) for path in named if path is not None and not _inside(path.resolve(), data_dir)
+    ]
+    if outside:
+        raise GatewayError(
+            f"{config.source}: the demo writes its own TLS material and refuses paths outside "
+            f"the data directory {config.data_dir}: " + ", ".join(outside)
+        )
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path != directory and path.is_relative_to(directory)
+
+
 async def run_demo(
     config: GatewayConfig,
     *,
@@ -268,11 +291,11 @@ def _demo(args: argparse.Namespace) -> int:
             runner.run(
                 run_demo(config, app_port=args.app_port, directory=directory, out=sys.stdout)
             )
-    except DirectoryError as exc:
+    except (DirectoryError, PolicyError) as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    except (GatewayError, OSError) as exc:
+    except (GatewayError, AuditError, RedisError, OSError) as exc:
         print(f"gateway demo: {exc}", file=sys.stderr)
         return 1
     print("stopped", flush=True)

@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from gateway.access.mail import MailMessage, MailQueue
+from gateway.cli.configfile import redis_url_settings
 from gateway.clock import SystemClock
-from gateway.config import RedisConfig, load_config
+from gateway.config import load_config
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import ConfigError
 from gateway.redis_client import redis_client
@@ -31,7 +32,10 @@ from gateway.redis_client import redis_client
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     mail = commands.add_parser("mail", help="queued and undelivered notices")
     mail.add_argument("--config", type=Path, default=Path("config/gateway.yaml"))
-    mail.add_argument("--redis-url", help="use this Redis instead of the config's")
+    mail.add_argument(
+        "--redis-url",
+        help="use this Redis instead of the config's (no password: the config's login is used)",
+    )
     sub = mail.add_subparsers(dest="mail_command", required=True, metavar="ACTION")
     sub.add_parser("list", help="waiting and given-up messages").set_defaults(handler=_list)
     retry = sub.add_parser("retry", help="queue a given-up message again")
@@ -41,7 +45,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def _client(args: argparse.Namespace) -> aioredis.Redis:
     if args.redis_url:
-        return redis_client(RedisConfig(), url=str(args.redis_url))
+        url = str(args.redis_url)
+        return redis_client(redis_url_settings(url, args.config), url=url)
     config = load_config(args.config)
     if config.redis.external:
         return redis_client(config.redis)
@@ -66,6 +71,9 @@ async def _with_queue(args: argparse.Namespace, work: Any) -> int:
     try:
         result: int = await work(MailQueue(client, SystemClock()))
         return result
+    except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        print(f"gateway mail: Redis refused the login: {exc}", file=sys.stderr)
+        return 2
     except (redis.exceptions.ConnectionError, OSError) as exc:
         print(f"gateway mail: cannot reach Redis: {exc}", file=sys.stderr)
         return 2

@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from audit.errors import AuditError
 from gateway.cli.configfile import load_config_or_report
 from gateway.errors import GatewayError
 from gateway.server import GatewayServer, loop_factory, run
+from policies.errors import PolicyError
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -35,7 +39,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"event loop: {loop_factory()[1]}", flush=True)
     try:
         run(config, on_started=_announce)
-    except (GatewayError, OSError) as exc:
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"gateway: {len(exc.problems)} policy error(s); not started", file=sys.stderr)
+        return 1
+    except (GatewayError, AuditError, RedisError, OSError) as exc:
+        # Start-up refusals (bad material, Redis or the audit stream unreachable): said
+        # plainly, not as a traceback; nothing was served.
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     print("stopped", flush=True)

@@ -216,6 +216,28 @@ async def test_a_wrong_password_stops_start_up(
         assert upstream.received == []
 
 
+async def test_a_sentinel_refusing_its_password_stops_start_up(
+    tmp_path: Path, sentinel: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, ACL_PASSWORD)
+    monkeypatch.setenv(SENTINEL_ENV, "not the sentinel password")
+    async with upstream_running() as (upstream, _):
+        redis = (
+            f"  sentinel: {{master: {MASTER}, nodes: ['127.0.0.1:{sentinel.port}']}}\n"
+            f"  username: {ACL_USER}\n  password_env: {PASSWORD_ENV}\n"
+            f"  sentinel_password_env: {SENTINEL_ENV}\n"
+        )
+        app = create_app(config_with(tmp_path, upstream.port, redis))
+        server = GatewayTestServer(app, host="127.0.0.1")
+        with pytest.raises(RedisLoginError) as caught:
+            await asyncio.wait_for(server.start_server(), 30)
+        await server.close()
+        message = str(caught.value)
+        assert f"the password in ${SENTINEL_ENV} (redis.sentinel_password_env)" in message
+        assert "not the sentinel password" not in message
+        assert upstream.received == []
+
+
 async def test_a_missing_password_is_a_start_error_not_a_silent_login(
     tmp_path: Path, protected: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -314,7 +314,18 @@ async def test_tls_to_the_sentinels_and_the_master(
             client_cert_file=pki.client_cert,
             client_key_file=pki.client_key,
         )
+        checked = redis_client(settings)
+        try:  # the sentinels' login is probed over TLS too
+            await check_login(checked, settings)
+        finally:
+            await checked.aclose()
         await roundtrip(redis_client(settings), admin, "k:sentinel-tls")
+        wrong = redis_client(replace(settings, sentinel_password="wrong"))
+        try:
+            with pytest.raises(RedisLoginError, match="Redis Sentinel refused"):
+                await check_login(wrong, replace(settings, sentinel_password="wrong"))
+        finally:
+            await wrong.aclose()
         assert sentinel_front.client_subjects
         assert master_front.client_subjects
         untrusted = replace(settings, ca_file=pki.other_ca)
@@ -328,3 +339,72 @@ async def test_tls_to_the_sentinels_and_the_master(
         await sentinel_front.close()
         watcher.stop()
         await master_front.close()
+
+
+def sentinel_settings(
+    *ports: int, sentinel_password: str | None, password: str = PASSWORD
+) -> RedisConfig:
+    return RedisConfig(
+        sentinel=RedisSentinel(MASTER, tuple(("127.0.0.1", port) for port in ports)),
+        password_env="GW_PW",
+        password=password,
+        sentinel_password_env="GW_SENTINEL_PW" if sentinel_password is not None else None,
+        sentinel_password=sentinel_password,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sentinel_password", "shown"),
+    [
+        ("not the sentinel password", "the password in $GW_SENTINEL_PW"),
+        (None, "no password"),
+    ],
+)
+async def test_a_sentinel_refusing_the_login_is_a_clear_start_up_error(
+    sentinel: RedisProcess, sentinel_password: str | None, shown: str
+) -> None:
+    # Not "No master found" after retries, nor a readiness 503 for ever: a wrong
+    # sentinel password will not heal by itself.
+    settings = sentinel_settings(sentinel.port, sentinel_password=sentinel_password)
+    client = redis_client(settings)
+    try:
+        with pytest.raises(RedisLoginError) as caught:
+            await asyncio.wait_for(check_login(client, settings), 30)
+    finally:
+        await client.aclose()
+    message = str(caught.value)
+    assert f"127.0.0.1:{sentinel.port}" in message
+    assert f"with {shown} (redis.sentinel_password_env)" in message
+    assert "not the sentinel password" not in message
+
+
+async def test_an_unreachable_sentinel_beside_a_refusing_one_is_still_a_login_error(
+    sentinel: RedisProcess,
+) -> None:
+    settings = sentinel_settings(1, sentinel.port, sentinel_password="wrong")
+    client = redis_client(settings)
+    try:
+        with pytest.raises(RedisLoginError, match=r"\$GW_SENTINEL_PW"):
+            await asyncio.wait_for(check_login(client, settings), 30)
+    finally:
+        await client.aclose()
+
+
+async def test_sentinels_that_are_all_down_are_not_a_login_error(sentinel: RedisProcess) -> None:
+    # Down is not refused: the gateway starts and fails closed until they answer.
+    settings = sentinel_settings(1, sentinel_password=SENTINEL_PASSWORD)
+    client = redis_client(settings)
+    try:
+        await asyncio.wait_for(check_login(client, settings), 30)
+    finally:
+        await client.aclose()
+
+
+async def test_one_accepting_sentinel_is_enough(sentinel: RedisProcess) -> None:
+    settings = sentinel_settings(sentinel.port, 1, sentinel_password=SENTINEL_PASSWORD)
+    client = redis_client(settings)
+    try:
+        await asyncio.wait_for(check_login(client, settings), 30)
+        assert await client.ping()
+    finally:
+        await client.aclose()

@@ -19,6 +19,7 @@ import pytest
 from gateway.config import TlsFiles
 from gateway.tls import ensure_demo_tls
 from tests.gateway.processes import wait_gone
+from tests.gateway.test_tls_reload import file_fingerprint, renew, served_certificate
 
 GATEWAY = str(Path(sys.executable).parent / "gateway")  # the installed console script
 POLICY = """routes:
@@ -168,17 +169,22 @@ def test_sigint_stops_it_too(running: Running) -> None:
     assert wait_gone(redis_child)
 
 
-@pytest.mark.parametrize("problem", ["bad-config", "missing-cert", "open-key"])
+@pytest.mark.parametrize(
+    "problem", ["bad-config", "missing-cert", "open-key", "bad-policy", "redis-down"]
+)
 def test_gateway_run_refuses_to_start_on_bad_material(
     tmp_path: Path, project_root: Path, problem: str
 ) -> None:
-    config = _write_config(tmp_path)
+    down = "redis://127.0.0.1:1/0" if problem == "redis-down" else None
+    config = _write_config(tmp_path, redis_url=down)
     if problem == "bad-config":
         config.write_text(config.read_text() + "surprise: 1\n")
     elif problem == "missing-cert":
         (tmp_path / "tls/gateway.crt").unlink()
-    else:
+    elif problem == "open-key":
         (tmp_path / "tls/gateway.key").chmod(0o644)
+    elif problem == "bad-policy":
+        (tmp_path / "policy.yaml").write_text(POLICY.replace("default: deny", "default: maybe"))
     result = subprocess.run(
         [GATEWAY, "run", "--config", str(config)],
         cwd=project_root,
@@ -188,7 +194,37 @@ def test_gateway_run_refuses_to_start_on_bad_material(
         check=False,
     )
     assert result.returncode == 1
-    expected = {"bad-config": "surprise", "missing-cert": "no such file", "open-key": "o+r"}
+    expected = {
+        "bad-config": "surprise",
+        "missing-cert": "no such file",
+        "open-key": "o+r",
+        "bad-policy": "policy.yaml:6: routes[0].default: allow or deny (got 'maybe')",
+        "redis-down": "audit stream unreachable",
+    }
     assert expected[problem] in result.stderr
+    assert "Traceback" not in result.stderr  # a clear refusal, not a crash
     # Nothing left running: no redis-server under this test's data directory.
     assert [pid for pid, _, cmd in _processes() if str(tmp_path) in cmd] == []
+
+
+def test_sighup_reloads_policy_and_tls_and_keeps_serving(running: Running, tmp_path: Path) -> None:
+    # `kill -HUP` is the documented reload; unhandled, it would end the process (and every
+    # in-flight request with its audit outcome).
+    status, _ = _get(f"http://127.0.0.1:{running.http_port}/", "beta.localhost")
+    assert status == 404
+    tls = TlsFiles(tmp_path / "tls/gateway.crt", tmp_path / "tls/gateway.key", running.ca_file)
+    before = served_certificate(running.https_port, running.ca_file)
+    (tmp_path / "policy.yaml").write_text(POLICY.replace("[acme.localhost]", "[beta.localhost]"))
+    renew(tls)  # and the TLS certificate was renewed
+    running.process.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert running.process.poll() is None
+    after = served_certificate(running.https_port, running.ca_file)
+    assert after == file_fingerprint(tls) != before
+    status, headers = _get(f"http://127.0.0.1:{running.http_port}/", "beta.localhost")
+    assert status == 308
+    assert headers["Location"] == f"https://beta.localhost:{running.https_port}/"
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(20) == 0
+    assert running.process.stdout is not None
+    assert "policy reloaded: 1 route(s)" in running.process.stdout.read()
