@@ -1,13 +1,18 @@
-"""The benchmark's peers, each run as its own process: the upstream and a bare proxy.
+"""The benchmark's peers, each run as its own process: the upstream and two plain proxies.
 
-    python -m bench.peers upstream                       # prints READY <port>
-    python -m bench.peers bare-proxy --upstream-port P   # prints READY <port>
+    python -m bench.peers upstream                                      # READY <port>
+    python -m bench.peers bare-proxy --upstream-port P                  # READY <port>
+    python -m bench.peers recording-proxy --upstream-port P --redis-url U   # READY <port>
 
 The upstream answers `/small` with a short body and `/download?n=BYTES` with a streamed
 body. The bare proxy is the least a streaming aiohttp reverse proxy does (one shared
 keep-alive client session, bodies streamed both ways, hop-by-hop headers dropped): the
-baseline the gateway's forward path is measured against. Both use uvloop when installed,
-like the gateway, and stop on SIGTERM.
+baseline the gateway's forward path is measured against. The recording proxy is the bare
+proxy plus the least that "recorded before forwarding" can cost: before forwarding, each
+request awaits one fixed record appended to a Redis stream, concurrent records sharing
+one pipelined call (group commit). It builds, redacts and chains nothing; it is a
+diagnostic floor, not a gateway. All use uvloop when installed, like the gateway, and
+stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.heap import settle
@@ -64,47 +70,113 @@ def upstream_app() -> web.Application:
 
 
 CLIENT = web.AppKey("bare_proxy_client", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("bare_proxy_upstream", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RECORDS_STREAM = "bench:recording-proxy"
+RECORD = b"r" * 600  # about the size of the gateway's attempt record for `/small`
+
+
+class GroupCommit:
+    """Appends one fixed record per call to a Redis stream and returns once Redis has it.
+
+    Calls made while a pipelined XADD is in flight wait for the next one, which carries
+    all of them: the fewest Redis round trips a record per request can take.
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.waiting: list[asyncio.Future[None]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def record(self) -> None:
+        accepted = asyncio.get_running_loop().create_future()
+        self.waiting.append(accepted)
+        if self.flushing is None:
+            self.flushing = asyncio.create_task(self._flush())
+        await accepted
+
+    async def _flush(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                pipe = self.redis.pipeline(transaction=False)
+                for _ in batch:
+                    pipe.xadd(RECORDS_STREAM, {"f": RECORD})
+                try:
+                    await pipe.execute()
+                except Exception as exc:  # every waiting request fails with it
+                    for accepted in batch:
+                        accepted.set_exception(exc)
+                else:
+                    for accepted in batch:
+                        accepted.set_result(None)
+        finally:
+            self.flushing = None
+
+
+def recording_proxy_app(upstream_port: int, redis_url: str) -> web.Application:
+    """The bare proxy, each request awaiting its one record in Redis before it goes on."""
+    redis = aioredis.Redis.from_url(redis_url)
+    records = GroupCommit(redis)
+
+    async def recorded(request: web.Request) -> web.StreamResponse:
+        await records.record()
+        return await forward(request)
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await redis.aclose()
+
+    app = _proxy_app(upstream_port, recorded)
+    app.cleanup_ctx.append(redis_ctx)
+    return app
 
 
 def bare_proxy_app(upstream_port: int) -> web.Application:
-    base = f"http://127.0.0.1:{upstream_port}"
+    return _proxy_app(upstream_port, forward)
 
-    async def client_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[CLIENT] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        )
-        yield
-        await app[CLIENT].close()
 
-    async def forward(request: web.Request) -> web.StreamResponse:
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROPPED]
-        body = request.content if request.body_exists else None
-        async with request.app[CLIENT].request(
-            request.method,
-            base + request.raw_path,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-        ) as upstream:
-            response = web.StreamResponse(status=upstream.status)
-            for name, value in upstream.headers.items():
-                if name.lower() not in DROPPED:
-                    response.headers.add(name, value)
-            if upstream.content_length is not None:
-                response.content_length = upstream.content_length
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-
+def _proxy_app(upstream_port: int, handler: Handler) -> web.Application:
     app = web.Application(client_max_size=0)
-    app.cleanup_ctx.append(client_ctx)
-    app.router.add_route("*", "/{tail:.*}", forward)
+    app[UPSTREAM] = f"http://127.0.0.1:{upstream_port}"
+    app.cleanup_ctx.append(_client_ctx)
+    app.router.add_route("*", "/{tail:.*}", handler)
     return app
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[CLIENT] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+    )
+    yield
+    await app[CLIENT].close()
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """The bare proxy's whole work for one request."""
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROPPED]
+    body = request.content if request.body_exists else None
+    async with request.app[CLIENT].request(
+        request.method,
+        request.app[UPSTREAM] + request.raw_path,
+        headers=headers,
+        data=body,
+        allow_redirects=False,
+    ) as upstream:
+        response = web.StreamResponse(status=upstream.status)
+        for name, value in upstream.headers.items():
+            if name.lower() not in DROPPED:
+                response.headers.add(name, value)
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
 
 async def serve_until_stopped(app: web.Application, **settings: Any) -> None:
@@ -127,15 +199,20 @@ async def serve_until_stopped(app: web.Application, **settings: Any) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peers")
-    parser.add_argument("role", choices=("upstream", "bare-proxy"))
+    parser.add_argument("role", choices=("upstream", "bare-proxy", "recording-proxy"))
     parser.add_argument("--upstream-port", type=int)
+    parser.add_argument("--redis-url")
     args = parser.parse_args()
     if args.role == "upstream":
         app = upstream_app()
     elif args.upstream_port is None:
-        parser.error("bare-proxy needs --upstream-port")
-    else:
+        parser.error(f"{args.role} needs --upstream-port")
+    elif args.role == "bare-proxy":
         app = bare_proxy_app(args.upstream_port)
+    elif args.redis_url is None:
+        parser.error("recording-proxy needs --redis-url")
+    else:
+        app = recording_proxy_app(args.upstream_port, args.redis_url)
     factory, _ = loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve_until_stopped(app, auto_decompress=False))

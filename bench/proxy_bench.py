@@ -18,10 +18,13 @@ Each line also shows the CPU time the answering process used per request while i
 measured: on this 2-core machine, shared with the load generator, the upstream and
 Redis, requests/s swing with other load, while CPU per request says where the cost is.
 
-A fourth process, labelled "no audit", is the same gateway with its audit-in and
-audit-out stages removed. It is a diagnostic of what the two audit records of every
-request cost, shown beside the others, never a way the gateway runs and not part of
-any target.
+Two more processes are diagnostics, shown beside the others and never part of a target.
+"no audit" is the same gateway with its audit-in and audit-out stages removed: what the
+two audit records of every request cost. "1 record" is the bare proxy plus the least that
+recording before forwarding can cost (`bench.peers`, recording-proxy): each request
+awaits one fixed record group-committed to the same Redis before it is forwarded,
+nothing built, redacted or chained. It shows how far below the bare proxy any proxy that
+keeps DESIGN's rule "the attempt is accepted by Redis before forwarding" starts.
 
 Targets: gateway >= 0.9x the bare proxy's requests/s; a 1 GiB transfer raises the
 gateway's peak RSS by <= 32 MiB.
@@ -53,7 +56,8 @@ DURATION_S = float(os.environ.get("BENCH_DURATION_S", "6"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 GIB = 1 << 30
 RATIO_TARGET = 0.9
-NO_AUDIT = "no audit"  # the diagnostic peer: the gateway with its audit stages removed
+NO_AUDIT = "no audit"  # diagnostic peer: the gateway with its audit stages removed
+ONE_RECORD = "1 record"  # diagnostic peer: the bare proxy awaiting one durable record
 RSS_TARGET = 32 << 20
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,16 +205,26 @@ def main() -> int:
                 str(upstream_port),
                 "--without-audit",
             ) as (unaudited, unaudited_port),
+            _process(
+                work / "recording-proxy.log",
+                "bench.peers",
+                "recording-proxy",
+                "--upstream-port",
+                str(upstream_port),
+                "--redis-url",
+                redis.url + "?db=2",
+            ) as (recording, recording_port),
         ):
             targets = {
                 "direct": upstream_port,
                 "bare proxy": bare_port,
                 "gateway": gateway_port,
                 NO_AUDIT: unaudited_port,
+                ONE_RECORD: recording_port,
             }
             bodies = {name: asyncio.run(_check(port)) for name, port in targets.items()}
             if len(set(bodies.values())) != 1:
-                raise RuntimeError(f"the three answer differently: {bodies}")
+                raise RuntimeError(f"the peers answer differently: {bodies}")
             for port in targets.values():  # warm-up: connections, caches, first-use imports
                 generate_load(
                     f"http://127.0.0.1:{port}/small",
@@ -224,6 +238,7 @@ def main() -> int:
                 "bare proxy": bare.pid,
                 "gateway": gateway.pid,
                 NO_AUDIT: unaudited.pid,
+                ONE_RECORD: recording.pid,
             }
             cpu_s: dict[str, float] = dict.fromkeys(targets, 0.0)
             for _ in range(ROUNDS):
@@ -242,6 +257,10 @@ def main() -> int:
                 detail = f"(runs: {runs}; errors: {errors[name]}; {cpu:,.0f} µs CPU/request)"
                 print(f"  {name:<11} {rps[name]:>10,.0f} req/s   {detail}")
             print(f"  ({NO_AUDIT}: {WITHOUT_AUDIT})")
+            print(
+                f"  ({ONE_RECORD}: the bare proxy awaiting one fixed record group-committed to "
+                "Redis before forwarding; the floor of recording before forwarding)"
+            )
             to_bare = rps["gateway"] / rps["bare proxy"]
             to_direct = rps["gateway"] / rps["direct"]
             print()
@@ -252,6 +271,8 @@ def main() -> int:
             print(f"  gateway / direct     = {to_direct:.2f}x")
             unaudited_to_bare = rps[NO_AUDIT] / rps["bare proxy"]
             print(f"  {NO_AUDIT} / bare proxy = {unaudited_to_bare:.2f}x   (diagnostic only)")
+            floor = rps[ONE_RECORD] / rps["bare proxy"]
+            print(f"  {ONE_RECORD} / bare proxy = {floor:.2f}x   (diagnostic only)")
             print(
                 f"  gateway CPU over the bare proxy: "
                 f"{cpu_us['gateway'] - cpu_us['bare proxy']:+,.0f} µs/request, of which the two "
