@@ -28,6 +28,10 @@ from gateway.appkeys import AUDIT, CLOCK, CONFIG, IN_FLIGHT, REDIS
 
 log = logging.getLogger(__name__)
 
+# How long the stop waits for the last request counts to be saved.
+FINAL_FLUSH_WITHIN_S = 5.0
+SHOWN_GRANTS = 20  # grants named in the log line of counts not saved
+
 
 @dataclass(frozen=True)
 class AccessService:
@@ -99,7 +103,27 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await _final_flush(service.watcher)
+
+
+async def _final_flush(watcher: GrantWatcher) -> None:
+    """Save the last second's request counts, giving a silent Redis FINAL_FLUSH_WITHIN_S."""
     try:
-        await service.watcher.flush_usage()  # the last second's request counts
-    except Exception:
-        log.exception("request counts of the last second not saved at shutdown")
+        async with asyncio.timeout(FINAL_FLUSH_WITHIN_S):
+            await watcher.flush_usage()
+    except Exception as exc:
+        # A shutdown must not wait on Redis for ever: say what is lost and go on.
+        why = repr(exc)
+        if isinstance(exc, TimeoutError):
+            why = f"Redis gave no answer within {FINAL_FLUSH_WITHIN_S} s"
+        counts = watcher.unflushed()
+        shown = ", ".join(f"{grant_id}: {n}" for grant_id, n in counts.most_common(SHOWN_GRANTS))
+        more = len(counts) - SHOWN_GRANTS
+        log.error(
+            "request counts not saved at shutdown (%s): %d request(s) of %d grant(s): %s%s",
+            why,
+            counts.total(),
+            len(counts),
+            shown,
+            f" and {more} more" if more > 0 else "",
+        )

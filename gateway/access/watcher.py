@@ -15,10 +15,13 @@ whose member changed (a member disabled or marked not impersonable ends their fl
 Requests made under each grant are counted in memory and added to the request's
 `requests` field every second (the counts shown in the end-of-grant summary).
 
-A subscription is healthy only while the server answers it: it is pinged every
-PING_EVERY_S, and one that has said nothing for ANSWER_WITHIN_S past a ping (a connection
-dropped without a reset by a firewall or NAT) is treated as lost, as is a round of the
-watcher's own Redis work that does not finish in that time.
+A subscription is healthy only while it hears this instance's own heartbeats
+(`heartbeat.Heartbeats`): one is published every PING_EVERY_S through the client that
+writes, and a heartbeat not heard back within ANSWER_WITHIN_S (a connection dropped without
+a reset by a firewall or NAT, or a subscription left on an old master that still answers
+but no longer receives the writes) means the subscription is lost, as does a round of the
+watcher's own Redis work that does not finish in that time. Other instances' heartbeats are
+ignored. The re-check of live grants reads all of them in one pipelined round trip.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 from collections import Counter
 from typing import Any
@@ -36,6 +40,7 @@ import redis.asyncio as aioredis
 from gateway import keys
 from gateway.access.errors import AccessUnavailable
 from gateway.access.events import MEMBER_CHANGED
+from gateway.access.heartbeat import HEARTBEAT, Heartbeats, heartbeat_of
 from gateway.access.model import RequestState
 from gateway.access.store import (
     GrantCheck,
@@ -51,8 +56,8 @@ from gateway.flow import InFlightFlows
 log = logging.getLogger(__name__)
 
 PING_EVERY_S = 1.0
-# A healthy server answers a ping at once; silence this long after one means the
-# subscription may be missing events.
+# A healthy subscription hears a heartbeat at once; one not heard back this long after it
+# was published means the subscription may be missing events.
 ANSWER_WITHIN_S = 3.0
 RECONNECT_S = 1.0
 FLUSH_EVERY_S = 1.0
@@ -96,6 +101,8 @@ class GrantWatcher:
         self._unconfirmed: tuple[str, Counter[str]] | None = None
         self._flush = redis.register_script(_FLUSH)
         self._seen: dict[str, tuple[str, str]] = {}  # grant id -> (actor key, org)
+        # Names this instance's heartbeats (one watcher per gateway process).
+        self.heartbeat_token = secrets.token_hex(16)
 
     async def check(self, actor_key: str, org: str) -> GrantCheck:
         """The grant of `actor_key` in `org` now; raises AccessUnavailable if Redis is down."""
@@ -123,9 +130,15 @@ class GrantWatcher:
 
         True when live grants must be re-checked against Redis (a member changed).
         """
+        try:
+            event: Any = json.loads(data)
+        except (ValueError, RecursionError):
+            event = None  # unreadable: judged below
+        if isinstance(event, dict) and event.get("event") == HEARTBEAT:
+            # Changes nothing: listen_once counts its own, and others' mean nothing here.
+            return False
         self._generation += 1
         try:
-            event = json.loads(data)
             if event["event"] == MEMBER_CHANGED:
                 org = str(event["org"])
                 for cached_key in [k for k in self._cache if k[1] == org]:
@@ -159,9 +172,12 @@ class GrantWatcher:
 
     async def _recheck(self) -> None:
         """After a gap in the subscription, end in-flight flows of grants that ended in it."""
+        seen = list(self._seen.items())
+        # One pipelined round trip for all of them: thousands of live grants read one by
+        # one could outlast the round limit and make the subscription flap.
+        read = await self._grants.read_many([key for _, key in seen])
         now = self.clock.now()
-        for grant_id, key in list(self._seen.items()):
-            facts = await self._grants.read(*key)
+        for (grant_id, _), facts in zip(seen, read, strict=True):
             result = grant_check_from(facts, now)
             if result.grant is None or result.grant.grant_id != grant_id:
                 self._seen.pop(grant_id, None)
@@ -189,6 +205,14 @@ class GrantWatcher:
             # removes it anyway if this delete does not happen).
             await self.redis.delete(keys.usage_flush(token))
 
+    def unflushed(self) -> Counter[str]:
+        """Request counts by grant id not yet confirmed saved (a batch sent without a reply
+        may have been applied all the same)."""
+        counts = Counter(self._usage)
+        if self._unconfirmed is not None:
+            counts.update(self._unconfirmed[1])
+        return counts
+
     async def _flush_batch(self, token: str, usage: Counter[str]) -> None:
         grant_ids = list(usage)
         reply: Any = await self._flush(
@@ -208,28 +232,33 @@ class GrantWatcher:
 
     async def listen_once(self) -> None:
         """Subscribe and handle events until the subscription fails (then raise)."""
+        channel = keys.grant_events_channel()
         pubsub = self.redis.pubsub()
+        loop = asyncio.get_running_loop()
+        beats = Heartbeats(self.heartbeat_token, loop.time())
         try:
-            await pubsub.subscribe(keys.grant_events_channel())
-            loop = asyncio.get_running_loop()
-            last_ping = last_flush = last_heard = loop.time()
+            await pubsub.subscribe(channel)
+            # The first heartbeat goes once the server confirmed the subscription (one
+            # published before that could pass it), then one every PING_EVERY_S.
+            confirmed = False
+            last_beat = -math.inf
+            last_flush = loop.time()
             while True:
                 # SECURITY: none of the watcher's own Redis work may stall this loop while
                 # the cache is trusted: a round that does not finish in time ends it.
                 try:
                     async with asyncio.timeout(ANSWER_WITHIN_S):
                         message = await pubsub.get_message(timeout=0.5)
-                        if message is not None:
-                            last_heard = loop.time()
-                            if message["type"] == "subscribe":
-                                self._subscribed()
-                                await self._recheck()
-                            elif message["type"] == "message" and self.on_event(message["data"]):
-                                await self._recheck()
+                        if message is not None and message["type"] == "subscribe":
+                            confirmed = True
+                        elif message is not None and message["type"] == "message":
+                            await self._heard(message["data"], beats)
                         now = loop.time()
-                        if now - last_ping >= PING_EVERY_S:
-                            await pubsub.ping()
-                            last_ping = now
+                        if confirmed and now - last_beat >= PING_EVERY_S:
+                            # SECURITY: through the client that writes, so that it comes
+                            # back only on a subscription that hears the writes' events.
+                            await self.redis.publish(channel, beats.next_message(now))
+                            last_beat = now
                         if now - last_flush >= FLUSH_EVERY_S:
                             await self.flush_usage()
                             last_flush = now
@@ -237,14 +266,31 @@ class GrantWatcher:
                     raise ConnectionError(
                         f"grant-event upkeep took over {ANSWER_WITHIN_S} s"
                     ) from exc
-                # SECURITY: a connection dropped without a reset delivers nothing, not even
-                # an error; silence past a ping means events may be missed: stop caching.
-                if loop.time() - last_heard > PING_EVERY_S + ANSWER_WITHIN_S:
-                    raise ConnectionError("the grant events subscription stopped answering")
+                # SECURITY: a subscription that does not hear our own heartbeat in time is
+                # silent (a connection dropped without a reset) or on a server our writes no
+                # longer reach (an old master): either way it may miss revocations.
+                if beats.overdue(loop.time(), ANSWER_WITHIN_S):
+                    raise ConnectionError(
+                        f"own heartbeat not heard back within {ANSWER_WITHIN_S} s on the "
+                        "grant events subscription"
+                    )
         finally:
             self._lost()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _heard(self, data: bytes | str, beats: Heartbeats) -> None:
+        beat = heartbeat_of(data)
+        if beat is None:
+            if self.on_event(data):
+                await self._recheck()
+            return
+        token, counter = beat
+        # SECURITY: only our own heartbeat, one we await, proves that this subscription
+        # hears what our writes publish; another instance's proves nothing about it.
+        if token == beats.token and beats.heard(counter) and not self.healthy:
+            self._subscribed()
+            await self._recheck()  # events of the gap before may have been missed
 
     async def run(self) -> None:
         """Listen forever (an app background task), reconnecting after any failure."""

@@ -6,6 +6,7 @@ tests read exactly what production reads.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ import redis.asyncio as aioredis
 from gateway import keys
 from gateway.access import AccessStore
 from gateway.clock import ManualClock
+from gateway.embedded_redis import EmbeddedRedis
 from gateway.identity import Principal, PrincipalKind
+from tests.gateway.access.relay import Relay
 
 ORG = "acme"
 OTHER_ORG = "globex"
@@ -77,6 +80,37 @@ async def seed_directory(redis: aioredis.Redis) -> None:
 async def directory(redis: aioredis.Redis) -> aioredis.Redis:
     await seed_directory(redis)
     return redis
+
+
+@pytest.fixture
+async def relay(redis_server: EmbeddedRedis) -> AsyncIterator[Relay]:
+    """A loopback relay to the test Redis that can go silent or slow (`relay.Relay`)."""
+    async with Relay(redis_server.socket_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def relayed(relay: Relay) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis(host="127.0.0.1", port=relay.port)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def second_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """Another real redis-server: the other side of a failover."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-second"), persistent=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def second_redis(second_redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    client: aioredis.Redis = aioredis.Redis.from_url(second_redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 While `frozen`, bytes are read but held, in both directions, and no connection is closed:
 what a client sees when a firewall or NAT drops a long-lived connection without a reset.
 While `holding_replies`, only Redis's replies are held: a command runs, its answer is late.
+`reply_delay_s` delays every chunk of replies: a network with that round trip.
 
     async with Relay(redis_server.socket_path) as relay:
         client = aioredis.Redis(host="127.0.0.1", port=relay.port)
@@ -22,6 +23,7 @@ class Relay:
         self.unix_socket = unix_socket
         self.frozen = False
         self.holding_replies = False
+        self.reply_delay_s = 0.0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -62,6 +64,8 @@ class Relay:
         while data := await source.read(65536):
             while self.frozen or (replies and self.holding_replies):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
+            if replies and self.reply_delay_s:
+                await asyncio.sleep(self.reply_delay_s)
             sink.write(data)
             await sink.drain()
         sink.close()

@@ -1,13 +1,12 @@
 """The grant watcher over a connection that goes silent, and usage counts whose reply is lost.
 
-A relay between the watcher and Redis (`relay.Relay`) holds bytes without closing anything,
-as a firewall or NAT that drops a long-lived connection does.
+A relay between the watcher and Redis (`relay.Relay`, the `relay` fixture) holds bytes without
+closing anything, as a firewall or NAT that drops a long-lived connection does.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,7 +16,6 @@ from gateway.access import AccessStore
 from gateway.access.store import GrantReader
 from gateway.access.watcher import ANSWER_WITHIN_S, PING_EVERY_S, GrantWatcher
 from gateway.clock import ManualClock
-from gateway.embedded_redis import EmbeddedRedis
 from gateway.flow import InFlightFlows
 from tests.gateway.access.conftest import ALICE, ORG, SAM, approved
 from tests.gateway.access.relay import Relay
@@ -25,19 +23,6 @@ from tests.gateway.access.relay import Relay
 
 def _healthy(watcher: GrantWatcher) -> bool:
     return watcher.healthy
-
-
-@pytest.fixture
-async def relay(redis_server: EmbeddedRedis) -> AsyncIterator[Relay]:
-    async with Relay(redis_server.socket_path) as running:
-        yield running
-
-
-@pytest.fixture
-async def relayed(relay: Relay) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(host="127.0.0.1", port=relay.port)
-    yield client
-    await client.aclose()
 
 
 async def test_a_silent_subscription_stops_the_cache_before_a_revoked_grant_is_served(
