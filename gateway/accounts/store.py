@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from gateway import keys
 from gateway.access.events import NO_EVENT, member_changed, org_changed, publish_lua
@@ -349,11 +350,22 @@ class AccountStore:
             # SECURITY: live-grant checks cache the member's account; the event that makes
             # them re-read it goes out in the write's own script, or neither happens.
             event = member_changed(org, member_id)
-        written = await self._set_fields(
-            keys=[account_key],
-            args=[*event, "disabled", "1" if disabled else "0"],
-        )
+        if disabled:
+            # SECURITY: a disabled account keeps no session, console or app, anywhere: the
+            # flag, the raised epoch, the ended sessions and the event are one script.
+            try:
+                return await end_sessions_of(
+                    self.redis,
+                    principal_key,
+                    account_key=account_key,
+                    credential={"disabled": "1"},
+                    event=event,
+                )
+            except ResponseError as exc:
+                if str(exc).startswith("NOACCOUNT"):
+                    raise AccountNotFound(f"no account {principal_key}") from exc
+                raise
+        written = await self._set_fields(keys=[account_key], args=[*event, "disabled", "0"])
         if not written:
             raise AccountNotFound(f"no account {principal_key}")
-        # SECURITY: a disabled account keeps no session, console or app, anywhere.
-        return await self.end_sessions(principal_key) if disabled else 0
+        return 0

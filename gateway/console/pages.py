@@ -43,8 +43,9 @@ from gateway.sessions.console import (
     get_session,
     rotate,
 )
-from gateway.sessions.handoff import routed_url_parts
+from gateway.sessions.handoff import routed_url_parts, url_port
 from gateway.sessions.logins import Logins, logins_of
+from gateway.sessions.prelogin import MAX_DESTINATION, prelogin_key
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,9 @@ def remember_destination(request: web.Request, session: Session, logins: Logins)
     returning = request.query.get("return")
     following = request.query.get("next")
     if returning is not None:
+        if len(returning) > MAX_DESTINATION:
+            # The pre-login cookie must hold it: a clear refusal, not a login that forgets.
+            raise ApiError(Denial(400, "invalid_return", "the return address is too long"))
         if logins.addresses.verify(returning, logins.is_routed_host) is None:
             # SECURITY: only addresses the gateway signed, on a routed host (no open redirect).
             raise ApiError(
@@ -151,7 +155,12 @@ async def proceed(request: web.Request, session: Session, logins: Logins) -> web
         if address is not None and parts is not None:
             host, netloc, target = parts
             code = await logins.codes.issue(
-                login.session_id, login.principal_key, host, target, binding=address.binding
+                login.session_id,
+                login.principal_key,
+                host,
+                target,
+                binding=address.binding,
+                port=url_port(address.url),
             )
             return see_other(f"https://{netloc}/.gateway/auth?code={code}")
     if isinstance(following, str) and local_path(following):
@@ -230,18 +239,20 @@ def _pending(session: Session, logins: Logins, name: str) -> dict[str, Any] | No
     return value
 
 
-def _password_proof(account: Account) -> str:
-    """Names the password an account has now, without the session holding its hash."""
-    return hashlib.sha256(account.password_hash.encode()).hexdigest()
+def _password_proof(logins: Logins, account: Account) -> str:
+    """Names the password an account has now, without the session holding its hash: keyed,
+    since the pre-login state travels in a cookie (nothing in it helps offline guessing)."""
+    message = f"proof|{account.key}|{account.password_hash}".encode()
+    return hmac.new(prelogin_key(logins.config.data_dir), message, hashlib.sha256).hexdigest()
 
 
-def _password_unchanged(step: dict[str, Any], account: Account | None) -> bool:
+def _password_unchanged(logins: Logins, step: dict[str, Any], account: Account | None) -> bool:
     """Whether a pending step's proven password is still the account's (no reset since)."""
     proof = step.get("proof")
     if account is None or not isinstance(proof, str):
         return False
     # SECURITY: a password reset ends every session; it voids a half-done login too.
-    return hmac.compare_digest(_password_proof(account), proof)
+    return hmac.compare_digest(_password_proof(logins, account), proof)
 
 
 # --- pages ----------------------------------------------------------------------------
@@ -291,7 +302,7 @@ async def login_submit(request: web.Request) -> web.Response:
     session["pending"] = {
         "principal": account.key,
         "at": logins.clock.now(),
-        "proof": _password_proof(account),
+        "proof": _password_proof(logins, account),
         "epoch": proven.session_epoch,
     }
     return see_other("/login/totp")
@@ -320,7 +331,7 @@ async def totp_submit(request: web.Request) -> web.Response:
     proven = await logins.accounts.store.get(str(pending["principal"]))
     # The password was proven a step ago: failures from here on name the whole account.
     who = proven.principal if proven is not None else None
-    if not _password_unchanged(pending, proven):
+    if not _password_unchanged(logins, pending, proven):
         session.pop("pending", None)
         await logins.record_failure(
             "login.totp", principal=who, client_ip=client_ip(request), reason="password_changed"
@@ -392,7 +403,7 @@ async def enrol_submit(request: web.Request) -> web.Response:
         "principal": account.key,
         "token_hash": digest,
         "at": logins.clock.now(),
-        "proof": _password_proof(account),
+        "proof": _password_proof(logins, account),
         "epoch": proven.session_epoch,
     }
     uri = provisioning_uri(secret, account.principal.email, ISSUER)
@@ -429,7 +440,7 @@ async def enrol_confirm(request: web.Request) -> web.Response:
         return render(
             request, session, "enrol.html", {"error": "This account is disabled."}, status=403
         )
-    if not _password_unchanged(pending, current):
+    if not _password_unchanged(logins, pending, current):
         session.pop("enrol", None)
         await logins.record_failure(
             "enrol.code", principal=who, client_ip=client_ip(request), reason="password_changed"

@@ -3,10 +3,12 @@
     records       console-session records and the verdict on them (Clock and epoch)
     epochs        the per-account session epoch that ends logins under way too
     console       aiohttp-session storage (Redis, Clock), CSRF, rotate at login, logout
-    handoff       signed return addresses and one-time, host-bound hand-off codes
+    handoff       signed return addresses and one-time hand-off codes (host, port, browser)
     app_sessions  host-only app sessions that live and die with their console session
     ending        ending a console session with all its app sessions (logout), or all
                   sessions of an account at once, raising its epoch (disable, resets)
+    ends          the session events listener: an ended login's in-flight flows end
+    prelogin      the signed pre-login cookie: nothing in Redis before a password
     routed        `/.gateway/auth` and `/.gateway/logout` on routed hosts
     logins        `logins_of(config_dict)`: the one bundle of all of these per app
 

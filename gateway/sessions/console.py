@@ -1,8 +1,10 @@
 """Console sessions: aiohttp-session with a Redis storage judged by the gateway's Clock.
 
-The cookie (`__Host-gw_console`: Secure, HttpOnly, SameSite=Lax, Path=/, no Domain)
-carries a random 256-bit token; Redis holds the session under the token's SHA-256. The
-session maps:
+A logged-in session's cookie (`__Host-gw_console`: Secure, HttpOnly, SameSite=Lax,
+Path=/, no Domain) carries a random 256-bit token; Redis holds the session under the
+token's SHA-256. Before a login is complete nothing is written to Redis: the same
+session mapping travels in the signed, short-lived `__Host-gw_prelogin` cookie
+(`prelogin`), so anonymous page views cannot fill Redis. The session maps:
 
     csrf       the CSRF token for forms (hidden field) and API calls (X-CSRF-Token)
     principal  the principal key once password AND TOTP were verified
@@ -11,7 +13,7 @@ session maps:
     epoch      the account's session epoch, as the login read it before any credential
     pending    {principal, at, proof, epoch}: password verified, TOTP still to come
     enrol      {principal, token_hash, at, proof, epoch}: enrolment under way
-               (proof: SHA-256 of the password hash then proven; a reset voids the step)
+               (proof: a keyed hash of the password hash then proven; a reset voids it)
     return     signed return address to a routed host; next: a console path
 
 `rotate` gives a fresh id at login (the old session and its cookie die) and creates the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +42,12 @@ from gateway.accounts.errors import LoginRefused
 from gateway.appkeys import CLOCK, CONFIG, REDIS
 from gateway.clock import Clock
 from gateway.config import Sessions
-from gateway.cookies import CONSOLE_SESSION
+from gateway.cookies import CONSOLE_SESSION, PRELOGIN
 from gateway.sessions.ending import end_console_session
+from gateway.sessions.prelogin import PreLoginSeal, PreLoginTooLarge, prelogin_key
 from gateway.sessions.records import create_login_record, live_record, sid_of, valid_token
+
+log = logging.getLogger(__name__)
 
 PENDING_TTL_S = 300.0  # a verified password waits this long for its TOTP code
 
@@ -82,49 +88,85 @@ class ClockedRedisStorage(AbstractStorage):
         config = request.config_dict[CONFIG]
         return request.config_dict[REDIS], request.config_dict[CLOCK], config.sessions
 
+    def prelogin(self, request: web.Request) -> PreLoginSeal:
+        config = request.config_dict[CONFIG]
+        clock = request.config_dict[CLOCK]
+        return PreLoginSeal(
+            prelogin_key(config.data_dir), clock, ttl_s=config.sessions.idle_timeout_s
+        )
+
     async def load_session(self, request: web.Request) -> Session:
         token = self.load_cookie(request)
-        if token is None or not valid_token(token):
+        if token is not None and valid_token(token):
+            redis, clock, limits = self.parts(request)
+            record = await live_record(redis, sid_of(token), clock, limits)
+            # Only logged-in sessions live in Redis (a record without a principal is an
+            # older pre-login one: ignored, its TTL ends it).
+            if record is not None and isinstance(record.get("principal"), str):
+                data: SessionData = {"created": int(record["created_at"]), "session": record}
+                return Session(token, data=data, new=False)
+        state = self.prelogin(request).open(request.cookies.get(PRELOGIN))
+        if not state:
             return Session(None, data=None, new=True)
-        redis, clock, limits = self.parts(request)
-        record = await live_record(redis, sid_of(token), clock, limits)
-        if record is None:
-            return Session(None, data=None, new=True)
-        data: SessionData = {"created": int(record["created_at"]), "session": record}
-        return Session(token, data=data, new=False)
+        created = int(request.config_dict[CLOCK].now())
+        fresh: SessionData = {"created": created, "session": state}
+        return Session(None, data=fresh, new=True)
+
+    def save_prelogin(
+        self, request: web.Request, response: web.StreamResponse, state: dict[str, Any]
+    ) -> None:
+        """Keep a pre-login state in its signed cookie (none left when it is empty)."""
+        value = ""
+        if state:
+            try:
+                value = self.prelogin(request).seal(state)
+            except PreLoginTooLarge:
+                log.warning("pre-login state too large for its cookie: not kept")
+        if value:
+            # SECURITY: host-only (__Host-, no Domain), HTTPS-only, never sent cross-site
+            # with a POST; its signature and expiry are checked at every load.
+            response.set_cookie(
+                PRELOGIN,
+                value,
+                path="/",
+                secure=True,
+                httponly=True,
+                samesite="Lax",
+                max_age=int(request.config_dict[CONFIG].sessions.idle_timeout_s),
+            )
+        elif PRELOGIN in request.cookies:
+            response.del_cookie(PRELOGIN, path="/", secure=True, httponly=True, samesite="Lax")
 
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: Session
     ) -> None:
         redis, clock, limits = self.parts(request)
-        if session.empty:
-            if session.identity is not None:
-                principal = session.get("principal") or "-"
-                await end_console_session(redis, sid_of(session.identity), principal)
-            self.save_cookie(response, "", max_age=None)
-            return
-        now = clock.now()
         record: dict[str, Any] = dict(session)
+        if not isinstance(record.get("principal"), str):
+            # SECURITY: nothing reaches Redis before a login is complete (an anonymous
+            # flood of page views cannot fill it); the state travels signed instead.
+            if session.identity is not None:
+                # A logged-in session emptied (logout) or stripped of its principal: ended.
+                await end_console_session(redis, sid_of(str(session.identity)), "-")
+                self.save_cookie(response, "", max_age=None)
+            elif CONSOLE_SESSION in request.cookies:
+                self.save_cookie(response, "", max_age=None)  # a dead session's cookie
+            self.save_prelogin(request, response, record)
+            return
+        self.save_prelogin(request, response, {})  # logged in: the pre-login state is done
+        now = clock.now()
         record.setdefault("created_at", now)
         record["last_seen"] = now
-        # Garbage collection only: a pre-login session (a login form's CSRF token) is kept
-        # no longer than the idle timeout, so page views alone cannot fill Redis for hours.
-        anonymous = not isinstance(record.get("principal"), str)
-        ttl = int(limits.idle_timeout_s if anonymous else limits.absolute_lifetime_s) + 60
+        ttl = int(limits.absolute_lifetime_s) + 60
         created = session.new or session.identity is None
         if created:
             token = session.identity if valid_token(session.identity) else None
             if token is None:
                 token = secrets.token_urlsafe(32)
                 session.set_new_identity(token)
-            if anonymous:
-                written = await redis.set(
-                    keys.console_session(sid_of(token)), json.dumps(record), ex=ttl, nx=True
-                )
-            else:
-                # SECURITY: a logged-in session only under the epoch its login read (`rotate`
-                # creates them; this is the same rule for any other path).
-                written = await create_login_record(redis, sid_of(token), record, ttl)
+            # SECURITY: a logged-in session only under the epoch its login read (`rotate`
+            # creates them; this is the same rule for any other path).
+            written: object = await create_login_record(redis, sid_of(token), record, ttl)
         else:
             token = str(session.identity)
             written = await redis.set(
@@ -134,13 +176,13 @@ class ClockedRedisStorage(AbstractStorage):
             # Ended by someone else meanwhile (logout elsewhere, disable): stay ended.
             self.save_cookie(response, "", max_age=None)
             return
-        principal = record.get("principal")
-        if isinstance(principal, str) and not created:
+        if not created:
             # Garbage collection only: the set outlives each of its sessions (their lifetime
             # is capped), so ending them all on disable still finds every one.
+            principal_set = keys.principal_sessions(record["principal"])
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(keys.principal_sessions(principal), sid_of(token))
-                pipe.expire(keys.principal_sessions(principal), ttl)
+                pipe.sadd(principal_set, sid_of(token))
+                pipe.expire(principal_set, ttl)
                 await pipe.execute()
         self.save_cookie(response, token, max_age=limits.absolute_lifetime_s)
 

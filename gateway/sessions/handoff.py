@@ -7,11 +7,12 @@
    The console accepts only addresses it signed, that have not expired, that are https
    and whose host is a routed host now: no open redirect, whatever the query says.
 2. After login (and MFA) the console issues a *hand-off code*: 256 random bits, stored
-   in Redis only as its SHA-256 with the console session, the routed host, the path and
-   the binding, valid `sessions.handoff_code_ttl_s` seconds by the Clock.
+   in Redis only as its SHA-256 with the console session, the routed host and port, the
+   path and the binding, valid `sessions.handoff_code_ttl_s` seconds by the Clock.
 3. The routed host's `/.gateway/auth?code=…` redeems the code once (GETDEL: a second
-   use finds nothing), only on the host it was issued for and only from the browser
-   holding the nonce, and sets the host-only app-session cookie (see `app_sessions`).
+   use finds nothing), only on the host and port it was issued for (a port left out is
+   its scheme's default: 443 for https, 80 for http) and only from the browser holding
+   the nonce, and sets the host-only app-session cookie (see `app_sessions`).
    A code sent to someone else (login CSRF: the victim would act, and be audited, as
    the sender) fails in their browser.
 
@@ -19,6 +20,9 @@
     token = addresses.sign("https://acme.gateway.example:8443/invoices?page=2",
                            binding=browser_binding(nonce))
     url = addresses.verify(token, is_routed_host)      # None if forged/expired/off-route
+    code = await codes.issue(sid, principal, "acme.gateway.example", "/invoices",
+                             binding=binding, port=url_port(url))
+    grant = await codes.redeem(code, "acme.gateway.example", nonce, port=8443)
 """
 
 from __future__ import annotations
@@ -106,6 +110,20 @@ def routed_url_parts(url: str) -> tuple[str, str, str] | None:
     return host, parts.netloc.lower(), target
 
 
+def default_port(scheme: str) -> int:
+    return 443 if scheme.lower() == "https" else 80
+
+
+def url_port(url: str) -> int:
+    """The port a return address's URL names, or its scheme's default when it names none."""
+    parts = urlsplit(url)
+    return parts.port or default_port(parts.scheme)
+
+
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+
+
 class ReturnAddresses:
     def __init__(self, key: bytes, clock: Clock) -> None:
         self._key = key
@@ -177,15 +195,27 @@ class HandoffCodes:
         self._ttl_s = ttl_s
 
     async def issue(
-        self, session_id: str, principal_key: str, host: str, target: str, *, binding: str
+        self,
+        session_id: str,
+        principal_key: str,
+        host: str,
+        target: str,
+        *,
+        binding: str,
+        port: int,
     ) -> str:
+        """A code for `host`:`port` (the port of the signed return address, its scheme's
+        default when it names none)."""
         if not _is_binding(binding):
             raise ValueError("a hand-off code needs the binding of the browser it is for")
+        if not _is_port(port):
+            raise ValueError(f"a hand-off code needs the port it is for, not {port!r}")
         code = secrets.token_urlsafe(32)
         record = {
             "sid": session_id,
             "principal": principal_key,
             "host": host.lower(),
+            "port": port,
             "target": target,
             "binding": binding,
             "expires_at": self._clock.now() + self._ttl_s,
@@ -194,9 +224,12 @@ class HandoffCodes:
         await self._redis.set(keys.handoff_code(digest), json.dumps(record), ex=self._ttl_s + 5)
         return code
 
-    async def redeem(self, code: str, host: str, nonce: str | None) -> HandoffGrant | None:
-        """Spend `code` on `host` from the browser holding `nonce`: once, in time, on its
-        own host, in its own browser; else None."""
+    async def redeem(
+        self, code: str, host: str, nonce: str | None, *, port: int
+    ) -> HandoffGrant | None:
+        """Spend `code` on `host`:`port` (the port the request came to, its scheme's default
+        when `Host` names none) from the browser holding `nonce`: once, in time, on its own
+        host and port, in its own browser; else None."""
         if not code or len(code) > 128:
             return None
         digest = hashlib.sha256(code.encode("utf-8", "replace")).hexdigest()
@@ -213,6 +246,10 @@ class HandoffCodes:
             return None  # SECURITY: a damaged record is no code (fail closed, no 500)
         sid, principal, issued_for, target, binding = (str(value) for value in fields)
         if not hmac.compare_digest(issued_for, host.lower()):
+            return None
+        # SECURITY: and on its own port: another port of the same name may be another
+        # service (a record without a port is damaged: no code).
+        if not _is_port(record.get("port")) or record["port"] != port:
             return None
         presented = browser_binding(nonce)
         # SECURITY: only the browser that was sent to log in may finish the hand-off.

@@ -21,7 +21,7 @@ from gateway.appkeys import RoutedEndpoint
 from gateway.cookies import APP_SESSION, HANDOFF_BINDING
 from gateway.denials import Denial, denial_response, method_not_allowed, wants_html
 from gateway.flow import Flow
-from gateway.sessions.handoff import RETURN_TTL_S, browser_nonce
+from gateway.sessions.handoff import RETURN_TTL_S, browser_nonce, default_port
 from gateway.sessions.logins import Logins, logins_of
 from gateway.stages.route import split_host
 
@@ -31,6 +31,14 @@ CHALLENGE = 'Cookie realm="gateway"'
 def _host(request: web.Request) -> str:
     parsed = split_host(request.headers.get("Host", ""))
     return parsed[0] if parsed else ""
+
+
+def addressed_port(request: web.Request) -> int:
+    """The port the browser addressed: `Host`'s, or its scheme's default (0 if unreadable)."""
+    parsed = split_host(request.headers.get("Host", ""))
+    if parsed is None:
+        return 0
+    return int(parsed[1]) if parsed[1] else default_port("https" if request.secure else "http")
 
 
 def _redirect(location: str) -> web.Response:
@@ -50,7 +58,9 @@ async def auth(request: web.Request) -> web.StreamResponse:
     logins = logins_of(request.config_dict)
     host = _host(request)
     code = request.query.get("code", "")
-    grant = await logins.codes.redeem(code, host, request.cookies.get(HANDOFF_BINDING))
+    grant = await logins.codes.redeem(
+        code, host, request.cookies.get(HANDOFF_BINDING), port=addressed_port(request)
+    )
     if grant is None:
         return denial_response(
             Denial(

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -196,3 +198,55 @@ async def test_a_credential_reset_that_cannot_end_the_sessions_changes_nothing(
     after = await accounts.store.require(key)
     assert after.password_hash == before.password_hash
     assert accounts.store.totp_secret(after) == alice
+
+
+async def _commands_during(redis_url: str, change: Callable[[], Awaitable[object]]) -> list[Any]:
+    """Every command Redis ran while `change` ran, as MONITOR saw it."""
+    client: aioredis.Redis = aioredis.Redis.from_url(redis_url)
+    seen: list[Any] = []
+    try:
+        async with client.monitor() as monitor:
+            await client.ping()  # MONITOR is on once a command reaches it
+            await change()
+            await client.echo("end of change")
+            while True:
+                command = await asyncio.wait_for(monitor.next_command(), 5)
+                if "end of change" in command["command"]:
+                    break
+                seen.append(command)
+    finally:
+        await client.aclose()
+    return seen
+
+
+async def test_disable_is_one_script_with_its_session_ends(
+    accounts: Accounts, alice: str, redis: aioredis.Redis, redis_url: str
+) -> None:
+    key = "member:acme:alice"
+    await accounts.store.put_staff("sam", "sam@vendor.example", "Sam")
+    await accounts.store.set_disabled("staff:sam", True)  # the script is loaded now
+    await _two_sessions(redis, key)
+    commands = await _commands_during(redis_url, lambda: accounts.store.set_disabled(key, True))
+    issued = [c["command"].split()[0].upper() for c in commands if c["client_type"] != "lua"]
+    scripted = [c["command"] for c in commands if c["client_type"] == "lua"]
+    # One script: the flag, the epoch, the ended sessions and the grant event together,
+    # so no failure in between can leave a disabled account with live sessions.
+    writes = {"EVAL", "EVALSHA", "HSET", "SET", "DEL", "INCR", "SADD", "SREM", "MULTI"}
+    assert [name for name in issued if name in writes] == ["EVALSHA"]
+    assert f"HSET {keys.member('acme', 'alice')} disabled 1" in scripted
+    assert f"INCR {keys.session_epoch(key)}" in scripted
+    assert scripted[-1].startswith("PUBLISH ")  # the grant event, after every write
+    assert "member_changed" in scripted[-1]
+    await _assert_sessions_gone(redis, key)
+    assert (await accounts.store.require(key)).disabled
+
+
+async def test_disabling_a_missing_account_changes_nothing(
+    accounts: Accounts, redis: aioredis.Redis
+) -> None:
+    before = set(await redis.keys("*"))
+    with pytest.raises(AccountNotFound):
+        await accounts.store.set_disabled("member:acme:nobody", True)
+    with pytest.raises(AccountNotFound):
+        await accounts.store.set_disabled("member:acme:nobody", False)
+    assert set(await redis.keys("*")) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from yarl import URL
 
 from gateway import keys
 from gateway.sessions.records import sid_of
@@ -18,6 +19,7 @@ from tests.gateway.sessions.harness import (
 )
 
 CONSOLE_COOKIE = "__Host-gw_console"
+PRELOGIN_COOKIE = "__Host-gw_prelogin"
 
 
 async def password_step(browser: Browser, site: Site, email: str, password: str) -> tuple[int, str]:
@@ -83,30 +85,41 @@ async def test_disabled_account(site: Site, browser: Browser) -> None:
 async def test_cookie_attributes_and_rotation_at_login(site: Site, browser: Browser) -> None:
     async with browser.session.get(site.console("/login"), allow_redirects=False) as first:
         raw = first.headers.getall("Set-Cookie")
+    # Before a login only the signed pre-login cookie exists (Redis: test_prelogin).
     assert len(raw) == 1
     cookie = raw[0]
-    assert cookie.startswith(CONSOLE_COOKIE + "=")
+    assert cookie.startswith(PRELOGIN_COOKIE + "=")
     for attribute in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
         assert attribute in cookie
     assert "Domain" not in cookie
-    before = browser.cookie(CONSOLE_COOKIE, CONSOLE_HOST)
-    assert before is not None
-    # A pre-login session is kept (garbage-collected) no longer than the idle timeout.
-    idle = site.config.sessions.idle_timeout_s
-    assert 0 < await site.redis.ttl(keys.console_session(sid_of(before))) <= idle + 60
+    assert f"Max-Age={site.config.sessions.idle_timeout_s}" in cookie
+    assert browser.cookie(CONSOLE_COOKIE, CONSOLE_HOST) is None
     done = await browser.login("alice@acme.example", PASSWORD, ALICE_SECRET)
     assert done.status == 303
     after = browser.cookie(CONSOLE_COOKIE, CONSOLE_HOST)
     assert after is not None
-    assert after != before
-    # The pre-login session is gone from Redis; the new one is indexed for the principal.
-    assert not await site.redis.exists(keys.console_session(sid_of(before)))
+    # The pre-login state is done with; the new session is indexed for the principal.
+    assert browser.cookie(PRELOGIN_COOKIE, CONSOLE_HOST) is None
     assert await site.redis.sismember(keys.principal_sessions("member:acme:alice"), sid_of(after))
+    idle = site.config.sessions.idle_timeout_s
     assert await site.redis.ttl(keys.console_session(sid_of(after))) > idle + 60
     # The index is garbage-collected too, never before the sessions it lists.
     lifetime = site.config.sessions.absolute_lifetime_s
     index_ttl = await site.redis.ttl(keys.principal_sessions("member:acme:alice"))
     assert lifetime < index_ttl <= lifetime + 60
+
+
+async def test_a_planted_console_cookie_never_becomes_the_session(
+    site: Site, browser: Browser
+) -> None:
+    planted = "P" * 43  # well-formed, chosen by someone else before the login
+    browser.session.cookie_jar.update_cookies({CONSOLE_COOKIE: planted}, URL(site.console("/")))
+    assert (await browser.login("alice@acme.example", PASSWORD, ALICE_SECRET)).status == 303
+    after = browser.cookie(CONSOLE_COOKIE, CONSOLE_HOST)
+    assert after is not None
+    assert after != planted
+    assert not await site.redis.exists(keys.console_session(sid_of(planted)))
+    assert await site.redis.exists(keys.console_session(sid_of(after)))
 
 
 async def test_missing_or_wrong_csrf_refused(site: Site, browser: Browser) -> None:

@@ -74,16 +74,16 @@ async def test_codes_and_addresses_need_the_browser_binding(
     binding = str(browser_binding(nonce))
     codes = HandoffCodes(redis, clock, ttl_s=30)
     for presented in (None, "", "short", new_nonce(), nonce + "x", nonce.upper()):
-        code = await codes.issue("sid", "staff:sam", "acme.example", "/", binding=binding)
-        assert await codes.redeem(code, "acme.example", presented) is None
-        assert await codes.redeem(code, "acme.example", nonce) is None  # spent by the try
-    code = await codes.issue("sid", "staff:sam", "acme.example", "/", binding=binding)
-    grant = await codes.redeem(code, "acme.example", nonce)
+        code = await codes.issue("sid", "staff:sam", "acme.example", "/", binding=binding, port=443)
+        assert await codes.redeem(code, "acme.example", presented, port=443) is None
+        assert await codes.redeem(code, "acme.example", nonce, port=443) is None  # spent by the try
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/", binding=binding, port=443)
+    grant = await codes.redeem(code, "acme.example", nonce, port=443)
     assert grant is not None
     assert grant.binding == binding
     for bad in ("", "0" * 63, "g" * 64, binding.upper()):
         with pytest.raises(ValueError, match="binding"):
-            await codes.issue("sid", "staff:sam", "acme.example", "/", binding=bad)
+            await codes.issue("sid", "staff:sam", "acme.example", "/", binding=bad, port=443)
         with pytest.raises(ValueError, match="binding"):
             ReturnAddresses(KEY, clock).sign("https://acme.example/", binding=bad)
     assert browser_binding(None) is None
@@ -101,3 +101,31 @@ def test_a_signed_address_without_a_binding_is_refused(clock: ManualClock) -> No
     assert addresses.verify(token, lambda host: host == "acme.example") is None
     bound = addresses.sign("https://acme.example/", binding=str(browser_binding(new_nonce())))
     assert addresses.verify(bound, lambda host: host == "acme.example") == "https://acme.example/"
+
+
+@pytest.mark.parametrize("port", ["9443", "443", ""])
+async def test_a_code_is_refused_on_another_port_of_its_host(
+    site: Site, browser: Browser, port: str
+) -> None:
+    # The same host name on another port may be another service: the code is not its.
+    code = await handoff_code(site, browser)
+    host = f"{ACME}:{port}" if port else ACME  # no port: 443, since this is https
+    elsewhere = await browser.get(
+        site.routed(ACME, f"/.gateway/auth?code={code}"), headers={"Host": host}
+    )
+    assert elsewhere.status == 403
+    assert "invalid_handoff" in elsewhere.text
+    assert browser.cookie(APP, ACME) is None
+    # Spent by the try, even on its own port afterwards.
+    again = await browser.get(site.routed(ACME, f"/.gateway/auth?code={code}"))
+    assert again.status == 403
+
+
+async def test_a_code_is_accepted_with_its_port_spelled_out(site: Site, browser: Browser) -> None:
+    code = await handoff_code(site, browser)
+    own = await browser.get(
+        site.routed(ACME, f"/.gateway/auth?code={code}"),
+        headers={"Host": f"{ACME.upper()}:{site.port}"},
+    )
+    assert own.status == 303
+    assert browser.cookie(APP, ACME) is not None

@@ -20,6 +20,7 @@ from gateway.sessions.handoff import (
     browser_binding,
     new_nonce,
     routed_url_parts,
+    url_port,
 )
 from gateway.sessions.records import alive, live_record, sid_of
 
@@ -78,17 +79,17 @@ def test_url_parts() -> None:
 
 async def test_code_once_in_time_on_its_host(redis: aioredis.Redis, clock: ManualClock) -> None:
     codes = HandoffCodes(redis, clock, ttl_s=30)
-    code = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING)
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING, port=443)
     stored = await redis.keys(keys.handoff_code("*"))
     assert len(stored) == 1
     assert code.encode() not in stored[0]
-    grant = await codes.redeem(code, "ACME.example", NONCE)
+    grant = await codes.redeem(code, "ACME.example", NONCE, port=443)
     assert grant is not None
     assert (grant.session_id, grant.principal_key, grant.target) == ("sid", "staff:sam", "/x")
-    assert await codes.redeem(code, "acme.example", NONCE) is None
-    late = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING)
+    assert await codes.redeem(code, "acme.example", NONCE, port=443) is None
+    late = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING, port=443)
     clock.advance(30)
-    assert await codes.redeem(late, "acme.example", NONCE) is None
+    assert await codes.redeem(late, "acme.example", NONCE, port=443) is None
 
 
 async def test_concurrent_redemptions_one_wins(
@@ -97,10 +98,13 @@ async def test_concurrent_redemptions_one_wins(
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
     try:
         code = await HandoffCodes(redis, clock, 30).issue(
-            "sid", "staff:sam", "acme.example", "/", binding=BINDING
+            "sid", "staff:sam", "acme.example", "/", binding=BINDING, port=443
         )
         results = await asyncio.gather(
-            *(HandoffCodes(c, clock, 30).redeem(code, "acme.example", NONCE) for c in clients * 3)
+            *(
+                HandoffCodes(c, clock, 30).redeem(code, "acme.example", NONCE, port=443)
+                for c in clients * 3
+            )
         )
         assert sum(r is not None for r in results) == 1
     finally:
@@ -124,12 +128,12 @@ async def test_damaged_code_record_is_no_code_and_is_spent(
     redis: aioredis.Redis, clock: ManualClock, record: bytes | dict[str, object]
 ) -> None:
     codes = HandoffCodes(redis, clock, ttl_s=30)
-    code = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING)
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/x", binding=BINDING, port=443)
     (key,) = await redis.keys(keys.handoff_code("*"))
     if isinstance(record, dict):
         record = json.dumps({"binding": BINDING, **record, "expires_at": clock.now() + 30}).encode()
     await redis.set(key, record)
-    assert await codes.redeem(code, "acme.example", NONCE) is None
+    assert await codes.redeem(code, "acme.example", NONCE, port=443) is None
     assert not await redis.exists(key)
 
 
@@ -230,3 +234,65 @@ async def test_touch_keeps_session_alive_but_not_past_lifetime(
         assert await live_record(redis, "sid", clock, LIMITS) is not None
     clock.advance(100)  # seen 100 s ago, but 3600 s old: the absolute lifetime ends it
     assert await live_record(redis, "sid", clock, LIMITS) is None
+
+
+@pytest.mark.parametrize(
+    ("issued", "presented", "accepted"),
+    [
+        (443, 443, True),
+        (8443, 8443, True),
+        (443, 8443, False),
+        (8443, 443, False),
+        (8443, 9443, False),
+        (80, 443, False),
+    ],
+)
+async def test_code_only_on_its_own_port(
+    redis: aioredis.Redis, clock: ManualClock, issued: int, presented: int, accepted: bool
+) -> None:
+    codes = HandoffCodes(redis, clock, ttl_s=30)
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/", binding=BINDING, port=issued)
+    grant = await codes.redeem(code, "acme.example", NONCE, port=presented)
+    assert (grant is not None) is accepted
+    # Tried on the wrong port, the code is spent all the same (it may have leaked).
+    assert await codes.redeem(code, "acme.example", NONCE, port=issued) is None
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, True, "443", None])
+async def test_code_for_no_real_port_refused(
+    redis: aioredis.Redis, clock: ManualClock, port: object
+) -> None:
+    codes = HandoffCodes(redis, clock, ttl_s=30)
+    with pytest.raises(ValueError, match="port"):
+        await codes.issue("sid", "staff:sam", "acme.example", "/", binding=BINDING, port=port)  # type: ignore[arg-type]
+    assert await redis.keys(keys.handoff_code("*")) == []
+
+
+@pytest.mark.parametrize("stored", [None, "443", 443.0, True, 0, 70000])
+async def test_code_record_without_a_sound_port_is_no_code(
+    redis: aioredis.Redis, clock: ManualClock, stored: object
+) -> None:
+    codes = HandoffCodes(redis, clock, ttl_s=30)
+    code = await codes.issue("sid", "staff:sam", "acme.example", "/", binding=BINDING, port=443)
+    (key,) = await redis.keys(keys.handoff_code("*"))
+    record = json.loads(await redis.get(key) or b"{}")
+    if stored is None:
+        del record["port"]
+    else:
+        record["port"] = stored
+    await redis.set(key, json.dumps(record))
+    assert await codes.redeem(code, "acme.example", NONCE, port=443) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("https://acme.example/x", 443),
+        ("https://acme.example:443/x", 443),
+        ("https://acme.example:8443/x?y=1", 8443),
+        ("http://acme.example/x", 80),
+        ("http://acme.example:8080/", 8080),
+    ],
+)
+def test_url_port_defaults_by_scheme(url: str, port: int) -> None:
+    assert url_port(url) == port

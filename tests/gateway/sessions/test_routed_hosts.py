@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import quote
 
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from gateway import keys
 from gateway.sessions.handoff import ReturnAddresses, browser_binding, new_nonce
+from gateway.sessions.routed import addressed_port
 from tests.gateway.sessions.harness import (
     ACME,
     ALICE_SECRET,
@@ -252,3 +257,25 @@ async def test_concurrent_logins_with_one_code(site: Site) -> None:
     finally:
         for browser in browsers:
             await browser.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [("acme.localhost", 80), ("acme.localhost:80", 80), ("acme.localhost:8080", 8080), ("", 0)],
+)
+async def test_the_port_a_plain_http_request_addressed(host: str, port: int) -> None:
+    # No port in Host means the scheme's default: 80 here, 443 over TLS (test_handoff_binding).
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=str(addressed_port(request)))
+
+    app.router.add_get("/", answer)
+    async with TestServer(app, host="127.0.0.1") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    assert raw.split(b"\r\n\r\n", 1)[1] == str(port).encode()
