@@ -8,6 +8,8 @@ In-flight flows of a grant can be ended at once (grant revoked or expired): the 
 watcher calls `InFlightFlows.abort_grant(grant_id, reason)`, which calls `Flow.abort`
 on each; the forwarder stops copying, closes the upstream exchange and the client's
 connection (websockets get close code 1008), and the audit outcome records `aborted`.
+Those of one console login likewise, when it ends (logout, account disabled, credentials
+reset): `InFlightFlows.abort_session(session_id)`, reason `session_ended`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 # Abort reasons after which a grant is never live again (the grant watcher's words).
 ENDED_FOR_GOOD = frozenset({"grant_revoked", "grant_expired"})
 REMEMBERED_ENDED_GRANTS = 4096
+SESSION_ENDED = "session_ended"  # the abort reason when the flow's console login ended
+REMEMBERED_ENDED_SESSIONS = 4096
 
 
 @dataclass(eq=False, slots=True)
@@ -145,19 +149,24 @@ class Flow:
 
 
 class InFlightFlows:
-    """The flows of this process currently forwarding under a grant, by grant id.
+    """The flows of this process currently forwarding under a grant, by grant id and by
+    the console session (login) they belong to.
 
     The grant stage adds a flow as soon as a grant authorises it and the app discards it
-    when the flow ends, so that revoking a grant ends its flows at once: those about to
-    be forwarded as well as open responses and websockets.
+    when the flow ends, so that revoking a grant, or ending the login, ends its flows at
+    once: those about to be forwarded as well as open responses and websockets.
     """
 
     def __init__(self) -> None:
         self._by_grant: dict[str, set[Flow]] = {}
+        self._by_session: dict[str, set[Flow]] = {}
         # Grants aborted for good (revoked, expired), most recent last: a flow whose grant
         # check read Redis just before such an abort was heard joins after it, and must
         # be ended as it joins. Bounded: that race lasts one Redis round trip.
         self._ended: OrderedDict[str, str] = OrderedDict()
+        # Console sessions heard to have ended, for the same race (a session is never
+        # alive again once ended).
+        self._ended_sessions: OrderedDict[str, None] = OrderedDict()
 
     def add(self, flow: Flow) -> None:
         if flow.grant is None:
@@ -168,19 +177,31 @@ class InFlightFlows:
             # SECURITY: its grant ended while the check was on its way back from Redis.
             flow.abort(ended)
             return
+        session_id = flow.console_session_id
+        if session_id is not None and session_id in self._ended_sessions:
+            # SECURITY: its login ended after the session stage read it.
+            flow.abort(SESSION_ENDED)
+            return
         self._by_grant.setdefault(grant_id, set()).add(flow)
+        if session_id is not None:
+            self._by_session.setdefault(session_id, set()).add(flow)
 
     def discard(self, flow: Flow) -> None:
         if flow.grant is None:
             return
-        flows = self._by_grant.get(flow.grant.grant_id)
-        if flows is not None:
-            flows.discard(flow)
-            if not flows:
-                del self._by_grant[flow.grant.grant_id]
+        _leave(self._by_grant, flow.grant.grant_id, flow)
+        if flow.console_session_id is not None:
+            _leave(self._by_session, flow.console_session_id, flow)
 
     def of_grant(self, grant_id: str) -> frozenset[Flow]:
         return frozenset(self._by_grant.get(grant_id, ()))
+
+    def of_session(self, session_id: str) -> frozenset[Flow]:
+        return frozenset(self._by_session.get(session_id, ()))
+
+    def session_ids(self) -> frozenset[str]:
+        """The console sessions that have flows in flight now."""
+        return frozenset(self._by_session)
 
     def abort_grant(self, grant_id: str, reason: str) -> int:
         """Abort every in-flight flow of `grant_id`; returns how many were aborted.
@@ -199,5 +220,25 @@ class InFlightFlows:
             flow.abort(reason)
         return len(flows)
 
+    def abort_session(self, session_id: str) -> int:
+        """Abort every in-flight flow of the console session `session_id` (it ended), and
+        those that join later; returns how many were aborted now."""
+        self._ended_sessions[session_id] = None
+        self._ended_sessions.move_to_end(session_id)
+        while len(self._ended_sessions) > REMEMBERED_ENDED_SESSIONS:
+            self._ended_sessions.popitem(last=False)
+        flows = self._by_session.pop(session_id, set())
+        for flow in flows:
+            flow.abort(SESSION_ENDED)
+        return len(flows)
+
     def __len__(self) -> int:
         return sum(len(flows) for flows in self._by_grant.values())
+
+
+def _leave(index: dict[str, set[Flow]], key: str, flow: Flow) -> None:
+    flows = index.get(key)
+    if flows is not None:
+        flows.discard(flow)
+        if not flows:
+            del index[key]

@@ -4,8 +4,9 @@ Plain HTTP goes through `gateway.proxy.streaming`, websocket upgrades (only on r
 with `websockets: true`) through `gateway.proxy.websockets`. While forwarding, the flow
 is in the app's in-flight set under its grant (the grant stage put it there) so that
 revoking the grant ends it at once: a flow aborted before forwarding is a `grant_ended`
-denial and reaches nothing; an HTTP exchange is cancelled (before the answer: the same
-denial; during it: the client connection is cut), a websocket is closed with 1008.
+denial (`session_ended` when its login ended) and reaches nothing; an HTTP exchange is
+cancelled (before the answer: the same denial; during it: the client connection is cut),
+a websocket is closed with 1008.
 The grant's end needs no event: the stage aborts its own flow when the grant's
 `expires_at` comes (by the Clock when forwarding starts, then by the loop's timer).
 """
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from gateway.appkeys import CLOCK, UPSTREAM_CLIENT
 from gateway.denials import Denial
-from gateway.flow import Flow
+from gateway.flow import SESSION_ENDED, Flow
 from gateway.proxy.streaming import exchange, upstream_url
 from gateway.proxy.websockets import relay
 from gateway.stages.policy import is_websocket_upgrade
@@ -91,6 +92,9 @@ class Forward:
             flow.cut_connection()
             return
         flow.response = None
+        if flow.aborted == SESSION_ENDED:
+            flow.deny(Denial(403, SESSION_ENDED, "Your gateway login has ended; log in again."))
+            return
         flow.deny(Denial(403, "grant_ended", f"Access ended: {flow.aborted}"))
 
 

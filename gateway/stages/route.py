@@ -12,7 +12,9 @@ It refuses, before anything else looks at the request:
 - every `/.gateway/*` path but the routed endpoints (404); `auth` and `logout` are
   answered here by their handlers and never forwarded;
 - requests a browser sent from a page of another org's routed host, or of no routed host
-  (`Origin`, 403 `cross_origin`): sibling hosts share one site, so cookies do not tell.
+  (`Origin`, 403 `cross_origin`): sibling hosts share one site, so cookies do not tell;
+  likewise subresource loads (`<img>`, `<script>`, no `Origin`) a browser marks
+  `Sec-Fetch-Site: same-site|cross-site` unless their `Referer` is such a page.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gateway.flow import Flow
 from gateway.proxy.sni import sni_of
 from gateway.stages.policy import asks_for_websocket
 from policies.errors import PathRejected
+from policies.model import Route
 from policies.paths import normalise
 
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -42,6 +45,8 @@ GATEWAY_PREFIX = "/.gateway"
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 _IPV6_CHARS = frozenset("0123456789abcdef:.")
 _SCHEMES = frozenset({"http", "https"})
+# `Sec-Fetch-Site` values of requests that come from no other site's page.
+_SAME_PLACE = frozenset({"same-origin", "none"})
 
 
 def split_host(value: str) -> tuple[str, str] | None:
@@ -73,6 +78,17 @@ def _parse_host(value: str) -> tuple[str, str] | None:
     if port and (not port.isdigit() or not 0 < int(port) < 65536):
         return None
     return name, port
+
+
+def _page_host(url: str) -> tuple[str, str] | None:
+    """The (name, port) of an http(s) page URL such as a `Referer`; None when it is none."""
+    try:
+        page = urlsplit(url.strip())
+    except ValueError:
+        return None
+    if page.scheme.lower() not in _SCHEMES or "@" in page.netloc:
+        return None  # browsers never send userinfo: a forged or foreign spelling
+    return split_host(page.netloc)
 
 
 # Every request parses its Host twice (flow creation, route stage) and a gateway serves
@@ -144,6 +160,8 @@ class RouteLookup:
             await self._gateway_endpoint(flow)
             return
         foreign = self._foreign_origin(flow)
+        if foreign is None:
+            foreign = self._foreign_fetch(flow)
         if foreign is not None:
             flow.deny(
                 Denial(
@@ -170,13 +188,47 @@ class RouteLookup:
             parsed = split_host(authority) if separator and scheme.lower() in _SCHEMES else None
             if parsed is None:
                 return origin[:100]  # "null", or not an origin at all
-            name = parsed[0]
-            if name == flow.host:
-                continue
-            other = self.app[POLICIES].current.route_for(name)
-            if other is None or other.org != route.org:
-                return name
+            if not self._of_this_org(parsed[0], flow.host, route):
+                return parsed[0]
         return None
+
+    def _of_this_org(self, name: str, host: str, route: Route) -> bool:
+        """`name` is this host, or another host routed to the same org."""
+        if name == host:
+            return True
+        other = self.app[POLICIES].current.route_for(name)
+        return other is not None and other.org == route.org
+
+    def _foreign_fetch(self, flow: Flow) -> str | None:
+        """Who sent a subresource request a browser made for another site's page, if that
+        page is not of this host or of a host routed to the same org.
+
+        SECURITY: `<img src>`, `<script src>` and the like send no `Origin` but carry the
+        SameSite=Lax app session between sibling hosts. Browsers mark them with
+        `Sec-Fetch-Site` and `Sec-Fetch-Mode`; anything from elsewhere that is not a
+        top-level or frame navigation must name its page in `Referer` (an `Origin`, when
+        sent, was judged above). Unknown values count as from elsewhere; requests without
+        Sec-Fetch headers (older clients, non-browsers) pass.
+        """
+        route = flow.route
+        headers = flow.request.headers
+        sites = headers.getall("Sec-Fetch-Site", [])
+        if route is None or not sites:
+            return None
+        if all(site.strip().lower() in _SAME_PLACE for site in sites):
+            return None
+        modes = headers.getall("Sec-Fetch-Mode", [])
+        if modes and all(mode.strip().lower() == "navigate" for mode in modes):
+            return None
+        if "Origin" in headers:
+            return None  # judged by `_foreign_origin`: this host or the same org
+        referers = headers.getall("Referer", [])
+        if len(referers) != 1:
+            return "another site" if not referers else "several pages"
+        parsed = _page_host(referers[0])
+        if parsed is None:
+            return "an unreadable page"
+        return None if self._of_this_org(parsed[0], flow.host, route) else parsed[0]
 
     def _judge(self, flow: Flow) -> Denial | None:
         request = flow.request

@@ -1,0 +1,128 @@
+"""Session ends heard by this process: in-flight flows of an ended login are cut off.
+
+Ending a console session (logout, idle or absolute lifetime over, the account disabled or
+its credentials reset) publishes `end <session id>` on `keys.session_events_channel()`
+from the same Lua script that deletes it (`ending`). `session_ends_ctx` (a `cleanup_ctx`
+generator, after Redis) listens there until shutdown and aborts that session's flows in
+this process (`InFlightFlows.abort_session`: streams cut, websockets closed with 1008,
+audit outcome `aborted: session_ended`).
+
+Pub/sub delivers at most once and only while subscribed, so the events give immediacy and
+a re-check gives the bound: on every (re)subscription and every RECHECK_EVERY_S while
+flows are in flight, the sessions of in-flight flows are looked up in one pipelined round
+trip, and a session whose record is gone has ended. Nothing here touches the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway import keys
+from gateway.appkeys import IN_FLIGHT, REDIS
+from gateway.flow import InFlightFlows
+
+log = logging.getLogger(__name__)
+
+MAX_SESSION_ID = 128  # longer than any id the gateway makes (records.sid_of: 64 hex)
+RECHECK_EVERY_S = 5.0
+RECONNECT_S = 1.0
+ROUND_WITHIN_S = 3.0  # one round of listening and re-checking; longer means Redis is gone
+
+
+def ended_session_id(data: bytes | str) -> str | None:
+    """The session id of an `end <session id>` message; None when it is not one."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    verb, _, session_id = text.partition(" ")
+    if verb != "end" or not session_id or len(session_id) > MAX_SESSION_ID:
+        return None
+    if not all(c.isascii() and (c.isalnum() or c in "-_") for c in session_id):
+        return None
+    return session_id
+
+
+class SessionEnds:
+    """Listens for ended console sessions and ends their in-flight flows."""
+
+    def __init__(self, redis: aioredis.Redis, in_flight: InFlightFlows) -> None:
+        self.redis = redis
+        self.in_flight = in_flight
+
+    def on_event(self, data: bytes | str) -> None:
+        session_id = ended_session_id(data)
+        if session_id is None:
+            log.warning("unreadable session event %r ignored", data[:200])
+            return
+        ended = self.in_flight.abort_session(session_id)
+        if ended:
+            log.info("console session ended: ended %d in-flight flow(s)", ended)
+
+    async def recheck(self) -> int:
+        """End the flows of in-flight sessions whose record is gone; returns how many
+        sessions were found ended."""
+        session_ids = sorted(self.in_flight.session_ids())
+        if not session_ids:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.exists(keys.console_session(session_id))
+            found: list[Any] = await pipe.execute()
+        ended = [sid for sid, exists in zip(session_ids, found, strict=True) if not exists]
+        for session_id in ended:
+            self.in_flight.abort_session(session_id)
+        return len(ended)
+
+    async def listen_once(self) -> None:
+        """Subscribe and handle events until the subscription fails (then raise)."""
+        pubsub = self.redis.pubsub()
+        loop = asyncio.get_running_loop()
+        try:
+            await pubsub.subscribe(keys.session_events_channel())
+            last_recheck = loop.time()
+            while True:
+                async with asyncio.timeout(ROUND_WITHIN_S):
+                    message = await pubsub.get_message(timeout=0.5)
+                    if message is not None and message["type"] == "subscribe":
+                        # Ends published while nobody here listened were missed: ask Redis.
+                        await self.recheck()
+                        last_recheck = loop.time()
+                    elif message is not None and message["type"] == "message":
+                        self.on_event(message["data"])
+                    if loop.time() - last_recheck >= RECHECK_EVERY_S:
+                        # SECURITY: a subscription that silently stopped delivering cannot
+                        # keep an ended login's flows running for longer than this.
+                        await self.recheck()
+                        await pubsub.ping()
+                        last_recheck = loop.time()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def run(self) -> None:
+        """Listen forever (an app background task), reconnecting after any failure."""
+        while True:
+            try:
+                await self.listen_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("session events subscription lost (%s); reconnecting", exc)
+            await asyncio.sleep(RECONNECT_S)
+
+
+async def session_ends_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run `SessionEnds` for the app's in-flight flows until the app stops."""
+    task = asyncio.create_task(SessionEnds(app[REDIS], app[IN_FLIGHT]).run())
+    yield
+    # A cancel that lands inside a Redis call can be swallowed there; cancel until it ends.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
