@@ -13,6 +13,14 @@ checkpoint its genesis frame cites, else 32 zero bytes) and `final` marks the ch
 written at clean shutdown. The verifier checks the signature over the stored `signed`
 bytes and only then reads the fields from them: nothing is re-encoded.
 
+A `CheckpointRef` names one checkpoint frame by stream, seq and `h`: what an auditor saves
+(`latest_checkpoint(paths)` or, not yet collected, the writer's mark in Redis:
+`ref_of_mark`; both printed by `audit checkpoint`) so that a later `verify
+--expect-checkpoint` can tell that the trail still reaches it. Its forms:
+
+    20261129T044000Z-5f0c9a1e27b4d3c8:41:<64 hex digits of h>
+    {"stream": "20261129T044000Z-5f0c9a1e27b4d3c8", "seq": 41, "h": "<64 hex>", "time": ...}
+
 The genesis frame (seq 0) has body `{"record": "stream.start", "@timestamp": ...,
 "previous": {"stream", "seq", "h"}}` citing the previous stream's last checkpoint frame
 when the writer knew it.
@@ -20,17 +28,26 @@ when the writer knew it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from audit.errors import FrameError
+from audit.errors import CheckpointRefError, FrameError, SegmentError
+from audit.frame import STREAM_ID, decode_frame
 from audit.keys import SigningKey
-from audit.record import RecordKind, timestamp
+from audit.record import RecordKind, kind_of, timestamp
+from audit.segment import read_segment, segment_paths
 
 SIGNATURE_DOMAIN = b"gw-audit-checkpoint\x00"
 NO_CHECKPOINT = bytes(32)
+MAX_REF_CHARS = 1024  # a reference is about 150 characters; anything longer is not one
+_HEX_H = re.compile(r"[0-9a-f]{64}")
+_SEQ = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -123,3 +140,111 @@ def genesis_body(at: float, previous: dict[str, Any] | None) -> dict[str, Any]:
     if previous is not None:
         body["previous"] = previous
     return body
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint frame, named as an auditor saves it: stream, seq, `h` (and its time)."""
+
+    stream: str
+    seq: int
+    h: bytes
+    time: float | None = field(default=None, compare=False)  # shown, never compared
+
+    def __str__(self) -> str:
+        return f"{self.stream}:{self.seq}:{self.h.hex()}"
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {"stream": self.stream, "seq": self.seq, "h": self.h.hex()}
+        if self.time is not None:
+            doc["time"] = timestamp(self.time)
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str) -> CheckpointRef:
+        """`STREAM:SEQ:HEX` or the JSON `to_json` writes; CheckpointRefError names the fault."""
+        if len(text) > MAX_REF_CHARS:
+            raise CheckpointRefError(
+                f"a checkpoint reference is at most {MAX_REF_CHARS} characters, got {len(text)}"
+            )
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                doc = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                raise CheckpointRefError(f"checkpoint reference: not JSON: {exc}") from exc
+            if not isinstance(doc, dict) or not {"stream", "seq", "h"} <= doc.keys():
+                raise CheckpointRefError(
+                    'checkpoint reference: expected {"stream": …, "seq": …, "h": …}'
+                )
+            stream, seq, h = doc["stream"], doc["seq"], doc["h"]
+            if isinstance(seq, bool) or not isinstance(seq, int):
+                raise CheckpointRefError(f"checkpoint reference: seq {seq!r} is not an integer")
+            seq_text = str(seq)
+        else:
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise CheckpointRefError(
+                    f"checkpoint reference {text[:80]!r}: expected STREAM:SEQ:H (H: 64 hex digits)"
+                )
+            stream, seq_text, h = parts
+        if not isinstance(stream, str) or not STREAM_ID.fullmatch(stream):
+            raise CheckpointRefError(f"checkpoint reference: bad stream id {stream!r}")
+        if not _SEQ.fullmatch(seq_text) or int(seq_text) >= 1 << 63:
+            raise CheckpointRefError(f"checkpoint reference: bad seq {seq_text!r}")
+        if not isinstance(h, str) or not _HEX_H.fullmatch(h.lower()):
+            raise CheckpointRefError("checkpoint reference: h is not 64 hex digits")
+        return cls(stream, int(seq_text), bytes.fromhex(h))
+
+
+def ref_of_mark(raw: object) -> CheckpointRef:
+    """The checkpoint a writer marked in Redis (msgpack `{stream, seq, h}`, see the writer's
+    last-checkpoint key); CheckpointRefError when absent or malformed."""
+    if not isinstance(raw, bytes):
+        raise CheckpointRefError("no checkpoint is marked in Redis")
+    if len(raw) > MAX_REF_CHARS:
+        raise CheckpointRefError(f"the checkpoint mark is over {MAX_REF_CHARS} bytes")
+    try:
+        mark = msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise CheckpointRefError(f"the checkpoint mark does not decode: {exc}") from exc
+    if not isinstance(mark, dict):
+        raise CheckpointRefError("the checkpoint mark is not a map")
+    stream, seq, h = mark.get("stream"), mark.get("seq"), mark.get("h")
+    if not isinstance(h, bytes) or len(h) != 32:
+        raise CheckpointRefError("the checkpoint mark's h is not 32 bytes")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise CheckpointRefError(f"the checkpoint mark's seq {seq!r} is not an integer")
+    return CheckpointRef.parse(f"{stream}:{seq}:{h.hex()}")
+
+
+def latest_checkpoint(paths: Iterable[Path]) -> CheckpointRef | None:
+    """The newest readable checkpoint frame in the segment files (by its signed time).
+
+    It is not verified here: verify the trail with the keyring before saving what this says.
+    Unreadable files and frames are skipped (verify reports them).
+    """
+    best: CheckpointRef | None = None
+    for path in segment_paths(paths):
+        try:
+            for item in read_segment(path):
+                if item.data is None:
+                    continue
+                try:
+                    frame = decode_frame(item.data)
+                    body = frame.decode_body()
+                    if kind_of(body) != RecordKind.CHECKPOINT:
+                        continue
+                    cp = read_checkpoint(body).checkpoint
+                except FrameError:
+                    continue
+                found = CheckpointRef(frame.stream, frame.seq, frame.h, cp.time)
+                if best is None or (cp.time, frame.stream, frame.seq) > (
+                    best.time or 0.0,
+                    best.stream,
+                    best.seq,
+                ):
+                    best = found
+        except SegmentError:
+            continue
+    return best

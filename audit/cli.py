@@ -1,10 +1,13 @@
 """The auditor's commands, runnable without a gateway: `python -m audit …` or `gateway audit …`.
 
     verify PATH... --keyring FILE [--strict]        exit 0 clean, 1 on any error finding
+           [--expect-checkpoint FILE|STREAM:SEQ:H]  the trail must still reach that checkpoint
+    checkpoint PATH... | --from-redis               the newest checkpoint, to save for the above
     replay PATH... [filters] [--bodies]             a timeline; --follow watches Redis
     export PATH... --format har|jsonl|ocsf [-o F]   with a progress bar on a terminal
     collect --redis-url URL --segment-dir DIR       Redis stream -> segment files
-            [--redis-username U --redis-password-env NAME --redis-ca-file CA]
+            [--redis-username U --redis-password-env NAME --redis-ca-file CA
+             --redis-client-cert-file CERT --redis-client-key-file KEY]
     keys rotate --dir DIR | keys show --dir DIR     checkpoint signing keys
 
 Filters: --grant ID --actor ID|EMAIL --member ID --org ID --session ID --since T --until T
@@ -38,15 +41,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.exceptions import RedisError
 
+from audit.checkpoint import CheckpointRef, latest_checkpoint, ref_of_mark
 from audit.collector import Collector
-from audit.errors import AuditError, LayoutError, SigningKeyError
-from audit.export import har_document, jsonl_lines, ocsf_lines, to_json
+from audit.errors import AuditError, CheckpointRefError, LayoutError, SigningKeyError
+from audit.eviction import eviction_refusal
+from audit.export import Replaced, har_document, jsonl_lines, ocsf_lines, to_json
 from audit.frame import decode_frame
 from audit.keys import KeyDirectory, Keyring
 from audit.reader import (
     RecordFilter,
     RequestMerger,
     merge_requests,
+    merged_records,
     parse_time,
     read_records,
     record_of,
@@ -57,6 +63,7 @@ from audit.verify import verify
 from audit.writer import FRAME_FIELD
 
 Handler = Callable[[argparse.Namespace], int]
+MAX_REF_FILE_CHARS = 4096  # a saved checkpoint file holds one short JSON line
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ class Defaults:
     redis_username: str | None = None
     redis_password_env: str | None = None  # the NAME of the variable holding the password
     redis_ca_file: Path | None = None
+    redis_client_cert_file: Path | None = None  # mutual TLS: both or neither
+    redis_client_key_file: Path | None = None
+    checkpoint_key: str = "gw:audit:last-checkpoint"  # the writer's mark of its last checkpoint
 
 
 class Layout(Protocol):
@@ -95,6 +105,9 @@ _FILLED = {
     "redis_username": "redis_username",
     "redis_password_env": "redis_password_env",
     "redis_ca_file": "redis_ca_file",
+    "redis_client_cert_file": "redis_client_cert_file",
+    "redis_client_key_file": "redis_client_key_file",
+    "checkpoint_key": "checkpoint_key",
 }
 
 
@@ -147,7 +160,25 @@ def add_commands(
     verify_p.add_argument("--keyring", type=Path, required=layout is None, help="keyring.json")
     verify_p.add_argument("--strict", action="store_true", help="warnings fail too")
     verify_p.add_argument("--quiet", action="store_true", help="print only the summary")
+    verify_p.add_argument(
+        "--expect-checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE|STREAM:SEQ:H",
+        help="a checkpoint saved earlier (`checkpoint` prints it) the trail must still reach",
+    )
     handle(verify_p, _verify, "paths", "keyring")
+
+    checkpoint_p = command("checkpoint", "print the newest checkpoint, to save for verify")
+    checkpoint_p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    checkpoint_p.add_argument(
+        "--from-redis",
+        action="store_true",
+        help="the newest checkpoint the gateway wrote, collected or not (from Redis)",
+    )
+    _redis_arguments(checkpoint_p)
+    checkpoint_p.add_argument("--checkpoint-key", help="the Redis key of the writer's mark")
+    handle(checkpoint_p, _checkpoint)  # needs depend on --from-redis: see _resolving
 
     replay_p = command("replay", "a readable timeline of a grant or session")
     replay_p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
@@ -205,9 +236,10 @@ def _resolving(
     """`handler`, run once what the command line left out is filled in (see the docstring)."""
 
     def run(args: argparse.Namespace) -> int:
-        if "follow" in args:
-            # replay reads the live stream with --follow, segment files without it
-            needs_now: tuple[str, ...] = ("redis_url",) if args.follow else ("paths",)
+        if "follow" in args or "from_redis" in args:
+            # replay and checkpoint read Redis with --follow / --from-redis, files without
+            live = args.follow if "follow" in args else args.from_redis
+            needs_now: tuple[str, ...] = ("redis_url",) if live else ("paths",)
         else:
             needs_now = needs
         wanted = [n for n in needs_now if _unset(args, n)]
@@ -244,6 +276,15 @@ def _redis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-ca-file", type=Path, help="trust this CA for a rediss:// server certificate"
     )
+    parser.add_argument(
+        "--redis-client-cert-file",
+        type=Path,
+        metavar="CERT",
+        help="with --redis-client-key-file: the client certificate for mutual TLS",
+    )
+    parser.add_argument(
+        "--redis-client-key-file", type=Path, metavar="KEY", help="the client certificate's key"
+    )
 
 
 def _redis(args: argparse.Namespace) -> aioredis.Redis:
@@ -274,14 +315,35 @@ def _redis(args: argparse.Namespace) -> aioredis.Redis:
         raise LayoutError("--redis-ca-file needs a rediss:// URL")
     if ca_file is not None and not ca_file.is_file():
         raise LayoutError(f"--redis-ca-file: no such file: {ca_file}")
+    cert_file, key_file = _client_certificate(args, tls)
     if tls:
         options.update(
             ssl_cert_reqs=ssl.CERT_REQUIRED,
             ssl_check_hostname=True,
             ssl_min_version=ssl.TLSVersion.TLSv1_2,
             ssl_ca_certs=str(ca_file) if ca_file else None,
+            ssl_certfile=str(cert_file) if cert_file else None,
+            ssl_keyfile=str(key_file) if key_file else None,
         )
     return aioredis.Redis.from_pool(ConnectionPool(**options))
+
+
+def _client_certificate(args: argparse.Namespace, tls: bool) -> tuple[Path | None, Path | None]:
+    """The mutual-TLS certificate and key to present, checked; LayoutError when unusable."""
+    cert_file: Path | None = args.redis_client_cert_file
+    key_file: Path | None = args.redis_client_key_file
+    if cert_file is None and key_file is None:
+        return None, None
+    if cert_file is None or key_file is None:
+        raise LayoutError("give both --redis-client-cert-file and --redis-client-key-file")
+    if not tls:
+        raise LayoutError(
+            "--redis-client-cert-file and --redis-client-key-file need a rediss:// URL"
+        )
+    for flag, path in (("cert", cert_file), ("key", key_file)):
+        if not path.is_file():
+            raise LayoutError(f"--redis-client-{flag}-file: no such file: {path}")
+    return cert_file, key_file
 
 
 def _unset(args: argparse.Namespace, name: str) -> bool:
@@ -352,12 +414,88 @@ def _verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    report = verify(args.paths, keyring)
+    try:
+        expected = [_expected_checkpoint(text) for text in args.expect_checkpoint]
+    except CheckpointRefError as exc:
+        print(f"verify: --expect-checkpoint: {exc}", file=sys.stderr)
+        return 2
+    report = verify(args.paths, keyring, expect=expected)
     if not args.quiet:
         for finding in report.findings:
             print(finding)
     print(report.summary())
     return 0 if report.ok(strict=args.strict) else 1
+
+
+def _expected_checkpoint(text: str) -> CheckpointRef:
+    """A saved checkpoint: the file `text` names (as `checkpoint` printed it), or the value."""
+    path = Path(text)
+    if not path.is_file():
+        return CheckpointRef.parse(text)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            # One more character than a reference may hold, so that a longer file is refused.
+            content = handle.read(MAX_REF_FILE_CHARS + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointRefError(f"{path}: cannot read: {exc}") from exc
+    try:
+        return CheckpointRef.parse(content)
+    except CheckpointRefError as exc:
+        raise CheckpointRefError(f"{path}: {exc}") from exc
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    if args.from_redis:
+        return _checkpoint_from_redis(args)
+    if not args.paths:
+        print("checkpoint: give segment files or directories, or --from-redis", file=sys.stderr)
+        return 2
+    if missing := _missing(args.paths):
+        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    found = latest_checkpoint(args.paths)
+    if found is None:
+        print(f"checkpoint: no checkpoint in {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 1
+    print(found.to_json())
+    print(
+        "save this outside the trail; later: verify --expect-checkpoint FILE "
+        "(run verify now: this command does not check signatures)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _checkpoint_from_redis(args: argparse.Namespace) -> int:
+    if not args.redis_url:
+        print("checkpoint --from-redis needs --redis-url", file=sys.stderr)
+        return 2
+    try:
+        client = _redis(args)
+    except LayoutError as exc:
+        print(f"checkpoint: {exc}", file=sys.stderr)
+        return 2
+
+    async def read() -> object:
+        try:
+            return await client.get(args.checkpoint_key)
+        finally:
+            await client.aclose()
+
+    try:
+        found = ref_of_mark(asyncio.run(read()))
+    except (RedisError, OSError) as exc:
+        print(f"checkpoint: the audit stream is unreachable: {exc}", file=sys.stderr)
+        return 1
+    except CheckpointRefError as exc:
+        print(f"checkpoint: {args.checkpoint_key}: {exc}", file=sys.stderr)
+        return 1
+    print(found.to_json())
+    print(
+        "save this outside the trail; once collected: verify --expect-checkpoint FILE",
+        file=sys.stderr,
+    )
+    return 0
 
 
 # -- replay --------------------------------------------------------------------------------
@@ -430,9 +568,9 @@ async def _follow(
                         record = record_of(decode_frame(data))
                     except AuditError:
                         continue
-                    body = merger.add(record) if record is not None else None
-                    if body is not None and wanted.matches(body):
-                        _show(body, bodies)
+                    merged = merger.add(record) if record is not None else None
+                    if merged is not None and wanted.matches(merged.body):
+                        _show(merged.body, bodies)
     finally:
         await client.aclose()
 
@@ -450,9 +588,12 @@ def _export(args: argparse.Namespace) -> int:
     total = sum(p.stat().st_size for p in segment_paths(args.paths))
     enabled = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = Progress(total, sys.stderr, enabled)
-    bodies = (
-        b for b in merge_requests(read_records(args.paths, progress=progress)) if wanted.matches(b)
+    records = (
+        r
+        for r in merged_records(read_records(args.paths, progress=progress))
+        if wanted.matches(r.body)
     )
+    replaced: list[Replaced] = []
     out: TextIO
     with contextlib.ExitStack() as stack:
         if args.output is not None:
@@ -461,17 +602,26 @@ def _export(args: argparse.Namespace) -> int:
             out = sys.stdout
         count = 0
         if args.format == "har":
-            document = har_document(bodies)
+            document = har_document(records, replaced)
             out.write(to_json(document, indent=1, ensure_ascii=False))
             out.write("\n")
             count = len(document["log"]["entries"])
         else:
-            lines = jsonl_lines(bodies) if args.format == "jsonl" else ocsf_lines(bodies)
+            lines = (
+                jsonl_lines(records, replaced)
+                if args.format == "jsonl"
+                else ocsf_lines(records, replaced)
+            )
             for line in lines:
                 out.write(line)
                 count += 1
     progress.finish()
-    print(f"exported {count} {args.format} record(s)", file=sys.stderr)
+    for item in replaced:
+        print(f"export: replaced by a placeholder: {item}", file=sys.stderr)
+    print(
+        f"exported {count} {args.format} record(s), {len(replaced)} replaced by a placeholder",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -509,6 +659,11 @@ async def _collect_async(args: argparse.Namespace, client: aioredis.Redis) -> in
         trim=not args.no_trim,
     )
     try:
+        # SECURITY: a Redis that may evict keys could drop frames before they are collected.
+        refusal = await eviction_refusal(client)
+        if refusal is not None:
+            print(f"collect: {refusal}", file=sys.stderr)
+            return 1
         if args.once:
             written = await collector.run_once()
             print(
@@ -528,6 +683,12 @@ async def _collect_async(args: argparse.Namespace, client: aioredis.Redis) -> in
     if collector.lost:
         print(
             f"gap: {collector.lost} frame(s) lost: deleted from the stream before stored",
+            file=sys.stderr,
+        )
+    if collector.forks:
+        print(
+            f"fork: {collector.forks} frame(s) stored beside a stored frame of the same seq "
+            "with other bytes; verify reports them as seq_fork",
             file=sys.stderr,
         )
     return 0

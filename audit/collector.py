@@ -13,11 +13,20 @@ segment file, so that within a file each stream's frames stay in seq order (veri
 checks that order; claimed frames are older than those already written). An entry
 without frame bytes a segment can hold (missing, empty, oversized) is acknowledged and
 reported, never stored. Writing is idempotent on
-(stream, seq): the collector knows every (stream, seq) in its segment directory (read
-at start, kept as ranges), so redelivered frames are acknowledged without being
-written twice. A failed write or fsync acknowledges nothing of its batch (the segment
-writer undoes it) and ends the round with the error; a restarted collector re-reads
-those entries as its own pending ones.
+(stream, seq) and bytes: the collector knows every (stream, seq) in its segment directory
+(read at start, kept as ranges) and the SHA-256 of the newest frames' bytes (the last
+DIGESTS_KEPT), so redelivered frames are acknowledged without being written twice.
+
+Forks: a frame whose (stream, seq) is already stored but whose bytes differ (a copy
+injected into Redis, or the genuine frame arriving after a forged one) is stored too,
+never dropped, counted (`forks`) and logged at error; verify reports the pair as
+`seq_fork`, naming both copies and the one the chain goes on from. A frame whose
+(stream, seq) is stored but whose digest is no longer remembered is stored again: an
+identical copy is harmless to verify, a dropped differing one would be lost.
+
+A failed write or fsync acknowledges nothing of its batch (the segment writer undoes it)
+and ends the round with the error; a restarted collector re-reads those entries as its
+own pending ones.
 
 Lost frames: an entry deleted from the stream (XDEL, or a trim by someone else) while
 it was pending keeps its place in the group's pending list without its fields. Redis
@@ -50,9 +59,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hashlib
 import os
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,6 +81,9 @@ GROUP = "collectors"
 PAUSE_BEFORE_ACK_ENV = "GATEWAY_AUDIT_COLLECTOR_PAUSE_BEFORE_ACK"
 # The ids of this many most recent lost entries are kept for the report (the count is exact).
 LOST_IDS_KEPT = 100
+# The digests of this many most recently stored (stream, seq) are kept to tell a redelivered
+# frame from a fork (about 10 MB); redeliveries are of recent frames.
+DIGESTS_KEPT = 65_536
 
 
 class SeqRanges:
@@ -134,6 +147,7 @@ class Collector:
         trim: bool = True,
         log: TextIO | None = None,
         abandoned_key: str | None = None,
+        digests_kept: int = DIGESTS_KEPT,
     ) -> None:
         self._redis = redis
         self._key = stream
@@ -150,6 +164,9 @@ class Collector:
         self._trim = trim
         self._log = log if log is not None else sys.stderr
         self._seen: dict[str, SeqRanges] = {}
+        # (stream, seq) -> SHA-256 of every differing frame stored for it, newest last.
+        self._digests: OrderedDict[tuple[str, int], tuple[bytes, ...]] = OrderedDict()
+        self._digests_kept = digests_kept
         self._out = SegmentWriter(
             segment_dir,
             consumer,
@@ -165,6 +182,7 @@ class Collector:
         self.skipped = 0
         self.acked = 0
         self.lost = 0  # entries deleted from the stream before their frame was stored
+        self.forks = 0  # frames stored for an already-stored (stream, seq), bytes differing
 
     # -- start-up ----------------------------------------------------------------------
     def load_index(self, marked: Mapping[str, int] | None = None) -> None:
@@ -206,6 +224,13 @@ class Collector:
             with contextlib.suppress(FrameError):
                 frame = decode_frame(item.data)
                 self._seen.setdefault(frame.stream, SeqRanges()).add(frame.seq)
+                self._remember((frame.stream, frame.seq), hashlib.sha256(item.data).digest())
+
+    def _remember(self, key: tuple[str, int], digest: bytes) -> None:
+        known = self._digests.pop(key, ())
+        self._digests[key] = known if digest in known else (*known, digest)
+        while len(self._digests) > self._digests_kept:
+            self._digests.popitem(last=False)
 
     async def _abandoned_marks(self) -> dict[str, int]:
         """The abandoned files' durable sizes (file name -> bytes), as recorded in Redis.
@@ -346,7 +371,8 @@ class Collector:
     async def _store(self, entries: list[Any]) -> None:
         ids: list[str] = []
         frames: list[bytes] = []
-        stored: set[tuple[str, int]] = set()  # this batch's frames, not yet durable
+        # This batch's frames, not yet durable: (stream, seq) -> digests of the bytes.
+        stored: dict[tuple[str, int], list[bytes]] = {}
         lost: list[str] = []
         for entry_id, fields in entries:
             ids.append(_entry_id(entry_id))
@@ -372,11 +398,18 @@ class Collector:
                 self._say(f"entry {_entry_id(entry_id)}: {exc}; stored for verify to report")
                 frames.append(data)
                 continue
+            key = (frame.stream, frame.seq)
+            digest = hashlib.sha256(data).digest()
             seen = self._seen.get(frame.stream)
-            if (seen is not None and frame.seq in seen) or (frame.stream, frame.seq) in stored:
-                self.skipped += 1  # redelivered after a crash: already durable on disk
-                continue
-            stored.add((frame.stream, frame.seq))
+            if (seen is not None and frame.seq in seen) or key in stored:
+                known = (*self._digests.get(key, ()), *stored.get(key, ()))
+                if digest in known:
+                    self.skipped += 1  # redelivered after a crash: already durable on disk
+                    continue
+                # SECURITY: other bytes for a stored seq are a fork; dropping either copy
+                # could keep the forged one and lose the genuine. Both are kept for verify.
+                self._report_fork(_entry_id(entry_id), frame.stream, frame.seq, digest, known)
+            stored.setdefault(key, []).append(digest)
             frames.append(data)
         if frames:
             try:
@@ -390,8 +423,10 @@ class Collector:
             self.written += len(frames)
         # SECURITY: a seq counts as stored only once it is durable; were it marked before a
         # failed write or fsync, the retry would skip it and acknowledge a frame on no disk.
-        for stream, seq in stored:
+        for (stream, seq), digests in stored.items():
             self._seen.setdefault(stream, SeqRanges()).add(seq)
+            for digest in digests:
+                self._remember((stream, seq), digest)
         if self._pause_file:
             _announce_pause(Path(self._pause_file))
             await asyncio.Event().wait()  # killed here by the crash test
@@ -400,6 +435,24 @@ class Collector:
         # Counted once acknowledged: a batch that failed comes back, its lost entries too.
         for entry_id in lost:
             self._lose(entry_id)
+
+    def _report_fork(
+        self, entry_id: str, stream: str, seq: int, digest: bytes, known: tuple[bytes, ...]
+    ) -> None:
+        if not known:
+            self._say(
+                f"entry {entry_id}: stream {stream} seq {seq} is already stored and its "
+                "digest is no longer remembered: stored again, verify compares the copies"
+            )
+            return
+        self.forks += 1
+        others = ", ".join(d.hex()[:16] for d in known)
+        self._say(
+            f"entry {entry_id}: FORK: stream {stream} seq {seq} arrived with other bytes "
+            f"(sha256 {digest.hex()[:16]}) than the frame already stored (sha256 {others}): "
+            "stored both; verify reports the pair as seq_fork",
+            error=True,
+        )
 
     def _lose(self, entry_id: str) -> None:
         self.lost += 1

@@ -9,6 +9,8 @@ AuditError                      base: anything the audit trail refuses or cannot
 │   └── UnknownFrameVersion     a frame of a format version this reader does not know
 ├── SegmentError                a segment file that cannot be opened or read
 ├── SigningKeyError             signing keys / keyring missing, unreadable or malformed
+├── CheckpointRefError          a saved checkpoint reference (stream, seq, h) that does not
+│                               parse
 └── LayoutError                 where the trail lives could not be found out (the CLI's
                                 deployment layout, e.g. an unreadable gateway config)
 """
@@ -42,6 +44,10 @@ class SegmentError(AuditError):
 
 class SigningKeyError(AuditError):
     """Signing keys or the public keyring are missing, unreadable or malformed."""
+
+
+class CheckpointRefError(AuditError):
+    """A saved checkpoint reference that does not parse."""
 
 
 class LayoutError(AuditError):

@@ -1,7 +1,12 @@
 """Exports for auditors' tools: HAR 1.2, JSON Lines (ECS names), OCSF API Activity (6003).
 
-All three read merged request views (`reader.merge_requests`): one entry per proxied
-request, attempt and outcome folded together.
+All three read merged request records (`reader.merged_records`): one entry per proxied
+request, attempt and outcome folded together, named by stream and seq.
+
+A record an export cannot render (a forged one nested deeper than MAX_DEPTH levels, or
+one that still exhausts Python's recursion) is replaced by a placeholder naming its
+stream, seq and the reason, and the export goes on; each replacement is appended to the
+`replaced` list the caller passes, so that it can say how many there were.
 
 - HAR 1.2 (`har_document`): `log.pages` is empty and entries carry no `pageref`, so
   Chrome and Firefox devtools open the file as a plain request list; every timing the
@@ -18,13 +23,19 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from audit.reader import REQUEST_KINDS, get, parse_time
+from audit.reader import REQUEST_KINDS, Record, get, parse_time
 
+# A record the writer makes nests a few levels (a redaction list in a map in a map); one
+# nested deeper is forged or damaged. Checked without recursion, so that the outcome does
+# not depend on how deep the caller's stack already is.
+MAX_DEPTH = 100
+PLACEHOLDER_CODE = "record_not_exportable"
 CREATOR = {"name": "impersonation-gateway audit export", "version": "1"}
 OCSF_VERSION = "1.1.0"
 _ACTIVITY = {  # OCSF API Activity activity_id by HTTP method
@@ -175,10 +186,85 @@ def _size(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
 
 
-def har_document(bodies: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    entries = [har_entry(b) for b in bodies if _is_request(b)]
+def har_document(
+    records: Iterable[Record], replaced: list[Replaced] | None = None
+) -> dict[str, Any]:
+    """A HAR 1.2 document of the request records; see the module docstring for `replaced`."""
+    entries = [
+        _rendered(r, har_entry, _har_placeholder, replaced) for r in records if _is_request(r.body)
+    ]
     entries.sort(key=lambda e: e["startedDateTime"])
     return {"log": {"version": "1.2", "creator": CREATOR, "pages": [], "entries": entries}}
+
+
+def _har_placeholder(record: Record, reason: str) -> dict[str, Any]:
+    entry = har_entry({"@timestamp": _placeholder_time(record.body)})
+    entry["_gateway"] = _placeholder_facts(record, reason)
+    return entry
+
+
+# -- records that cannot be exported -------------------------------------------------------
+@dataclass(frozen=True)
+class Replaced:
+    """A record an export replaced by a placeholder, and why."""
+
+    stream: str
+    seq: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"stream {self.stream} seq {self.seq}: {self.reason}"
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests maps and lists more than `limit` levels (no recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _rendered(
+    record: Record,
+    render: Callable[[dict[str, Any]], Any],
+    placeholder: Callable[[Record, str], Any],
+    replaced: list[Replaced] | None,
+) -> Any:
+    """`render(record.body)`, or the placeholder when the record cannot be rendered."""
+    if too_deep(record.body):
+        reason = f"nested more than {MAX_DEPTH} levels deep"
+    else:
+        try:
+            return render(record.body)
+        except RecursionError:
+            # The depth check makes this unlikely; it must still cost only this record.
+            reason = "exhausted the recursion limit while being exported"
+    if replaced is not None:
+        replaced.append(Replaced(record.stream, record.seq, reason))
+    return placeholder(record, reason)
+
+
+def _placeholder_time(body: dict[str, Any]) -> str:
+    stamp = body.get("@timestamp")
+    return stamp if isinstance(stamp, str) else "1970-01-01T00:00:00.000Z"
+
+
+def _placeholder_facts(record: Record, reason: str) -> dict[str, Any]:
+    return {
+        "error": PLACEHOLDER_CODE,
+        "reason": f"stream {record.stream} seq {record.seq}: {reason}; not exported",
+        "stream": record.stream,
+        "seq": record.seq,
+    }
 
 
 # -- JSON Lines ----------------------------------------------------------------------------
@@ -211,9 +297,25 @@ def to_json(value: Any, **options: Any) -> str:
         return json.dumps(_json_safe(value), default=_jsonable, allow_nan=False, **options)
 
 
-def jsonl_lines(bodies: Iterable[dict[str, Any]]) -> Iterator[str]:
-    for body in bodies:
-        yield to_json(body, ensure_ascii=False, sort_keys=True) + "\n"
+def jsonl_lines(records: Iterable[Record], replaced: list[Replaced] | None = None) -> Iterator[str]:
+    """One ECS document per record; see the module docstring for `replaced`."""
+    for record in records:
+        yield _rendered(record, _jsonl_line, _jsonl_placeholder, replaced)
+
+
+def _jsonl_line(body: dict[str, Any]) -> str:
+    return to_json(body, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def _jsonl_placeholder(record: Record, reason: str) -> str:
+    facts = _placeholder_facts(record, reason)
+    body = {
+        "@timestamp": _placeholder_time(record.body),
+        "event": {"kind": "pipeline_error"},
+        "error": {"code": facts["error"], "message": facts["reason"]},
+        "gateway": {"stream": record.stream, "seq": record.seq},
+    }
+    return _jsonl_line(body)
 
 
 # -- OCSF ----------------------------------------------------------------------------------
@@ -314,7 +416,20 @@ def ocsf_event(body: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def ocsf_lines(bodies: Iterable[dict[str, Any]]) -> Iterator[str]:
-    for body in bodies:
-        if _is_request(body):
-            yield to_json(ocsf_event(body), sort_keys=True) + "\n"
+def ocsf_lines(records: Iterable[Record], replaced: list[Replaced] | None = None) -> Iterator[str]:
+    """One OCSF event per request record; see the module docstring for `replaced`."""
+    for record in records:
+        if _is_request(record.body):
+            yield _rendered(record, _ocsf_line, _ocsf_placeholder, replaced)
+
+
+def _ocsf_line(body: dict[str, Any]) -> str:
+    return to_json(ocsf_event(body), sort_keys=True) + "\n"
+
+
+def _ocsf_placeholder(record: Record, reason: str) -> str:
+    facts = _placeholder_facts(record, reason)
+    event = ocsf_event({"@timestamp": _placeholder_time(record.body)})
+    event.update(status_id=0, status="Unknown", status_detail=facts["reason"])
+    event["unmapped"] = {f"gateway.export.{k}": v for k, v in facts.items()}
+    return to_json(event, sort_keys=True) + "\n"

@@ -2,8 +2,9 @@
 
 `read_records(paths)` yields each decoded body once per (stream, seq), in file order,
 skipping what does not decode (verify is the tool that judges; this one only reads).
-`merge_requests(records)` folds a proxied request's attempt and outcome into one view,
-keyed by request id, in order of arrival; other records pass through.
+`merged_records(records)` folds a proxied request's attempt and outcome into one view,
+keyed by request id, in order of arrival, naming the frame that completed it; other
+records pass through. `merge_requests(records)` gives only the bodies.
 
 Filters match on the ECS fields: grant `gateway.grant.id`, actor `user.id` or
 `user.email`, member `user.effective.id`, org `organization.id`, session
@@ -153,56 +154,75 @@ class RecordFilter:
 
 
 def merge_outcome(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over` laid on top, maps merged key by key at every level."""
+    # Without recursion: a forged record may nest maps as deep as msgpack decodes (about
+    # a thousand levels), deeper than Python's recursion limit.
     out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_outcome(out[key], value)
-        else:
-            out[key] = value
+    pending = [(out, over)]
+    while pending:
+        target, source = pending.pop()
+        for key, value in source.items():
+            current = target.get(key)
+            if isinstance(value, dict) and isinstance(current, dict):
+                merged = dict(current)
+                target[key] = merged
+                pending.append((merged, value))
+            else:
+                target[key] = value
     return out
 
 
 class RequestMerger:
-    """Folds each proxied request's attempt and outcome into one body, as records arrive.
+    """Folds each proxied request's attempt and outcome into one record, as records arrive.
 
-    `add(record)` returns the body to show now, or None while a request awaits its outcome
-    (or for the internal stream-start and checkpoint records); `unfinished()` gives the
-    attempts never followed by an outcome, with `event.outcome` "unknown".
+    `add(record)` returns the record to show now (a request's merged body, named by the
+    stream and seq of its outcome), or None while a request awaits its outcome (or for the
+    internal stream-start and checkpoint records); `unfinished()` gives the attempts never
+    followed by an outcome, with `event.outcome` "unknown".
     """
 
     def __init__(self) -> None:
-        self._attempts: dict[str, dict[str, Any]] = {}
+        self._attempts: dict[str, Record] = {}
 
-    def add(self, record: Record) -> dict[str, Any] | None:
+    def add(self, record: Record) -> Record | None:
         kind = record.kind
         if kind in INTERNAL_KINDS:
             return None
         request_id = get(record.body, "event.id")
         if kind not in REQUEST_KINDS or not isinstance(request_id, str):
-            return record.body
+            return record
         if kind == RecordKind.HTTP_ATTEMPT:
-            self._attempts[request_id] = record.body
+            self._attempts[request_id] = record
             return None
         attempt = self._attempts.pop(request_id, None)
-        return merge_outcome(attempt, record.body) if attempt is not None else record.body
+        if attempt is None:
+            return record
+        return Record(record.stream, record.seq, merge_outcome(attempt.body, record.body))
 
-    def unfinished(self) -> Iterator[dict[str, Any]]:
-        for body in self._attempts.values():
-            event = dict(body.get("event") or {})
+    def unfinished(self) -> Iterator[Record]:
+        for record in self._attempts.values():
+            event = record.body.get("event")
+            event = dict(event) if isinstance(event, dict) else {}
             event["outcome"] = "unknown"
-            yield {**body, "event": event}
+            yield Record(record.stream, record.seq, {**record.body, "event": event})
         self._attempts = {}
 
 
-def merge_requests(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
-    """One body per proxied request (attempt + outcome merged) or per other event.
+def merged_records(records: Iterable[Record]) -> Iterator[Record]:
+    """One record per proxied request (attempt + outcome merged) or per other event.
 
-    A request is emitted at its outcome; attempts never followed by an outcome are
-    emitted at the end with `event.outcome` "unknown".
+    A request is emitted at its outcome, named by the outcome's stream and seq; attempts
+    never followed by an outcome are emitted at the end with `event.outcome` "unknown".
     """
     merger = RequestMerger()
     for record in records:
-        body = merger.add(record)
-        if body is not None:
-            yield body
+        merged = merger.add(record)
+        if merged is not None:
+            yield merged
     yield from merger.unfinished()
+
+
+def merge_requests(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
+    """The bodies of `merged_records(records)`."""
+    for record in merged_records(records):
+        yield record.body

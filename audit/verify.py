@@ -20,7 +20,8 @@ Findings (code: meaning):
     hash_mismatch       `h` does not recompute: the frame was modified
     prev_mismatch       `prev` is not the previous frame's `h`: inserted or replaced frames
     seq_gap             seqs missing: deleted frames
-    seq_fork            two different frames with one (stream, seq)
+    seq_fork            two different frames with one (stream, seq): names both copies,
+                        their hashes, and which one the next frame's `prev` follows
     out_of_order        a frame after a later frame of its stream in the same file
     no_genesis          a stream without its seq-0 frame
     bad_genesis         a seq-0 frame that is not a stream start with a zero `prev`
@@ -37,6 +38,13 @@ Findings (code: meaning):
     unsealed_tail       (warning) frames after the stream's last checkpoint
     unfinished_stream   (warning) a stream ending on a checkpoint that is not final
     cited_stream_absent (warning) a genesis cites a stream not in the files given
+    checkpoint_missing  a checkpoint saved earlier (`expect`) is not in the files: the
+                        trail was cut back before it (e.g. the newest stream deleted)
+    checkpoint_differs  the frame at a saved checkpoint's stream and seq is not that
+                        checkpoint
+
+`expect` lists checkpoints an auditor saved earlier (`checkpoint.CheckpointRef`, from
+`latest_checkpoint`): the trail must still reach each of them, frame for frame.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.checkpoint import NO_CHECKPOINT, SIGNATURE_DOMAIN, read_checkpoint
+from audit.checkpoint import NO_CHECKPOINT, SIGNATURE_DOMAIN, CheckpointRef, read_checkpoint
 from audit.errors import FrameError, SegmentError, UnknownFrameVersion
 from audit.frame import GENESIS_PREV, Frame, decode_frame, frame_hash
 from audit.keys import Keyring
@@ -113,12 +121,20 @@ class Report:
         )
 
 
-def verify(paths: Iterable[Path], keyring: Keyring, denylist: Denylist | None = None) -> Report:
+def verify(
+    paths: Iterable[Path],
+    keyring: Keyring,
+    denylist: Denylist | None = None,
+    expect: Iterable[CheckpointRef] = (),
+) -> Report:
     report = Report()
     streams: dict[str, dict[int, _Seen]] = {}
+    forks: list[tuple[_Seen, _Seen]] = []
     for path in segment_paths(paths):
-        _read_file(path, report, streams)
+        _read_file(path, report, streams, forks)
     report.streams = len(streams)
+    for earlier, later in forks:
+        _report_fork(earlier, later, streams[later.frame.stream], report)
     cited: list[tuple[_Seen, dict[str, Any]]] = []
     for stream_id, frames in sorted(streams.items()):
         citation = _check_stream(stream_id, frames, keyring, denylist or Denylist(), report)
@@ -126,10 +142,61 @@ def verify(paths: Iterable[Path], keyring: Keyring, denylist: Denylist | None = 
             cited.append(citation)
     for genesis, previous in cited:
         _check_citation(genesis, previous, streams, report)
+    for saved in expect:
+        _check_expected(saved, streams, report)
     return report
 
 
-def _read_file(path: Path, report: Report, streams: dict[str, dict[int, _Seen]]) -> None:
+def _check_expected(
+    saved: CheckpointRef, streams: dict[str, dict[int, _Seen]], report: Report
+) -> None:
+    """The trail still reaches `saved`: the same frame at its stream and seq, a checkpoint."""
+    # SECURITY: deleting the newest stream(s) whole leaves no hole inside any stream left;
+    # only a checkpoint saved outside the trail tells that history went missing.
+    frames = streams.get(saved.stream)
+    seen = frames.get(saved.seq) if frames is not None else None
+    if frames is None or seen is None:
+        held = f"its frames here end at seq {max(frames)}" if frames else "the stream is absent"
+        report.findings.append(
+            Finding(
+                "checkpoint_missing",
+                f"the saved checkpoint {saved} is not in these files ({held}): frames "
+                "were removed since it was saved",
+                stream=saved.stream,
+                seq=saved.seq,
+            )
+        )
+        return
+    frame = seen.frame
+    recomputed = frame_hash(frame.version, frame.stream, frame.seq, frame.prev, frame.body)
+    problems = []
+    if recomputed != saved.h:
+        problems.append(f"its h is {recomputed.hex()[:16]}…, the saved one {saved.h.hex()[:16]}…")
+    try:
+        is_checkpoint = kind_of(frame.decode_body()) == RecordKind.CHECKPOINT
+    except FrameError:
+        is_checkpoint = False
+    if not is_checkpoint:
+        problems.append("it is not a checkpoint")
+    if problems:
+        report.findings.append(
+            Finding(
+                "checkpoint_differs",
+                f"the frame at the saved checkpoint {saved} differs: " + "; ".join(problems),
+                seen.file,
+                seen.index,
+                saved.stream,
+                saved.seq,
+            )
+        )
+
+
+def _read_file(
+    path: Path,
+    report: Report,
+    streams: dict[str, dict[int, _Seen]],
+    forks: list[tuple[_Seen, _Seen]],
+) -> None:
     name = str(path)
     last_in_file: dict[str, int] = {}
     try:
@@ -165,13 +232,43 @@ def _read_file(path: Path, report: Report, streams: dict[str, dict[int, _Seen]])
         earlier = frames.get(frame.seq)
         if earlier is not None:
             if earlier.frame != frame:
-                add("seq_fork", f"differs from the frame at {earlier.file}#{earlier.index}")
+                forks.append((earlier, seen))  # reported once every file is read
             continue  # an identical copy (redelivered to two collectors) is harmless
         previous = last_in_file.get(frame.stream)
         if previous is not None and frame.seq < previous:
             add("out_of_order", f"comes after seq {previous} of its stream in this file")
         last_in_file[frame.stream] = max(frame.seq, previous if previous is not None else -1)
         frames[frame.seq] = seen
+
+
+def _report_fork(earlier: _Seen, later: _Seen, frames: dict[int, _Seen], report: Report) -> None:
+    """One seq_fork finding naming both copies, and the one the chain goes on from."""
+
+    def recomputed(copy: _Seen) -> bytes:
+        f = copy.frame
+        return frame_hash(f.version, f.stream, f.seq, f.prev, f.body)
+
+    def named(copy: _Seen) -> str:
+        return f"{copy.file}#{copy.index} (h {recomputed(copy).hex()[:16]})"
+
+    following = frames.get(later.frame.seq + 1)
+    if following is None:
+        chain = "no next frame here tells which copy the chain holds"
+    else:
+        where = f"{following.file}#{following.index}"
+        linked = [c for c in (earlier, later) if recomputed(c) == following.frame.prev]
+        held = f"{linked[0].file}#{linked[0].index}" if linked else "neither"
+        chain = f"the next frame ({where}) follows {held}"
+    report.findings.append(
+        Finding(
+            "seq_fork",
+            f"two different frames hold this seq: {named(earlier)} and {named(later)}; {chain}",
+            later.file,
+            later.index,
+            later.frame.stream,
+            later.frame.seq,
+        )
+    )
 
 
 def _check_stream(

@@ -4,8 +4,9 @@ The logic lives in `audit.cli` (it runs without the gateway as `python -m audit`
 module only supplies the gateway's layout, read from the gateway config (`--config FILE`,
 default config/gateway.yaml): the stream key from `gateway.keys`, the segment directory
 (`audit.segment_dir`), the key directory and its public keyring under `data_dir`, and the
-Redis URL (`redis.url` with its username, `password_env` and `ca_file`, or the embedded
-server's socket under `data_dir`). Flags given on the command line win; the config is
+Redis URL (`redis.url` with its username, `password_env`, `ca_file` and mutual-TLS
+`client_cert_file`/`client_key_file`, or the embedded server's socket under `data_dir`,
+passed as the gateway itself connects). Flags given on the command line win; the config is
 read only when a command needs something from it.
 
     gateway audit collect --once --config /etc/gateway/gateway.yaml
@@ -31,7 +32,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     audit = commands.add_parser("audit", help="verify, replay and export the audit trail")
     add_commands(
         audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION"),
-        Defaults(stream=keys.audit_stream()),
+        Defaults(stream=keys.audit_stream(), checkpoint_key=keys.audit_last_checkpoint()),
         layout=GatewayLayout(),
     )
 
@@ -50,6 +51,9 @@ def audit_defaults(config: GatewayConfig) -> Defaults:
         redis_username=config.redis.username,
         redis_password_env=config.redis.password_env,
         redis_ca_file=config.redis.ca_file,
+        redis_client_cert_file=config.redis.client_cert_file,
+        redis_client_key_file=config.redis.client_key_file,
+        checkpoint_key=keys.audit_last_checkpoint(),
     )
 
 

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from audit.cli import main
 from audit.export import har_document, jsonl_lines, ocsf_lines, to_json
+from audit.reader import Record
 from gateway.clock import ManualClock
 from tests.audit.chains import read_frames, with_body, write_segment
 from tests.audit.conftest import WriterFactory, collect, request_pair, write_session
@@ -106,7 +107,7 @@ def test_har_export_has_the_har_1_2_structure(
     assert first["_gateway"]["member"] == "bob"
     assert "[redacted:" in json.dumps(first["request"]["headers"])
     assert "hunter2" not in out.read_text()
-    assert "exported 6 har record(s)" in capsys.readouterr().err
+    assert "exported 6 har record(s), 0 replaced" in capsys.readouterr().err
 
 
 def test_jsonl_and_ocsf_exports(segments: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,8 +251,9 @@ def test_a_malformed_record_never_stops_an_export(hostile: dict[str, Any]) -> No
         "http": {"request": {"method": "GET"}},
         **hostile,
     }
-    har = _strict_json(to_json(har_document([body]), indent=1))
+    records = [Record("s", 1, body)]
+    har = _strict_json(to_json(har_document(records), indent=1))
     assert len(har["log"]["entries"]) == 1
-    ocsf = [_strict_json(line) for line in ocsf_lines([body])]
+    ocsf = [_strict_json(line) for line in ocsf_lines(records)]
     assert len(ocsf) == 1
-    assert len([_strict_json(line) for line in jsonl_lines([body])]) == 1
+    assert len([_strict_json(line) for line in jsonl_lines(records)]) == 1

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from audit.keys import KeyDirectory
 from audit.record import event_record
+from audit.segment import MAGIC
 from audit.writer import AuditWriter
 from gateway import keys
 from gateway.clock import ManualClock
@@ -50,7 +51,13 @@ async def trail(tmp_path: Path, redis: aioredis.Redis, redis_url: str, clock: Ma
     """A gateway config and three audited events in its Redis stream, signed with its keys."""
     config = write_config(tmp_path, redis_url)
     signer = KeyDirectory(tmp_path / "data" / "audit-keys").ensure(clock.now())
-    writer = AuditWriter(redis, signer, stream=keys.audit_stream(), now=clock.now)
+    writer = AuditWriter(
+        redis,
+        signer,
+        stream=keys.audit_stream(),
+        now=clock.now,
+        last_checkpoint_key=keys.audit_last_checkpoint(),
+    )
     await writer.open()
     for action in ("gateway.start", "access.filed", "access.approved"):
         await writer.append(event_record(action, at=clock.now(), category="gateway"))
@@ -76,6 +83,37 @@ async def test_collect_verify_export_and_keys_from_the_config(trail: Path, tmp_p
     code, out, err = await gateway_cli("audit", "keys", "show", "--config", str(trail), cwd=cwd)
     assert code == 0, err
     assert len(json.loads(out)["keys"]) == 1
+
+
+async def test_a_checkpoint_saved_from_the_config_is_expected_later(
+    trail: Path, tmp_path: Path
+) -> None:
+    config = ("--config", str(trail))
+    code, _, err = await gateway_cli("audit", "collect", "--once", *config, cwd=tmp_path)
+    assert code == 0, err
+    code, from_files, err = await gateway_cli("audit", "checkpoint", *config, cwd=tmp_path)
+    assert code == 0, err
+    code, from_redis, err = await gateway_cli(
+        "audit", "checkpoint", "--from-redis", *config, cwd=tmp_path
+    )
+    assert code == 0, err
+    saved = json.loads(from_files)
+    assert {k: v for k, v in json.loads(from_redis).items() if k != "time"} == {
+        k: v for k, v in saved.items() if k != "time"
+    }
+    path = tmp_path / "saved.json"
+    path.write_text(from_files)
+    code, out, err = await gateway_cli(
+        "audit", "verify", "--expect-checkpoint", str(path), *config, cwd=tmp_path
+    )
+    assert code == 0, out + err
+    for segment in (tmp_path / "segments").glob("*.seg"):
+        segment.write_bytes(MAGIC)  # every frame gone, the files stay
+    code, out, err = await gateway_cli(
+        "audit", "verify", "--expect-checkpoint", str(path), *config, cwd=tmp_path
+    )
+    assert code == 1
+    assert "checkpoint_missing" in out
 
 
 async def test_explicit_flags_win_over_the_config(trail: Path, tmp_path: Path) -> None:
