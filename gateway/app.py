@@ -4,7 +4,8 @@
     runner = web.AppRunner(app, **runner_kwargs(config))
 
 Requests whose Host is `config.console_host` go to the console sub-application (login,
-console pages, JSON API, `/.gateway/jwks.json`); every other Host is a routed host:
+console pages, JSON API, `/.gateway/jwks.json`; 421 when the connection's TLS server name
+is another host's, as on routed hosts); every other Host is a routed host:
 `/.gateway/healthz` and `/.gateway/readyz` answer on any Host, everything else goes
 through the pipeline (`gateway.pipeline`), which answers `/.gateway/auth` and
 `/.gateway/logout` itself and 404s every other `/.gateway/*` path.
@@ -57,14 +58,22 @@ from gateway.appkeys import (
 from gateway.assertion import jwks_handler, load_signer
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
-from gateway.denials import denial_response, method_not_allowed, not_found, request_id_of
+from gateway.denials import (
+    denial_response,
+    method_not_allowed,
+    misdirected,
+    not_found,
+    request_id_of,
+)
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import RedisStartError
 from gateway.flow import Flow, InFlightFlows
 from gateway.pipeline import default_stages, run
 from gateway.policy_store import PolicyStore
 from gateway.proxy.headers import client_address
-from gateway.redis_client import check_login, redis_client
+from gateway.proxy.sni import sni_of
+from gateway.redis_client import check_eviction_policy, check_login, redis_client
+from gateway.sessions.ends import session_ends_ctx
 from gateway.stages.route import split_host
 
 log = logging.getLogger(__name__)
@@ -132,6 +141,7 @@ def create_app(
     app.cleanup_ctx.append(_policies_ctx)
     app.cleanup_ctx.append(_audit_ctx)
     app.cleanup_ctx.append(access_ctx)
+    app.cleanup_ctx.append(session_ends_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
 
     console = _console_app(app)
@@ -150,7 +160,10 @@ def _routed_endpoints() -> dict[str, RoutedEndpoint]:
 
 
 def _console_app(app: web.Application) -> web.Application:
-    console = web.Application(handler_args=parser_limits(app[CONFIG]))
+    # The SNI check comes first: the console's own middlewares are added after it.
+    console = web.Application(
+        handler_args=parser_limits(app[CONFIG]), middlewares=[console_misdirected]
+    )
     console.router.add_get("/.gateway/healthz", healthz)
     console.router.add_get("/.gateway/readyz", readyz)
     console.router.add_get("/.gateway/jwks.json", jwks_handler(app[ASSERTION_SIGNER]))
@@ -197,10 +210,37 @@ async def unrouted(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     if request.host.partition(":")[0].lower() != request.app[CONFIG].console_host:
         return await dispatch(request)
+    refusal = _misdirected(request, request.app[CONFIG].console_host)
+    if refusal is not None:
+        return refusal
     if isinstance(miss, web.HTTPMethodNotAllowed):
         allow = ", ".join(sorted(miss.allowed_methods))
         return denial_response(method_not_allowed(request.method, allow), request)
     return denial_response(not_found(), request)
+
+
+@web.middleware
+async def console_misdirected(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """421 for a console request on a TLS connection opened for another host (SNI).
+
+    The route stage makes the same check for routed hosts; probes answer whatever the
+    server name, as they do there.
+    """
+    if request.path not in _PROBES:
+        refusal = _misdirected(request, request.config_dict[CONFIG].console_host)
+        if refusal is not None:
+            return refusal
+    return await handler(request)
+
+
+def _misdirected(request: web.Request, console_host: str) -> web.Response | None:
+    sni = sni_of(request)
+    # SECURITY: a connection opened for a routed host (whose pages run the customer's
+    # JavaScript) must not carry requests to the console origin, nor the reverse.
+    if sni is not None and sni != console_host:
+        reason = f"This connection was opened for {sni}, not {console_host}."
+        return denial_response(misdirected(reason), request)
+    return None
 
 
 _PROBES = {"/.gateway/healthz": healthz, "/.gateway/readyz": readyz}
@@ -276,6 +316,8 @@ def _redis_ctx(url: str | None) -> Any:
             if embedded is None:
                 # A refused login will not heal by itself: say so at start-up, not as 503s.
                 await check_login(client, config.redis)
+            # SECURITY: a Redis that may evict keys could drop audit frames and grants.
+            await check_eviction_policy(client)
             yield
         finally:
             if keeper is not None:

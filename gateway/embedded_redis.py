@@ -4,8 +4,9 @@ It listens only on a unix socket in a 0700 directory under the data directory (n
 port; the directory must be a real directory of the gateway's user, under directories only
 that user or root may change, since the gateway trusts whatever answers on that socket), keeps
 an append-only file with `appendfsync always` so that an accepted audit frame survives a
-crash, and dies with the gateway: stopped on exit and on SIGTERM, and
-told by the kernel (PR_SET_PDEATHSIG) if the gateway is killed outright.
+crash, never evicts a key (`maxmemory-policy noeviction`), and dies with the gateway:
+stopped on exit and on SIGTERM, and told by the kernel (PR_SET_PDEATHSIG) if the gateway
+is killed outright.
 
     server = EmbeddedRedis(Path("var/redis"))
     server.start()          # blocks until it answers PING
@@ -201,6 +202,9 @@ class EmbeddedRedis:
             "yes" if self.persistent else "no",
             "--appendfsync",
             self.appendfsync,
+            # SECURITY: never evict: audit frames, grants and sessions live only here.
+            "--maxmemory-policy",
+            "noeviction",
             "--loglevel",
             "warning",
             "--logfile",

@@ -1,11 +1,12 @@
 """The gateway's exception types.
 
 GatewayError
- ├── ConfigError      configuration could not be loaded; carries every problem at once
- ├── RedisStartError  the embedded redis-server could not be started
- ├── RedisLoginError  the configured Redis refused the gateway's username or password
- ├── KeyMaterialError a key or certificate is missing, unreadable, invalid or not 0600
- └── AssertionRefused no identity assertion may be signed for this grant (e.g. it has ended)
+ ├── ConfigError       configuration could not be loaded; carries every problem at once
+ ├── RedisStartError   the embedded redis-server could not be started
+ ├── RedisLoginError   the configured Redis refused the gateway's username or password
+ ├── RedisSettingError the configured Redis may lose data: its maxmemory-policy evicts keys
+ ├── KeyMaterialError  a key or certificate is missing, unreadable, invalid or not 0600
+ └── AssertionRefused  no identity assertion may be signed for this grant (e.g. it has ended)
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class RedisStartError(GatewayError):
 
 
 class RedisLoginError(GatewayError):
+    pass
+
+
+class RedisSettingError(GatewayError):
     pass
 
 

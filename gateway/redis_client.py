@@ -5,6 +5,8 @@
     ...
     await check_login(client, config.redis)                 # RedisLoginError if refused
                                                             # (by Redis or the sentinels)
+    await check_eviction_policy(client)                     # RedisSettingError if it may
+                                                            # evict keys
     await client.aclose()                                   # sentinel connections too
 
 The URL chooses the transport (`redis://`, `rediss://`, `unix://`); the username and the
@@ -39,8 +41,9 @@ from redis.exceptions import (
     RedisError,
 )
 
+from audit.eviction import eviction_refusal
 from gateway.config import RedisConfig, RedisSentinel
-from gateway.errors import RedisLoginError
+from gateway.errors import RedisLoginError, RedisSettingError
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,21 @@ async def check_login(client: aioredis.Redis, settings: RedisConfig) -> None:
         raise RedisLoginError(_login_refused(settings, exc)) from exc
     except (RedisError, OSError):
         return  # unreachable now: every check fails closed until it answers
+
+
+async def check_eviction_policy(client: aioredis.Redis) -> None:
+    """Raise RedisSettingError when Redis's `maxmemory-policy` is not `noeviction`.
+
+    A Redis that does not let the gateway read it (ACL user without CONFIG, a renamed
+    command) is logged as a warning and used; an unreachable one is left to the callers'
+    fail-closed handling, as in check_login.
+    """
+    try:
+        refusal = await eviction_refusal(client)
+    except (RedisError, OSError):
+        return  # unreachable now: every check fails closed until it answers
+    if refusal is not None:
+        raise RedisSettingError(refusal)
 
 
 async def _sentinels_accept(sentinels: Sentinel, settings: RedisConfig) -> bool:

@@ -7,6 +7,11 @@
 `file:line: key: expected (got value)`. `explain` exits 0 when the request would be
 allowed, 3 when denied or its path refused, 1 when the policy or config cannot be loaded
 or no route serves the host.
+
+`explain` judges the policy files as `gateway run` loads them: a route naming the console
+host is refused (exit 1, the problem on stderr), and so is a `--host` that is the console
+origin. The console host comes from `--config`, or from config/gateway.yaml when it exists;
+with `--policy` and neither, only the policy language's own checks apply (said on stderr).
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.configfile import load_config_or_report
+from gateway.config import GatewayConfig
+from gateway.policy_store import load_gateway_policies
+from gateway.stages.route import split_host
 from policies.decide import decide
 from policies.errors import PathRejected, PolicyError
-from policies.load import load_policy_files
 from policies.model import PolicySet, Scope
 
 EXIT_DENIED = 3
+DEFAULT_CONFIG = Path("config/gateway.yaml")
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -46,17 +54,17 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     explain.add_argument(
         "--config",
         type=Path,
-        default=Path("config/gateway.yaml"),
-        help="gateway config naming the policy files (default: config/gateway.yaml)",
+        help=f"gateway config naming the policy files and the console host (default: "
+        f"{DEFAULT_CONFIG}; with --policy, used when it exists)",
     )
     explain.add_argument("method", metavar="METHOD")
     explain.add_argument("path", metavar="PATH", help="the raw request path, without query")
     explain.set_defaults(handler=_explain)
 
 
-def _load(files: list[Path]) -> PolicySet | None:
+def _load(files: list[Path], console_host: str | None = None) -> PolicySet | None:
     try:
-        return load_policy_files(files)
+        return load_gateway_policies(files, console_host)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -78,16 +86,35 @@ def _check(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     files: list[Path] | None = args.policy
-    if not files:
-        config = load_config_or_report(args.config)
+    config_path: Path = args.config or DEFAULT_CONFIG
+    config: GatewayConfig | None = None
+    if not files or args.config is not None or config_path.exists():
+        config = load_config_or_report(config_path)
         if config is None:
             return 1
-        files = list(config.policy_files)
         if not files:
-            print(f"{args.config}: names no policy_files; pass --policy FILE", file=sys.stderr)
-            return 1
-    policy_set = _load(files)
+            files = list(config.policy_files)
+            if not files:
+                print(f"{config_path}: names no policy_files; pass --policy FILE", file=sys.stderr)
+                return 1
+    else:
+        print(
+            f"note: no {config_path} (console host unknown): a route naming the console "
+            "host is not refused here; pass --config",
+            file=sys.stderr,
+        )
+    console_host = config.console_host if config is not None else None
+    # SECURITY: the same refusal `gateway run` applies to a route naming the console host.
+    policy_set = _load(files, console_host)
     if policy_set is None:
+        return 1
+    named = split_host(args.host)
+    if console_host is not None and named is not None and named[0] == console_host:
+        print(
+            f"host {args.host!r} is the console origin ({console_host}): the gateway serves "
+            "its console there, never a route",
+            file=sys.stderr,
+        )
         return 1
     route = policy_set.route_for(args.host)
     if route is None:

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import config as config_cli
-from gateway.config import GatewayConfig, Listener, load_config, parse_config
+from gateway.config import GatewayConfig, Listener, TlsFiles, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.tls import ensure_demo_tls
 
 MINIMAL = """console_url: https://gateway.example:8443/
 data_dir: var
@@ -299,8 +300,14 @@ def test_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
         "routes:\n  - {name: r, hosts: [a.example], upstream: 'http://127.0.0.1:9', org: o,"
         " default: deny, rules: []}\n"
     )
+    tls = TlsFiles(tmp_path / "tls/gw.crt", tmp_path / "tls/gw.key", tmp_path / "tls/ca.crt")
+    ensure_demo_tls(tls, names=["gateway.example"])  # the listener's TLS files are checked too
     good = tmp_path / "good.yaml"
-    good.write_text(MINIMAL + f"policy_files: [{routes}]\n")
+    good.write_text(
+        MINIMAL
+        + f"policy_files: [{routes}]\n"
+        + f"tls: {{cert_file: {tls.cert_file}, key_file: {tls.key_file}}}\n"
+    )
     code, out, err = run_check(good, capsys)
     assert code == 0
     assert out == (

@@ -10,8 +10,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config import TlsFiles, parse_config
 from gateway.policy_store import PolicyStore, load_gateway_policies
+from gateway.tls import ensure_demo_tls
 from policies.errors import PolicyError
 from tests.gateway.test_config import run_check
 from tests.gateway.test_policy_store import policy
@@ -94,12 +95,15 @@ def test_config_check_reports_policy_problems(
     broken = tmp_path / "broken.yaml"
     broken.write_text(policy("b.test").replace("default: deny", "default: maybe"))
     routes.write_text(policy("acme.test", CONSOLE))
+    tls = TlsFiles(tmp_path / "tls/gw.crt", tmp_path / "tls/gw.key", tmp_path / "tls/ca.crt")
+    ensure_demo_tls(tls, names=[CONSOLE])  # the listener's TLS files are checked too
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"""console_url: https://{CONSOLE}:8443
 data_dir: {tmp_path / "data"}
 listeners: [{{address: 127.0.0.1, port: 8443}}]
 policy_files: [{routes}, {broken}]
+tls: {{cert_file: {tls.cert_file}, key_file: {tls.key_file}}}
 """
     )
     code, out, err = run_check(config, capsys)
