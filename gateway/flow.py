@@ -29,7 +29,9 @@ from policies.model import Decision, Route
 log = logging.getLogger(__name__)
 
 # Abort reasons after which a grant is never live again (the grant watcher's words).
-ENDED_FOR_GOOD = frozenset({"grant_revoked", "grant_expired"})
+GRANT_REVOKED = "grant_revoked"
+GRANT_EXPIRED = "grant_expired"
+ENDED_FOR_GOOD = frozenset({GRANT_REVOKED, GRANT_EXPIRED})
 REMEMBERED_ENDED_GRANTS = 4096
 SESSION_ENDED = "session_ended"  # the abort reason when the flow's console login ended
 REMEMBERED_ENDED_SESSIONS = 4096
@@ -166,7 +168,7 @@ class InFlightFlows:
         self._ended: OrderedDict[str, str] = OrderedDict()
         # Console sessions heard to have ended, for the same race (a session is never
         # alive again once ended).
-        self._ended_sessions: OrderedDict[str, None] = OrderedDict()
+        self._ended_sessions: OrderedDict[str, str] = OrderedDict()
 
     def add(self, flow: Flow) -> None:
         if flow.grant is None:
@@ -211,29 +213,31 @@ class InFlightFlows:
         live again) end only the flows in flight now.
         """
         if reason in ENDED_FOR_GOOD:
-            self._ended[grant_id] = reason
-            self._ended.move_to_end(grant_id)
-            while len(self._ended) > REMEMBERED_ENDED_GRANTS:
-                self._ended.popitem(last=False)
-        flows = self._by_grant.pop(grant_id, set())
-        for flow in flows:
-            flow.abort(reason)
-        return len(flows)
+            _remember(self._ended, grant_id, reason, REMEMBERED_ENDED_GRANTS)
+        return _abort_all(self._by_grant.pop(grant_id, set()), reason)
 
     def abort_session(self, session_id: str) -> int:
         """Abort every in-flight flow of the console session `session_id` (it ended), and
         those that join later; returns how many were aborted now."""
-        self._ended_sessions[session_id] = None
-        self._ended_sessions.move_to_end(session_id)
-        while len(self._ended_sessions) > REMEMBERED_ENDED_SESSIONS:
-            self._ended_sessions.popitem(last=False)
-        flows = self._by_session.pop(session_id, set())
-        for flow in flows:
-            flow.abort(SESSION_ENDED)
-        return len(flows)
+        _remember(self._ended_sessions, session_id, SESSION_ENDED, REMEMBERED_ENDED_SESSIONS)
+        return _abort_all(self._by_session.pop(session_id, set()), SESSION_ENDED)
 
     def __len__(self) -> int:
         return sum(len(flows) for flows in self._by_grant.values())
+
+
+def _remember(ended: OrderedDict[str, str], key: str, reason: str, bound: int) -> None:
+    # Most recent last; the oldest is forgotten first (the race it covers is long over).
+    ended[key] = reason
+    ended.move_to_end(key)
+    while len(ended) > bound:
+        ended.popitem(last=False)
+
+
+def _abort_all(flows: set[Flow], reason: str) -> int:
+    for flow in flows:
+        flow.abort(reason)
+    return len(flows)
 
 
 def _leave(index: dict[str, set[Flow]], key: str, flow: Flow) -> None:

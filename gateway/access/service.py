@@ -9,7 +9,6 @@ records and queued mail) and, when `smtp` is configured, the mail sender.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from gateway.access.store import AccessStore
 from gateway.access.sweeper import Sweeper
 from gateway.access.watcher import GrantWatcher
 from gateway.appkeys import AUDIT, CLOCK, CONFIG, IN_FLIGHT, REDIS
+from gateway.listeners import stop
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,7 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
         work.append(MailSender(mail, config.smtp).run())
     tasks = [asyncio.create_task(w) for w in work]
     yield
-    # A cancel that lands inside a Redis call can be swallowed there; cancel again until
-    # every loop has ended.
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop(tasks)
     await _final_flush(service.watcher)
 
 

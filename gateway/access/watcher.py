@@ -52,6 +52,7 @@ from gateway.access.store import (
 from gateway.access.text import as_text
 from gateway.clock import Clock
 from gateway.flow import InFlightFlows
+from gateway.listeners import keep_listening
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ PING_EVERY_S = 1.0
 # A healthy subscription hears a heartbeat at once; one not heard back this long after it
 # was published means the subscription may be missing events.
 ANSWER_WITHIN_S = 3.0
-RECONNECT_S = 1.0
 FLUSH_EVERY_S = 1.0
 # How long a flushed batch's marker is kept at most (it is deleted once its reply came):
 # far longer than any retry of that batch.
@@ -294,11 +294,4 @@ class GrantWatcher:
 
     async def run(self) -> None:
         """Listen forever (an app background task), reconnecting after any failure."""
-        while True:
-            try:
-                await self.listen_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("grant events subscription lost (%s); not caching until back", exc)
-            await asyncio.sleep(RECONNECT_S)
+        await keep_listening(self.listen_once, "grant events", "not caching until back")

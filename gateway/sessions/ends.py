@@ -27,12 +27,12 @@ from aiohttp import web
 from gateway import keys
 from gateway.appkeys import IN_FLIGHT, REDIS
 from gateway.flow import InFlightFlows
+from gateway.listeners import keep_listening, stop
 
 log = logging.getLogger(__name__)
 
 MAX_SESSION_ID = 128  # longer than any id the gateway makes (records.sid_of: 64 hex)
 RECHECK_EVERY_S = 5.0
-RECONNECT_S = 1.0
 ROUND_WITHIN_S = 3.0  # one round of listening and re-checking; longer means Redis is gone
 
 
@@ -106,23 +106,11 @@ class SessionEnds:
 
     async def run(self) -> None:
         """Listen forever (an app background task), reconnecting after any failure."""
-        while True:
-            try:
-                await self.listen_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("session events subscription lost (%s); reconnecting", exc)
-            await asyncio.sleep(RECONNECT_S)
+        await keep_listening(self.listen_once, "session events", "reconnecting")
 
 
 async def session_ends_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run `SessionEnds` for the app's in-flight flows until the app stops."""
     task = asyncio.create_task(SessionEnds(app[REDIS], app[IN_FLIGHT]).run())
     yield
-    # A cancel that lands inside a Redis call can be swallowed there; cancel until it ends.
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.2)
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await stop([task])

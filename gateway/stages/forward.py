@@ -19,13 +19,11 @@ from aiohttp import web
 
 from gateway.appkeys import CLOCK, UPSTREAM_CLIENT
 from gateway.denials import Denial
-from gateway.flow import SESSION_ENDED, Flow
+from gateway.flow import GRANT_EXPIRED, SESSION_ENDED, Flow
 from gateway.proxy.streaming import exchange, upstream_url
 from gateway.proxy.websockets import relay
 from gateway.stages.policy import is_websocket_upgrade
 from policies.model import Route
-
-GRANT_EXPIRED = "grant_expired"  # the abort reason, as the grant watcher gives it
 
 
 class Forward:

@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.flow import REMEMBERED_ENDED_GRANTS, InFlightFlows
+from gateway.flow import REMEMBERED_ENDED_GRANTS, REMEMBERED_ENDED_SESSIONS, InFlightFlows
 from gateway.identity import ActingGrant
 from policies.model import Scope
 from tests.gateway.proxyharness import HOST, SAM, Gateway, GatewayFactory, gateway_factory
@@ -31,6 +31,14 @@ def _status(answer: bytes) -> int:
 def _body(answer: bytes) -> dict[str, object]:
     decoded: dict[str, object] = json.loads(answer.partition(b"\r\n\r\n")[2])
     return decoded
+
+
+def _post(target: str, headers: str = "") -> bytes:
+    """A raw, bodiless POST of `target` to the routed host, `headers` (CRLF-ended) added."""
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: {HOST}\r\n{headers}"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n"
+    ).encode()
 
 
 def _expiring_grant(gw: Gateway, clock: ManualClock, seconds: float) -> None:
@@ -195,14 +203,20 @@ def test_remembered_ended_grants_are_bounded(clock: ManualClock) -> None:
     assert in_flight._ended[f"g-{REMEMBERED_ENDED_GRANTS + 9}"] == "grant_expired"
 
 
+def test_remembered_ended_sessions_are_bounded() -> None:
+    in_flight = InFlightFlows()
+    for index in range(REMEMBERED_ENDED_SESSIONS + 10):
+        in_flight.abort_session(f"s-{index}")
+    assert len(in_flight._ended_sessions) == REMEMBERED_ENDED_SESSIONS
+    assert "s-0" not in in_flight._ended_sessions
+    assert f"s-{REMEMBERED_ENDED_SESSIONS + 9}" in in_flight._ended_sessions
+
+
 async def test_pages_of_another_orgs_host_cannot_act_here(gateway_factory: GatewayFactory) -> None:
     # All routed hosts are one site: beta's page sends acme's SameSite=Lax cookie along.
     gw = await gateway_factory()
     for origin in ["https://beta.test", "http://beta.test:8443", "null", "https://evil.example"]:
-        answer = await gw.raw(
-            f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {origin}\r\n"
-            "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
-        )
+        answer = await gw.raw(_post("/echo", f"Origin: {origin}\r\n"))
         assert _status(answer) == 403, (origin, answer[:200])
         assert _body(answer)["error"] == "cross_origin"
     async with aiohttp.ClientSession() as client:
@@ -217,10 +231,7 @@ async def test_pages_of_another_orgs_host_cannot_act_here(gateway_factory: Gatew
 async def test_pages_of_this_orgs_hosts_may_act_here(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory()
     for origin in [f"https://{HOST}", f"http://{HOST.upper()}:8443", "https://api.acme.test"]:
-        answer = await gw.raw(
-            f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {origin}\r\n"
-            "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
-        )
+        answer = await gw.raw(_post("/echo", f"Origin: {origin}\r\n"))
         assert _status(answer) == 200, (origin, answer[:200])
     assert len(gw.upstream.received) == 3
 
@@ -238,18 +249,12 @@ async def test_a_method_override_in_the_query_is_judged_too(
         "_m%65thod=DELETE",
         "_method=GET&_method=PUT",
     ]:
-        answer = await gw.raw(
-            f"POST /records/7?{query} HTTP/1.1\r\nHost: {HOST}\r\n"
-            "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
-        )
+        answer = await gw.raw(_post(f"/records/7?{query}"))
         assert _status(answer) == 403, (query, answer[:200])
         assert _body(answer)["error"] == "policy_denied"
     assert gw.upstream.received == []
     for query in ["_method=PATCH", "x_method=DELETE", "q=_method"]:
-        answer = await gw.raw(
-            f"POST /records/7?{query} HTTP/1.1\r\nHost: {HOST}\r\n"
-            "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
-        )
+        answer = await gw.raw(_post(f"/records/7?{query}"))
         assert _status(answer) == 200, (query, answer[:200])
     assert len(gw.upstream.received) == 3
 
@@ -259,10 +264,7 @@ async def test_many_method_overrides_are_refused_not_judged_one_by_one(
 ) -> None:
     gw = await gateway_factory()
     query = "&".join(f"_method=M{index}" for index in range(500))
-    answer = await gw.raw(
-        f"POST /echo?{query} HTTP/1.1\r\nHost: {HOST}\r\n"
-        "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
-    )
+    answer = await gw.raw(_post(f"/echo?{query}"))
     assert _status(answer) == 403
     assert _body(answer)["error"] == "policy_denied"
     assert gw.upstream.received == []
