@@ -1,9 +1,9 @@
 """TOTP enrolment: one-time tokens (valid 24 h) that let an account set up its secret.
 
-An admin (or the directory import) issues a token: the account's old secret is removed
-and only the token's SHA-256 is stored. A TOTP reset (`reset`) does the same for an
-account that had a secret, and ends every session of the account in the same Redis step
-as the removal (a lost or leaked second factor takes what it opened with it).
+An admin (or the directory import) issues a token, or resets an account's TOTP: the
+account's old secret is removed and only the token's SHA-256 is stored, and every session
+of the account ends in the same Redis step as the removal (a lost or leaked second
+factor takes what it opened with it).
 Enrolling takes the token and the password (checked by the caller), gives a fresh secret
 to show as an `otpauth://` URI and QR code, and activates it only when one valid code
 from it is presented; that last step is one Lua script, so a token is spent exactly once
@@ -26,7 +26,6 @@ from gateway.accounts.model import redis_key, text
 from gateway.accounts.store import AccountStore
 from gateway.accounts.totp import TotpVerifier, new_secret
 from gateway.clock import Clock
-from gateway.sessions.ending import end_sessions_of
 
 TOKEN_TTL_S = 24 * 3600
 MAX_TOKEN = 128
@@ -54,11 +53,9 @@ class Enrolment:
         self._activate = self._redis.register_script(_ACTIVATE)
 
     async def issue(self, principal_key: str) -> str:
-        """A new token for the account; its TOTP secret and any older token stop working."""
-        token, digest = await self._new_token(principal_key)
-        await self._redis.hset(
-            redis_key(principal_key), mapping={"totp_secret": "", "enrolment_token": digest}
-        )
+        """A new token for the account; its TOTP secret, any older token and every session
+        of the account stop working (see `reset`)."""
+        token, _ = await self.reset(principal_key)
         return token
 
     async def reset(self, principal_key: str) -> tuple[str, int]:
@@ -66,12 +63,10 @@ class Enrolment:
         account in the same step as the removal: (token, sessions ended). On a Redis
         error nothing of the account has changed."""
         token, digest = await self._new_token(principal_key)
-        # SECURITY: never a removed second factor whose sessions live on.
-        ended = await end_sessions_of(
-            self._redis,
-            principal_key,
-            account_key=redis_key(principal_key),
-            credential={"totp_secret": "", "enrolment_token": digest},
+        # SECURITY: never a removed second factor whose sessions live on, whichever way
+        # the token was asked for.
+        ended = await self._store.change_credential(
+            principal_key, {"totp_secret": "", "enrolment_token": digest}
         )
         return token, ended
 

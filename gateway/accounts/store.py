@@ -17,6 +17,7 @@ Passwords are kept as scrypt hashes, TOTP secrets sealed with a key that is not 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -303,17 +304,36 @@ class AccountStore:
         hashed = await self.hasher.hash(password)
         # SECURITY: a reset password usually means a leaked one; its sessions go with it,
         # in the same step as the new hash (never one without the other).
-        return await end_sessions_of(
-            self.redis,
-            principal_key,
-            account_key=redis_key(principal_key),
-            credential={"password_hash": hashed},
-        )
+        return await self.change_credential(principal_key, {"password_hash": hashed})
 
     async def end_sessions(self, principal_key: str) -> int:
         """End every console session (and its app sessions) of one account, and every login
         of it under way (its session epoch is raised in the same step)."""
         return await end_sessions_of(self.redis, principal_key)
+
+    async def change_credential(
+        self,
+        principal_key: str,
+        fields: Mapping[str, str],
+        *,
+        event: tuple[str, str] = NO_EVENT,
+    ) -> int:
+        """Write `fields` (a credential, or the disabled flag) into the account and end every
+        session of it, in one Redis step that also publishes `event`; returns how many
+        sessions ended. AccountNotFound, nothing written, when the account is gone."""
+        try:
+            # SECURITY: never a changed credential whose sessions live on (one script).
+            return await end_sessions_of(
+                self.redis,
+                principal_key,
+                account_key=redis_key(principal_key),
+                credential=fields,
+                event=event,
+            )
+        except ResponseError as exc:
+            if str(exc).startswith("NOACCOUNT"):
+                raise AccountNotFound(f"no account {principal_key}") from exc
+            raise
 
     async def set_totp_secret(self, principal_key: str, secret: str) -> int:
         """Set the TOTP secret (the directory file's); every session made with an earlier
@@ -323,19 +343,14 @@ class AccountStore:
                 "totp_secret: expected base32 (A-Z, 2-7), 16 to 128 characters"
             )
         replaced = (await self.require(principal_key)).enrolled
-        sealed = self.box.seal(secret, principal_key)
-        fields = {"totp_secret": sealed, "enrolment_token": ""}
+        fields = {"totp_secret": self.box.seal(secret, principal_key), "enrolment_token": ""}
         if not replaced:
             # An account without a second factor had no login to end.
-            await self.redis.hset(
-                redis_key(principal_key), mapping={"totp_secret": sealed, "enrolment_token": ""}
-            )
+            await self.redis.hset(redis_key(principal_key), mapping=dict(fields.items()))
             return 0
         # SECURITY: as with a TOTP reset, a replaced second factor ends what the old made,
         # in the same step as the new secret (never one without the other).
-        return await end_sessions_of(
-            self.redis, principal_key, account_key=redis_key(principal_key), credential=fields
-        )
+        return await self.change_credential(principal_key, fields)
 
     def totp_secret(self, account: Account) -> str:
         """The plain TOTP secret of an enrolled account (SecretKeyError if tampered)."""
@@ -353,18 +368,7 @@ class AccountStore:
         if disabled:
             # SECURITY: a disabled account keeps no session, console or app, anywhere: the
             # flag, the raised epoch, the ended sessions and the event are one script.
-            try:
-                return await end_sessions_of(
-                    self.redis,
-                    principal_key,
-                    account_key=account_key,
-                    credential={"disabled": "1"},
-                    event=event,
-                )
-            except ResponseError as exc:
-                if str(exc).startswith("NOACCOUNT"):
-                    raise AccountNotFound(f"no account {principal_key}") from exc
-                raise
+            return await self.change_credential(principal_key, {"disabled": "1"}, event=event)
         written = await self._set_fields(keys=[account_key], args=[*event, "disabled", "0"])
         if not written:
             raise AccountNotFound(f"no account {principal_key}")

@@ -43,9 +43,9 @@ from gateway.sessions.console import (
     get_session,
     rotate,
 )
-from gateway.sessions.handoff import routed_url_parts, url_port
+from gateway.sessions.handoff import handoff_key, routed_url_parts, url_port
 from gateway.sessions.logins import Logins, logins_of
-from gateway.sessions.prelogin import MAX_DESTINATION, prelogin_key
+from gateway.sessions.prelogin import MAX_DESTINATION
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def _password_proof(logins: Logins, account: Account) -> str:
     """Names the password an account has now, without the session holding its hash: keyed,
     since the pre-login state travels in a cookie (nothing in it helps offline guessing)."""
     message = f"proof|{account.key}|{account.password_hash}".encode()
-    return hmac.new(prelogin_key(logins.config.data_dir), message, hashlib.sha256).hexdigest()
+    return hmac.new(handoff_key(logins.config.data_dir), message, hashlib.sha256).hexdigest()
 
 
 def _password_unchanged(logins: Logins, step: dict[str, Any], account: Account | None) -> bool:

@@ -179,7 +179,13 @@ async def file_request(request: web.Request) -> web.Response:
 
 
 async def _detail(
-    request: web.Request, who: Principal, rid: str, *, error: str | None, status: int = 200
+    request: web.Request,
+    who: Principal,
+    rid: str,
+    *,
+    error: str | None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     store = access_service(request.config_dict).store
     found = _visible(who, await store.get(rid))
@@ -193,7 +199,7 @@ async def _detail(
         "is_requester": found.requester.key == who.key,
         "error": error,
     }
-    return render(request, session, "request.html", context, status=status)
+    return render(request, session, "request.html", context, status=status, headers=headers)
 
 
 async def detail_page(request: web.Request) -> web.Response:
@@ -238,7 +244,14 @@ async def act(request: web.Request) -> web.Response:
             await store.revoke(rid, who, comment=comment)
     except AccessError as exc:
         refusal = access_refusal(exc).denial
-        return await _detail(request, who, rid, error=refusal.reason, status=refusal.status)
+        return await _detail(
+            request,
+            who,
+            rid,
+            error=refusal.reason,
+            status=refusal.status,
+            headers=dict(refusal.headers),
+        )
     return see_other(f"/requests/{rid}")
 
 

@@ -9,6 +9,7 @@
                   sessions of an account at once, raising its epoch (disable, resets)
     ends          the session events listener: an ended login's in-flight flows end
     prelogin      the signed pre-login cookie: nothing in Redis before a password
+    signed        the signed, expiring tokens of return addresses and pre-login state
     routed        `/.gateway/auth` and `/.gateway/logout` on routed hosts
     logins        `logins_of(config_dict)`: the one bundle of all of these per app
 

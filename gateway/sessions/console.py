@@ -44,7 +44,8 @@ from gateway.clock import Clock
 from gateway.config import Sessions
 from gateway.cookies import CONSOLE_SESSION, PRELOGIN
 from gateway.sessions.ending import end_console_session
-from gateway.sessions.prelogin import PreLoginSeal, PreLoginTooLarge, prelogin_key
+from gateway.sessions.handoff import handoff_key
+from gateway.sessions.prelogin import PreLoginSeal, PreLoginTooLarge
 from gateway.sessions.records import create_login_record, live_record, sid_of, valid_token
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class ClockedRedisStorage(AbstractStorage):
         config = request.config_dict[CONFIG]
         clock = request.config_dict[CLOCK]
         return PreLoginSeal(
-            prelogin_key(config.data_dir), clock, ttl_s=config.sessions.idle_timeout_s
+            handoff_key(config.data_dir), clock, ttl_s=config.sessions.idle_timeout_s
         )
 
     async def load_session(self, request: web.Request) -> Session:

@@ -3,7 +3,8 @@
 1. A routed host without an app session sends the browser to the console's login with
    a *signed return address*: `https://<routed host>/<path>` plus an expiry and the
    browser's *binding* (the SHA-256 of a random nonce the routed host keeps in the
-   host-only `__Host-gw_handoff` cookie), HMAC-SHA256 under a key kept outside Redis.
+   host-only `__Host-gw_handoff` cookie), a `signed` token under the hand-off key
+   (`handoff_key`: kept outside Redis).
    The console accepts only addresses it signed, that have not expired, that are https
    and whose host is a routed host now: no open redirect, whatever the query says.
 2. After login (and MFA) the console issues a *hand-off code*: 256 random bits, stored
@@ -27,34 +28,41 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
 from gateway import keys
+from gateway.accounts.keyfile import secret_key
 from gateway.clock import Clock
+from gateway.sessions import signed
 from gateway.sessions.records import json_object, valid_token
 
 RETURN_TTL_S = 3600  # time to log in (and enrol) between leaving a routed host and coming back
 MAX_RETURN = 4096
 HANDOFF_KEY_ENV = "GATEWAY_HANDOFF_KEY"
 _BINDING_HEX = 64
+_PURPOSE = "return"
+
+_KEYS: dict[tuple[str, str | None], bytes] = {}
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def handoff_key(data_dir: Path) -> bytes:
+    """The hand-off key (environment or data_dir file) that signs return addresses and the
+    pre-login state, read once per process and place."""
+    place = (str(data_dir), os.environ.get(HANDOFF_KEY_ENV))
+    key = _KEYS.get(place)
+    if key is None:
+        key = _KEYS[place] = secret_key(data_dir, "handoff", env=HANDOFF_KEY_ENV)
+    return key
 
 
 def new_nonce() -> str:
@@ -129,18 +137,11 @@ class ReturnAddresses:
         self._key = key
         self._clock = clock
 
-    def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, b"return|" + payload.encode(), hashlib.sha256).digest())
-
     def sign(self, url: str, *, binding: str) -> str:
         if not _is_binding(binding):
             raise ValueError("a return address needs the binding of the browser it is for")
-        body = json.dumps(
-            {"u": url, "e": self._clock.now() + RETURN_TTL_S, "b": binding},
-            separators=(",", ":"),
-        )
-        payload = _b64(body.encode())
-        return f"{payload}.{self._mac(payload)}"
+        expires = self._clock.now() + RETURN_TTL_S
+        return signed.seal(self._key, _PURPOSE, {"u": url, "b": binding}, expires_at=expires)
 
     def verify(self, token: str, is_routed_host: Callable[[str], bool]) -> str | None:
         """The URL signed in `token` if it is genuine, fresh and points at a routed host."""
@@ -151,25 +152,17 @@ class ReturnAddresses:
         self, token: str, is_routed_host: Callable[[str], bool]
     ) -> ReturnAddress | None:
         """`verify`, with the binding of the browser the address was made for."""
-        if not token or len(token) > MAX_RETURN or token.count(".") != 1:
-            return None
-        payload, mac = token.split(".")
         # SECURITY: only addresses this gateway signed are followed (no open redirect).
-        if not hmac.compare_digest(self._mac(payload).encode(), mac.encode("utf-8", "replace")):
+        body = signed.unseal(
+            self._key, _PURPOSE, token, now=self._clock.now(), max_length=MAX_RETURN
+        )
+        if body is None:
             return None
-        try:
-            body = json.loads(_unb64(payload))
-        except (ValueError, binascii.Error):
-            return None
-        if not isinstance(body, dict):
-            return None
-        url, expires, binding = body.get("u"), body.get("e"), body.get("b")
-        if not isinstance(url, str) or not isinstance(expires, int | float):
+        url, binding = body.get("u"), body.get("b")
+        if not isinstance(url, str):
             return None
         if not _is_binding(binding):
             return None  # SECURITY: an address for no browser in particular is no address
-        if self._clock.now() >= expires:
-            return None
         parts = routed_url_parts(url)
         # SECURITY: and even a signed one must still name a routed host, never the console.
         if parts is None or not is_routed_host(parts[0]):

@@ -22,7 +22,6 @@ from aiohttp_session import Session
 
 from audit.record import Person, event_record
 from gateway.accounts import Accounts, LoginRefused, ProvenPassword, open_accounts
-from gateway.accounts.keyfile import secret_key
 from gateway.appkeys import AUDIT, CLOCK, CONFIG, POLICIES, REDIS, AuditSink
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
@@ -30,7 +29,7 @@ from gateway.identity import Principal
 from gateway.sessions.app_sessions import AppLogin, AppSessions
 from gateway.sessions.console import ConsoleLogin
 from gateway.sessions.ending import end_console_session
-from gateway.sessions.handoff import HANDOFF_KEY_ENV, HandoffCodes, ReturnAddresses
+from gateway.sessions.handoff import HandoffCodes, ReturnAddresses, handoff_key
 from gateway.sessions.records import sid_of
 
 log = logging.getLogger(__name__)
@@ -184,9 +183,7 @@ def logins_of(config_dict: Mapping[Any, Any]) -> Logins:
         clock=clock,
         redis=redis,
         accounts=open_accounts(redis, clock, config.data_dir),
-        addresses=ReturnAddresses(
-            secret_key(config.data_dir, "handoff", env=HANDOFF_KEY_ENV), clock
-        ),
+        addresses=ReturnAddresses(handoff_key(config.data_dir), clock),
         codes=HandoffCodes(redis, clock, limits.handoff_code_ttl_s),
         app_sessions=AppSessions(redis, clock, limits),
         config_dict=config_dict,

@@ -23,6 +23,7 @@ from gateway.denials import Denial, denial_response, method_not_allowed, wants_h
 from gateway.flow import Flow
 from gateway.sessions.handoff import RETURN_TTL_S, browser_nonce, default_port
 from gateway.sessions.logins import Logins, logins_of
+from gateway.sessions.prelogin import MAX_DESTINATION
 from gateway.stages.route import split_host
 
 CHALLENGE = 'Cookie realm="gateway"'
@@ -104,6 +105,17 @@ def endpoints() -> dict[str, RoutedEndpoint]:
     return {"auth": auth, "logout": logout}
 
 
+def _return_address(logins: Logins, netloc: str, target: str, binding: str) -> str:
+    """The signed way back to `target`, or to less of it when the whole would not fit in
+    the pre-login state (the console refuses a longer one): its path, else the root."""
+    path = target.split("?", 1)[0]
+    for candidate in (target, path, "/"):
+        signed = logins.addresses.sign(f"https://{netloc}{candidate}", binding=binding)
+        if len(signed) <= MAX_DESTINATION:
+            break
+    return signed
+
+
 def to_console(flow: Flow, logins: Logins, page: str, error: str, reason: str) -> Denial:
     """Send a browser to a console page (and back here afterwards); API clients get 401."""
     if not wants_html(flow.request.headers.get("Accept", "")):
@@ -117,7 +129,7 @@ def to_console(flow: Flow, logins: Logins, page: str, error: str, reason: str) -
     # The browser keeps its nonce across redirects (several tabs share one), so any of
     # its hand-offs completes in it, and in no other browser.
     nonce, binding = browser_nonce(flow.request.cookies.get(HANDOFF_BINDING))
-    signed = logins.addresses.sign(f"https://{netloc}{target}", binding=binding)
+    signed = _return_address(logins, netloc, target, binding)
     location = f"{logins.config.console_url}/{page}?return={quote(signed, safe='')}"
     # SECURITY: host-only (__Host-, no Domain), HTTPS-only, invisible to the app's scripts.
     cookie = (

@@ -135,3 +135,18 @@ async def test_a_totp_reset_that_cannot_end_the_sessions_changes_nothing(
     assert not await accounts.enrolment.has_live_token(key)
     with pytest.raises(AccountNotFound):
         await accounts.enrolment.reset("member:acme:nobody")
+
+
+async def test_issuing_a_token_to_an_enrolled_account_ends_its_sessions(
+    accounts: Accounts, alice: str, redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    # `issue` removes the second factor just as a reset does: what it opened ends too.
+    key = "member:acme:alice"
+    epoch = int(await redis.get(keys.session_epoch(key)) or 0)
+    record = {"principal": key, "epoch": epoch, "created_at": clock.now()}
+    assert await create_login_record(redis, "s1", {**record, "last_seen": clock.now()}, 600)
+    token = await accounts.enrolment.issue(key)
+    assert not await redis.exists(keys.console_session("s1"))
+    assert int(await redis.get(keys.session_epoch(key)) or 0) == epoch + 1
+    assert not (await accounts.store.require(key)).enrolled
+    assert await accounts.enrolment.begin(token, key) is not None

@@ -250,3 +250,16 @@ async def test_disabling_a_missing_account_changes_nothing(
     with pytest.raises(AccountNotFound):
         await accounts.store.set_disabled("member:acme:nobody", False)
     assert set(await redis.keys("*")) == before
+
+
+async def test_a_credential_for_an_account_deleted_meanwhile_changes_nothing(
+    accounts: Accounts, alice: str, redis: aioredis.Redis
+) -> None:
+    # The account vanished between a caller's check and the write (a concurrent delete):
+    # a clear AccountNotFound, and no half-made account hash.
+    key = "member:acme:alice"
+    assert await redis.delete(keys.member("acme", "alice")) == 1
+    before = set(await redis.keys("*"))
+    with pytest.raises(AccountNotFound):
+        await accounts.store.change_credential(key, {"password_hash": "scrypt$x"})
+    assert set(await redis.keys("*")) == before

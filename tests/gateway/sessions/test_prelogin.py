@@ -18,12 +18,8 @@ from gateway import keys
 from gateway.clock import ManualClock
 from gateway.cookies import PRELOGIN
 from gateway.demo.acme import LoopbackResolver
-from gateway.sessions.prelogin import (
-    MAX_VALUE,
-    PreLoginSeal,
-    PreLoginTooLarge,
-    prelogin_key,
-)
+from gateway.sessions.handoff import handoff_key
+from gateway.sessions.prelogin import MAX_VALUE, PreLoginSeal, PreLoginTooLarge
 from tests.gateway.sessions.harness import (
     ALICE_SECRET,
     CONSOLE_HOST,
@@ -197,7 +193,7 @@ async def test_a_sealed_state_never_names_a_login(site: Site) -> None:
             },
             "e": now + 600,
         },
-        prelogin_key(site.config.data_dir),
+        handoff_key(site.config.data_dir),
     )
     async with site.browser() as browser:
         page = await browser.get(site.console("/"), headers={"Cookie": f"{PRELOGIN}={forged}"})

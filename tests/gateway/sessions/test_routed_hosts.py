@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import keys
 from gateway.sessions.handoff import ReturnAddresses, browser_binding, new_nonce
+from gateway.sessions.prelogin import MAX_DESTINATION
 from gateway.sessions.routed import addressed_port
 from tests.gateway.sessions.harness import (
     ACME,
@@ -279,3 +280,29 @@ async def test_the_port_a_plain_http_request_addressed(host: str, port: int) -> 
         writer.close()
         await writer.wait_closed()
     assert raw.split(b"\r\n\r\n", 1)[1] == str(port).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "landing"),
+    [
+        ("/deep/page?q=" + "x" * 1800, "/deep/page"),  # the query would not fit: the path
+        ("/" + "p" * 1800 + "?q=1", "/"),  # not even the path: the host's root
+        ("/deep/page?q=" + "x" * 200, "/deep/page?q=" + "x" * 200),  # fits: all of it
+    ],
+)
+async def test_a_deep_link_too_long_to_remember_still_logs_in(
+    site: Site, browser: Browser, path: str, landing: str
+) -> None:
+    # The console keeps the return address in the pre-login cookie and refuses one too long
+    # for it: the routed host never sends one, or nobody could log in from a long link.
+    first = await browser.get(site.routed(ACME, path))
+    assert first.status == 303
+    assert len(first.query("return")) <= MAX_DESTINATION
+    login_page = await browser.get(first.location)
+    assert login_page.status == 200, login_page.text
+    done = await browser.login("alice@acme.example", PASSWORD, ALICE_SECRET)
+    assert done.location.startswith(site.routed(ACME, "/.gateway/auth?code="))
+    back = await browser.get(done.location)
+    assert back.status == 303, back.text
+    assert back.location == landing
+    assert browser.cookie(APP, ACME) is not None
