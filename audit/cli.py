@@ -328,6 +328,19 @@ def _redis(args: argparse.Namespace) -> aioredis.Redis:
     return aioredis.Redis.from_pool(ConnectionPool(**options))
 
 
+def _connect(args: argparse.Namespace, command: str, no_url: str) -> aioredis.Redis | None:
+    """The Redis client `args` describe, or None once stderr says why there is none
+    (`no_url` when no URL is given); the command then exits 2."""
+    if not args.redis_url:
+        print(no_url, file=sys.stderr)
+        return None
+    try:
+        return _redis(args)
+    except LayoutError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
+
+
 def _client_certificate(args: argparse.Namespace, tls: bool) -> tuple[Path | None, Path | None]:
     """The mutual-TLS certificate and key to present, checked; LayoutError when unusable."""
     cert_file: Path | None = args.redis_client_cert_file
@@ -395,7 +408,14 @@ def _filter_of(args: argparse.Namespace) -> RecordFilter:
 
 
 def _missing(paths: Sequence[Path]) -> list[Path]:
-    return [p for p in paths if not p.exists()]
+    return [p for p in paths if not _exists(p)]
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name the system cannot take (too long): no such file either
+        return False
 
 
 # -- verify --------------------------------------------------------------------------------
@@ -430,7 +450,11 @@ def _verify(args: argparse.Namespace) -> int:
 def _expected_checkpoint(text: str) -> CheckpointRef:
     """A saved checkpoint: the file `text` names (as `checkpoint` printed it), or the value."""
     path = Path(text)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name too long for a path: then it is a value, or nothing
+        is_file = False
+    if not is_file:
         return CheckpointRef.parse(text)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -457,23 +481,16 @@ def _checkpoint(args: argparse.Namespace) -> int:
     if found is None:
         print(f"checkpoint: no checkpoint in {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 1
-    print(found.to_json())
-    print(
-        "save this outside the trail; later: verify --expect-checkpoint FILE "
+    return _print_checkpoint(
+        found,
+        "later: verify --expect-checkpoint FILE "
         "(run verify now: this command does not check signatures)",
-        file=sys.stderr,
     )
-    return 0
 
 
 def _checkpoint_from_redis(args: argparse.Namespace) -> int:
-    if not args.redis_url:
-        print("checkpoint --from-redis needs --redis-url", file=sys.stderr)
-        return 2
-    try:
-        client = _redis(args)
-    except LayoutError as exc:
-        print(f"checkpoint: {exc}", file=sys.stderr)
+    client = _connect(args, "checkpoint", "checkpoint --from-redis needs --redis-url")
+    if client is None:
         return 2
 
     async def read() -> object:
@@ -490,11 +507,13 @@ def _checkpoint_from_redis(args: argparse.Namespace) -> int:
     except CheckpointRefError as exc:
         print(f"checkpoint: {args.checkpoint_key}: {exc}", file=sys.stderr)
         return 1
+    return _print_checkpoint(found, "once collected: verify --expect-checkpoint FILE")
+
+
+def _print_checkpoint(found: CheckpointRef, then: str) -> int:
+    """Print `found` as the one line an auditor saves, and on stderr what to do with it."""
     print(found.to_json())
-    print(
-        "save this outside the trail; once collected: verify --expect-checkpoint FILE",
-        file=sys.stderr,
-    )
+    print(f"save this outside the trail; {then}", file=sys.stderr)
     return 0
 
 
@@ -502,13 +521,8 @@ def _checkpoint_from_redis(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     wanted = _filter_of(args)
     if args.follow:
-        if not args.redis_url:
-            print("replay --follow needs --redis-url", file=sys.stderr)
-            return 2
-        try:
-            client = _redis(args)
-        except LayoutError as exc:
-            print(f"replay: {exc}", file=sys.stderr)
+        client = _connect(args, "replay", "replay --follow needs --redis-url")
+        if client is None:
             return 2
         try:
             asyncio.run(_follow(client, args.stream, wanted, args.bodies, args.from_start))
@@ -627,16 +641,12 @@ def _export(args: argparse.Namespace) -> int:
 
 # -- collect -------------------------------------------------------------------------------
 def _collect(args: argparse.Namespace) -> int:
-    if not args.redis_url:
-        print(
-            "collect needs --redis-url (the gateway's is unix://<data_dir>/redis/redis.sock)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        client = _redis(args)
-    except LayoutError as exc:
-        print(f"collect: {exc}", file=sys.stderr)
+    client = _connect(
+        args,
+        "collect",
+        "collect needs --redis-url (the gateway's is unix://<data_dir>/redis/redis.sock)",
+    )
+    if client is None:
         return 2
     try:
         return asyncio.run(_collect_async(args, client))

@@ -15,7 +15,8 @@ without frame bytes a segment can hold (missing, empty, oversized) is acknowledg
 reported, never stored. Writing is idempotent on
 (stream, seq) and bytes: the collector knows every (stream, seq) in its segment directory
 (read at start, kept as ranges) and the SHA-256 of the newest frames' bytes (the last
-DIGESTS_KEPT), so redelivered frames are acknowledged without being written twice.
+DIGESTS_KEPT seqs, at most DIGESTS_PER_SEQ differing copies each), so redelivered frames
+are acknowledged without being written twice.
 
 Forks: a frame whose (stream, seq) is already stored but whose bytes differ (a copy
 injected into Redis, or the genuine frame arriving after a forged one) is stored too,
@@ -84,6 +85,9 @@ LOST_IDS_KEPT = 100
 # The digests of this many most recently stored (stream, seq) are kept to tell a redelivered
 # frame from a fork (about 10 MB); redeliveries are of recent frames.
 DIGESTS_KEPT = 65_536
+# The digests of this many most recent distinct copies of one (stream, seq) are kept: a
+# flood of forks of one seq must not make each next frame dearer to compare (or to log).
+DIGESTS_PER_SEQ = 8
 
 
 class SeqRanges:
@@ -164,7 +168,8 @@ class Collector:
         self._trim = trim
         self._log = log if log is not None else sys.stderr
         self._seen: dict[str, SeqRanges] = {}
-        # (stream, seq) -> SHA-256 of every differing frame stored for it, newest last.
+        # (stream, seq) -> SHA-256 of the differing frames stored for it (the newest
+        # DIGESTS_PER_SEQ), newest last.
         self._digests: OrderedDict[tuple[str, int], tuple[bytes, ...]] = OrderedDict()
         self._digests_kept = digests_kept
         self._out = SegmentWriter(
@@ -228,7 +233,9 @@ class Collector:
 
     def _remember(self, key: tuple[str, int], digest: bytes) -> None:
         known = self._digests.pop(key, ())
-        self._digests[key] = known if digest in known else (*known, digest)
+        if digest not in known:
+            known = (*known, digest)[-DIGESTS_PER_SEQ:]
+        self._digests[key] = known
         while len(self._digests) > self._digests_kept:
             self._digests.popitem(last=False)
 
@@ -371,7 +378,8 @@ class Collector:
     async def _store(self, entries: list[Any]) -> None:
         ids: list[str] = []
         frames: list[bytes] = []
-        # This batch's frames, not yet durable: (stream, seq) -> digests of the bytes.
+        # This batch's frames, not yet durable: (stream, seq) -> digests of the bytes (the
+        # newest DIGESTS_PER_SEQ).
         stored: dict[tuple[str, int], list[bytes]] = {}
         lost: list[str] = []
         for entry_id, fields in entries:
@@ -402,14 +410,16 @@ class Collector:
             digest = hashlib.sha256(data).digest()
             seen = self._seen.get(frame.stream)
             if (seen is not None and frame.seq in seen) or key in stored:
-                known = (*self._digests.get(key, ()), *stored.get(key, ()))
+                known = (*self._digests.get(key, ()), *stored.get(key, ()))[-DIGESTS_PER_SEQ:]
                 if digest in known:
                     self.skipped += 1  # redelivered after a crash: already durable on disk
                     continue
                 # SECURITY: other bytes for a stored seq are a fork; dropping either copy
                 # could keep the forged one and lose the genuine. Both are kept for verify.
                 self._report_fork(_entry_id(entry_id), frame.stream, frame.seq, digest, known)
-            stored.setdefault(key, []).append(digest)
+            copies = stored.setdefault(key, [])
+            copies.append(digest)
+            del copies[:-DIGESTS_PER_SEQ]
             frames.append(data)
         if frames:
             try:

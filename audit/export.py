@@ -30,11 +30,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from audit.reader import REQUEST_KINDS, Record, get, parse_time
+from audit.record import MAX_DEPTH, too_deep
 
-# A record the writer makes nests a few levels (a redaction list in a map in a map); one
-# nested deeper is forged or damaged. Checked without recursion, so that the outcome does
-# not depend on how deep the caller's stack already is.
-MAX_DEPTH = 100
 PLACEHOLDER_CODE = "record_not_exportable"
 CREATOR = {"name": "impersonation-gateway audit export", "version": "1"}
 OCSF_VERSION = "1.1.0"
@@ -214,23 +211,6 @@ class Replaced:
 
     def __str__(self) -> str:
         return f"stream {self.stream} seq {self.seq}: {self.reason}"
-
-
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether `value` nests maps and lists more than `limit` levels (no recursion)."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        pending.extend((child, depth + 1) for child in children)
-    return False
 
 
 def _rendered(

@@ -74,6 +74,29 @@ TIMING_NAMES = frozenset({"blocked", "connect", "ssl", "send", "wait", "receive"
 
 MAX_TEXT = 8192  # any one string field outside captured bodies
 
+# A record the writer makes nests a few levels (a redaction list in a map in a map), and a
+# captured JSON body it walks at most this many; a value nested deeper is forged, damaged or
+# hostile. `too_deep` checks without recursion, so that the answer does not depend on how
+# deep the caller's stack already is.
+MAX_DEPTH = 100
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests maps and lists more than `limit` levels (no recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
 
 class HttpRecord(dict[str, Any]):
     """A body made by `http_record`: a plain dict whose maps and keys are the builder's.

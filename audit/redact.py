@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from audit.frame import after_packing, array_header, body_packer
-from audit.record import HTTP_RECORD_KEYS, UNTRUSTED_TEXT, HttpRecord
+from audit.record import HTTP_RECORD_KEYS, MAX_DEPTH, UNTRUSTED_TEXT, HttpRecord, too_deep
 
 DEFAULT_HEADERS = frozenset(
     {"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"}
@@ -96,9 +96,6 @@ _XML_ELEMENT = re.compile(
     r"<(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]{0,127})(?:\s[^<>]*)?>"
     r"(?:<!\[CDATA\[((?:[^\]]|\](?!\]>))*)|([^<]*))"
 )
-# A JSON document nested deeper than this is redacted as text: the walk recurses, and
-# the record must not depend on how deep the caller's own stack happens to be.
-MAX_JSON_DEPTH = 100
 
 Report = Callable[[str, str], None]
 # a header as stored: [name, value], its redactions as (field suffix, kind), its msgpack
@@ -186,26 +183,15 @@ def xml_elements(text: str) -> Iterator[tuple[str, int, int]]:
 
 def json_document(text: str) -> Any:
     """`text` parsed as a JSON document the redactor walks, or `NOT_JSON` when it does not
-    parse or is nested deeper than MAX_JSON_DEPTH (then it is redacted as text)."""
+    parse or is nested deeper than `audit.record.MAX_DEPTH` (then it is redacted as text)."""
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError):
         return NOT_JSON
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
         return doc  # the common case: too few brackets to nest that deep
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_JSON_DEPTH:
-            return NOT_JSON
-        stack.extend((child, depth + 1) for child in children)
-    return doc
+    # The walk recurses: a document nested deeper than a record may is redacted as text.
+    return NOT_JSON if too_deep(doc) else doc
 
 
 NOT_JSON = object()
@@ -249,7 +235,10 @@ class Denylist:
         return known
 
     def header(self, name: str) -> bool:
-        return name.strip().lower() in self.headers
+        """Whether a header's whole value is a secret: a listed header, or one named like a
+        denylisted field (`X-Auth-Token`, `Private-Token`, `x_api_key`)."""
+        key = name.strip().lower()
+        return key in self.headers or self.field(key)
 
 
 class Redactor:
@@ -406,7 +395,7 @@ class Redactor:
             key = lower.strip()
             # SECURITY: a header named like a denylisted field (`X-Auth-Token`,
             # `Private-Token`, `x_api_key`) holds a secret as surely as a listed one.
-            secret = key in self.denylist.headers or self.denylist.field(key)
+            secret = self.denylist.header(key)
             if key not in _SPECIAL_HEADERS and not secret:
                 # The common case: no secret by name; any header may still carry a token
                 # (the gateway's own assertion, for one), or a URL with one in its query
@@ -773,7 +762,7 @@ def find_plaintext_secrets(body: Any, denylist: Denylist | None = None) -> list[
                         secret = val if sep else text
                         if (sep or secret) and not _is_redacted(secret):
                             found.append(f"http.{side}.headers.{name}")
-                elif rules.header(name) or rules.field(name):
+                elif rules.header(name):
                     if not _is_redacted(value):
                         found.append(f"http.{side}.headers.{name}")
                 else:

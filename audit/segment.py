@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from audit.errors import SegmentError
-from audit.frame import MAX_FRAME_BYTES
+from audit.errors import FrameError, SegmentError
+from audit.frame import MAX_FRAME_BYTES, decode_frame
 
 MAGIC = b"GW-AUDIT-SEGMENT\x00\x01"
 SUFFIX = ".seg"
@@ -100,9 +100,10 @@ def repair_tail(path: Path) -> int:
     A file cut short inside its magic (a crash while it was being created) holds no frame:
     it gets its whole magic back, so that it reads as an empty segment. A crash leaves
     damage only at the end: a partial record, or zeros where the file system grew the
-    file without its data. A bad record length followed by anything else is damage
-    inside the file (bit rot, an edit): SegmentError, and the file is left as it is, so
-    that the acknowledged frames after it are not destroyed and verify reports it.
+    file without its data. A bad record length followed by anything else, or a length
+    running past the end with whole frames ending the file after it, is damage inside the
+    file (bit rot, an edit): SegmentError, and the file is left as it is, so that the
+    acknowledged frames after it are not destroyed and verify reports it.
     """
     size = path.stat().st_size
     if size < len(MAGIC):
@@ -120,9 +121,13 @@ def repair_tail(path: Path) -> int:
     for item in read_segment(path):
         if item.data is None:
             # SECURITY: only a crash's tail may go; never frames after damage inside.
-            if (item.error or "").startswith("bad record length") and not _zeros_from(path, good):
+            error = item.error or ""
+            if (error.startswith("bad record length") and not _zeros_from(path, good)) or (
+                error.startswith("partial record at end")
+                and _frames_run_to_end(path, good + _LEN.size)
+            ):
                 raise SegmentError(
-                    f"{path}: damaged at offset {good} ({item.error}), not at its end: "
+                    f"{path}: damaged at offset {good} ({error}), not at its end: "
                     "left as it is (verify reports it)"
                 )
             break
@@ -142,6 +147,57 @@ def _zeros_from(path: Path, offset: int) -> bool:
         while chunk := handle.read(1 << 16):
             if chunk.count(0) != len(chunk):
                 return False
+    return True
+
+
+# Chains of records `_frames_run_to_end` decodes before it gives up: bounds its work on a
+# hostile tail (a torn write rarely holds even one).
+_CHAINS_TRIED = 16
+
+
+def _frames_run_to_end(path: Path, start: int) -> bool:
+    """Whether whole records that decode as frames run from somewhere past `start` exactly
+    to the end of `path`.
+
+    `start` is where a record's data begins whose length runs past the end. A crash's torn
+    write leaves the prefix of one frame there; whole frames ending the file instead say
+    that the length was damaged and the frames after it are acknowledged ones.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        tail = handle.read()  # shorter than that record's length: at most MAX_FRAME_BYTES
+    size = len(tail)
+    # reaches[i]: records from offset i of `tail` end exactly at its end (found backwards,
+    # so that the search stays linear in the tail whatever it holds).
+    reaches = bytearray(size + 1)
+    reaches[size] = 1
+    for offset in range(size - _LEN.size, -1, -1):
+        (length,) = _LEN.unpack_from(tail, offset)
+        end = offset + _LEN.size + length
+        if 0 < length <= MAX_FRAME_BYTES and end <= size and reaches[end]:
+            reaches[offset] = 1
+    tried = 0
+    for offset in range(size):
+        if not reaches[offset]:
+            continue
+        if _decodes_to_end(tail, offset):
+            return True
+        tried += 1
+        if tried == _CHAINS_TRIED:
+            return False
+    return False
+
+
+def _decodes_to_end(tail: bytes, offset: int) -> bool:
+    """Whether each record from `offset` (they end exactly at the end) decodes as a frame."""
+    while offset < len(tail):
+        (length,) = _LEN.unpack_from(tail, offset)
+        start = offset + _LEN.size
+        try:
+            decode_frame(tail[start : start + length])
+        except FrameError:
+            return False
+        offset = start + length
     return True
 
 

@@ -25,7 +25,7 @@ Findings (code: meaning):
     out_of_order        a frame after a later frame of its stream in the same file
     no_genesis          a stream without its seq-0 frame
     bad_genesis         a seq-0 frame that is not a stream start with a zero `prev`
-    body_error          a body that does not decode
+    body_error          a body that does not decode, or is nested too deeply to scan
     bad_checkpoint      a checkpoint body that cannot be read
     unknown_key         a checkpoint signed with a key not in the keyring
     bad_signature       a checkpoint whose signature does not verify

@@ -177,6 +177,19 @@ def test_verify_refuses_a_bad_expect_checkpoint(
     binary.write_bytes(b"\xff\xfe\x00")
     assert main([*base, str(binary)]) == 2
     assert f"{binary}: cannot read" in capsys.readouterr().err
+    # A value too long to name a file is refused as a value, not by a crash.
+    assert main([*base, "x" * 5000]) == 2
+    assert "verify: --expect-checkpoint: a checkpoint reference is at most" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("command", [["checkpoint"], ["replay"], ["verify", "--keyring", "k"]])
+def test_a_path_too_long_for_the_system_is_a_missing_file(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "p" * 5000]) == 2
+    assert "no such file: ppp" in capsys.readouterr().err
 
 
 def test_checkpoint_without_any(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

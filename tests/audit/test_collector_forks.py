@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from audit.collector import Collector
+from audit.collector import DIGESTS_PER_SEQ, Collector
 from audit.frame import Frame, encode_body
 from audit.keys import Keyring
 from audit.verify import verify
@@ -129,3 +129,27 @@ async def test_a_restarted_collector_remembers_digests_from_disk(
     assert await restarted.run_once() == 1
     assert (restarted.skipped, restarted.forks) == (1, 1)
     assert "FORK" in log.getvalue()
+
+
+async def test_a_flood_of_forks_of_one_seq_is_all_stored_at_a_bounded_cost(
+    redis: aioredis.Redis, write_closed_session: SessionWriter, tmp_path: Path
+) -> None:
+    # Hostile copies of one seq are each stored and reported, but what the collector keeps
+    # (and logs) about that seq stays bounded: it must not slow down as the copies pile up.
+    written = await write_closed_session(1)
+    log = io.StringIO()
+    collector = _collector(redis, tmp_path / "seg", log)
+    assert await collector.run_once() == len(written)
+    target = written[2]
+    forks = 3 * DIGESTS_PER_SEQ
+    for n in range(forks):
+        body = encode_body({"record": "x", "n": n})
+        copy = Frame.seal(target.stream, target.seq, target.prev, body)
+        await redis.xadd(STREAM, {FRAME_FIELD: copy.encode()})
+    assert await collector.run_once() == forks
+    assert collector.forks == forks
+    assert len(_copies(tmp_path / "seg", target)) == forks + 1
+    fork_lines = [line for line in log.getvalue().splitlines() if "FORK" in line]
+    assert len(fork_lines) == forks
+    named = fork_lines[-1].split("than the frame already stored (sha256 ")[1].split(")")[0]
+    assert len(named.split(", ")) == DIGESTS_PER_SEQ

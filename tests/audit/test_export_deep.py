@@ -12,17 +12,16 @@ import pytest
 
 from audit.cli import main
 from audit.export import (
-    MAX_DEPTH,
     PLACEHOLDER_CODE,
     Replaced,
     har_document,
     jsonl_lines,
     ocsf_lines,
     to_json,
-    too_deep,
 )
 from audit.frame import Frame, map_header
 from audit.reader import Record, merged_records
+from audit.record import MAX_DEPTH, too_deep
 from tests.audit.chains import read_frames, rechain, write_segment
 from tests.audit.test_export import check_har
 

@@ -514,10 +514,11 @@ def test_hostile_multipart_like_text_is_redacted_in_linear_time(text: str) -> No
     record = bare_http_record(
         "attempt", method="POST", request_body=BodyCapture(text.encode(), "text/plain", len(text))
     )
-    started = time.perf_counter()
+    # CPU time of this process: other processes' load on the machine does not count.
+    started = time.process_time()
     stored = Redactor(b"r" * 32).scrub_encoded(record, encode_body)
     find_plaintext_secrets(msgpack.unpackb(stored))
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 @pytest.mark.parametrize(
