@@ -334,13 +334,17 @@ def _redis_ctx(url: str | None) -> Any:
 async def _keep_running(embedded: EmbeddedRedis) -> None:
     """Start the embedded server again if it dies: nothing else would bring it back, and
     every request is refused while it is down. Runs on the loop's own thread, as start()
-    must (the parent-death signal follows the spawning thread)."""
+    must (the parent-death signal follows the spawning thread), and without waiting there
+    for the server to answer: the loop is never blocked while its AOF loads."""
     while True:
         await asyncio.sleep(EMBEDDED_CHECK_S)
         try:
-            embedded.restart_if_dead()
-        except RedisStartError:
-            log.exception("the embedded redis-server did not start again; retrying")
+            embedded.restart_if_dead(timeout_s=None)
+        except RedisStartError as exc:
+            log.error("the embedded redis-server did not start again (%s); retrying", exc)
+        except Exception:
+            # This task must never end early: nothing else would restart the server.
+            log.exception("the embedded redis-server check failed; retrying")
 
 
 async def _policies_ctx(app: web.Application) -> AsyncIterator[None]:

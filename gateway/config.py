@@ -612,9 +612,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_smtp_fields = _nested(Smtp, _SMTP_READERS)
+
+
 def _smtp(value: object, line: int, key: str, problems: Problems) -> Any:
-    fields = _section(value, key, line, _SMTP_READERS, problems)
-    smtp = Smtp(**fields)
+    smtp: Smtp = _smtp_fields(value, line, key, problems)
     # SECURITY: approval links and the SMTP login never cross a network in clear; plain
     # is for a catcher on this machine (the demo's), nothing else.
     if smtp.security == "plain" and not _is_loopback(smtp.host) and isinstance(value, YamlMap):

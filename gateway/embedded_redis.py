@@ -158,12 +158,15 @@ class EmbeddedRedis:
             self._release_lock()
             raise
 
-    def restart_if_dead(self, timeout_s: float = 10.0) -> bool:
+    def restart_if_dead(self, timeout_s: float | None = 10.0) -> bool:
         """Start the server again if it has died since start(); True when it did so.
 
         Its append-only file brings back what it had accepted. Call it from the thread that
         called start() (see the module docstring); RedisStartError when it will not come up
-        (a later call tries again). After stop(), nothing is restarted.
+        (a later call tries again). After stop(), nothing is restarted. With `timeout_s`
+        None it returns once the server is spawned, without waiting for it to answer: an
+        event loop is not blocked while a large AOF loads, and the callers' Redis checks
+        fail closed until it answers.
         """
         if self._lock is None:
             return False  # never started, or stopped on purpose
@@ -181,7 +184,15 @@ class EmbeddedRedis:
         self._spawn(timeout_s)  # the directory's lock is still ours
         return True
 
-    def _spawn(self, timeout_s: float) -> None:
+    def _spawn(self, timeout_s: float | None) -> None:
+        try:
+            self._process = self._launch()
+        except OSError as exc:  # the binary gone, no memory, no descriptors left, ...
+            raise RedisStartError(f"cannot start {self.binary}: {exc}") from exc
+        if timeout_s is not None:
+            self._wait_until_it_answers(self._process, timeout_s)
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         if self.socket_path.exists():
             self.socket_path.unlink()  # left by a server that died
         args = [
@@ -210,7 +221,7 @@ class EmbeddedRedis:
             "--logfile",
             str(self.directory / "redis.log"),
         ]
-        self._process = subprocess.Popen(
+        return subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -224,10 +235,12 @@ class EmbeddedRedis:
             # gateway stops it; the parent-death signal covers the gateway being killed.
             start_new_session=True,
         )
+
+    def _wait_until_it_answers(self, process: subprocess.Popen[bytes], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                process, self._process = self._process, None
+            if process.poll() is not None:
+                self._process = None
                 _, err = process.communicate()
                 log = self.directory / "redis.log"
                 detail = err.decode(errors="replace") or (

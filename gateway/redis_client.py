@@ -48,6 +48,11 @@ from gateway.errors import RedisLoginError, RedisSettingError
 log = logging.getLogger(__name__)
 
 _REFUSED = (AuthenticationError, AuthorizationError, NoPermissionError)
+# A connection attempt the network drops silently (a firewall, a dead host) fails after
+# this long instead of the kernel's minutes of SYN retries, so the listeners reconnect and
+# the re-checks that bound missed events run. Set here: older redis-py versions leave it
+# unbounded. A URL's `socket_connect_timeout` overrides it.
+CONNECT_TIMEOUT_S = 5.0
 
 
 class SentinelRedis(aioredis.Redis):
@@ -76,7 +81,8 @@ def redis_client(settings: RedisConfig, *, url: str | None = None) -> aioredis.R
     # SECURITY: a URL's TLS options are dropped and the gateway's applied last, so that a
     # query such as `?ssl_check_hostname=false` cannot turn verification off.
     options: dict[str, Any] = {
-        k: v for k, v in parse_url(target).items() if not k.startswith("ssl")
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        **{k: v for k, v in parse_url(target).items() if not k.startswith("ssl")},
     }
     tls = target.startswith("rediss://")
     options.update(_login(settings.username, settings.password))
@@ -108,11 +114,13 @@ def _tls_options(settings: RedisConfig) -> dict[str, Any]:
 
 def _through_sentinel(settings: RedisConfig, sentinel: RedisSentinel) -> aioredis.Redis:
     tls: dict[str, Any] = {"ssl": True, **_tls_options(settings)} if sentinel.tls else {}
+    connect = {"socket_connect_timeout": CONNECT_TIMEOUT_S}
     sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         list(sentinel.nodes),
-        sentinel_kwargs={**_login(None, settings.sentinel_password), **tls},
+        sentinel_kwargs={**_login(None, settings.sentinel_password), **tls, **connect},
         **_login(settings.username, settings.password),
         **tls,
+        **connect,
     )
     client: SentinelRedis = sentinels.master_for(sentinel.master, redis_class=SentinelRedis)
     client.sentinels = sentinels

@@ -270,11 +270,14 @@ def reload_on_sighup(server: GatewayServer) -> Iterator[None]:
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
-        # Each keeps what it had when its new files are bad, and logs why.
-        store = server.app.get(POLICIES)
-        if isinstance(store, PolicyStore):
-            store.reload()
-        server.reload_tls()
+        # Each keeps what it had when its new files are bad, and logs why; neither's
+        # failure keeps the other from being reloaded.
+        try:
+            store = server.app.get(POLICIES)
+            if isinstance(store, PolicyStore):
+                store.reload()
+        finally:
+            server.reload_tls()
 
     # The default action of SIGHUP ends the process, with every request in flight.
     loop.add_signal_handler(signal.SIGHUP, reload)

@@ -77,14 +77,18 @@ def reload_certificate(context: ssl.SSLContext, tls: TlsFiles) -> None:
         cert_pem, key_pem = cert_file.read_bytes(), key_file.read_bytes()
     except OSError as exc:
         raise KeyMaterialError(f"{cert_file} / {key_file}: cannot read: {exc}") from exc
-    with tempfile.TemporaryDirectory(prefix="gateway-tls-") as private:  # 0700
-        copy_cert, copy_key = Path(private) / "cert.pem", Path(private) / "key.pem"
-        copy_cert.write_bytes(cert_pem)
-        descriptor = os.open(copy_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(key_pem)
-        _load_pair_into(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), copy_cert, copy_key)
-        _load_pair_into(context, copy_cert, copy_key)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gateway-tls-") as private:  # 0700
+            copy_cert, copy_key = Path(private) / "cert.pem", Path(private) / "key.pem"
+            copy_cert.write_bytes(cert_pem)
+            descriptor = os.open(copy_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(key_pem)
+            trial = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            _load_pair_into(trial, copy_cert, copy_key)
+            _load_pair_into(context, copy_cert, copy_key)
+    except OSError as exc:  # no room for the private copy, say: the old pair stays
+        raise KeyMaterialError(f"{cert_file} / {key_file}: cannot reload: {exc}") from exc
 
 
 def _checked_files(tls: TlsFiles) -> tuple[Path, Path]:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.app import REDIS, create_app
-from gateway.config import parse_config
+from gateway.config import GatewayConfig, parse_config
+from gateway.embedded_redis import find_redis_server
 
 POLICY = """routes:
   - name: acme
@@ -36,10 +39,11 @@ def _alive(pid: int) -> bool:
     return "zombie" not in status.lower()
 
 
-async def test_embedded_redis_survives_retired_executor_threads(tmp_path: Path) -> None:
+def _embedded_config(tmp_path: Path) -> GatewayConfig:
+    """A config without a Redis URL: the app runs its own redis-server."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    config = parse_config(
+    return parse_config(
         f"""console_url: https://gateway.test:8443
 data_dir: {tmp_path / "data"}
 listeners: [{{address: 127.0.0.1, port: 8443}}]
@@ -47,6 +51,10 @@ policy_files: [{policy}]
 """,
         "test.yaml",
     )
+
+
+async def test_embedded_redis_survives_retired_executor_threads(tmp_path: Path) -> None:
+    config = _embedded_config(tmp_path)
     assert config.redis.url is None
     loop = asyncio.get_running_loop()
     first = ThreadPoolExecutor(max_workers=4)
@@ -76,16 +84,7 @@ policy_files: [{policy}]
 async def test_a_dead_embedded_redis_is_restarted_with_its_data(tmp_path: Path) -> None:
     # Killed (say, by the OOM killer), the private server would never come back by itself:
     # every request would be refused until someone restarted the whole gateway.
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    config = parse_config(
-        f"""console_url: https://gateway.test:8443
-data_dir: {tmp_path / "data"}
-listeners: [{{address: 127.0.0.1, port: 8443}}]
-policy_files: [{policy}]
-""",
-        "test.yaml",
-    )
+    config = _embedded_config(tmp_path)
     runner = web.AppRunner(create_app(config))
     await runner.setup()
     try:
@@ -94,10 +93,10 @@ policy_files: [{policy}]
         pid = int((await client.info("server"))["process_id"])
         os.kill(pid, signal.SIGKILL)
         new_pid = None
-        for _ in range(200):
+        deadline = asyncio.get_running_loop().time() + 30  # generous: a loaded machine lags
+        while new_pid is None and asyncio.get_running_loop().time() < deadline:
             try:
                 new_pid = int((await client.info("server"))["process_id"])
-                break
             except (RedisError, OSError):
                 await asyncio.sleep(0.05)
         assert new_pid is not None, "the embedded redis-server was not restarted"
@@ -107,5 +106,45 @@ policy_files: [{policy}]
     finally:
         await runner.cleanup()
     assert not _alive(pid)
+    assert new_pid is not None
+    assert not _alive(new_pid)
+
+
+async def test_the_restarting_keeps_trying_when_the_server_cannot_be_spawned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The binary gone for a while (an upgrade half done): each try fails, and the one after
+    # it comes back must still be made, or every request would be refused from then on.
+    binary = tmp_path / "bin" / "redis-server"
+    binary.parent.mkdir()
+    shutil.copy2(find_redis_server(), binary)
+    monkeypatch.setenv("REDIS_SERVER", str(binary))
+    runner = web.AppRunner(create_app(_embedded_config(tmp_path)))
+    await runner.setup()
+    new_pid = None
+    try:
+        client = runner.app[REDIS]
+        await client.set("gw:test:kept", "accepted before the crash")
+        pid = int((await client.info("server"))["process_id"])
+        moved = binary.rename(tmp_path / "bin" / "elsewhere")
+        os.kill(pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            if "did not start again" in caplog.text:  # the keeper has tried, and failed
+                break
+            await asyncio.sleep(0.05)
+        assert "did not start again" in caplog.text
+        moved.rename(binary)
+        deadline = loop.time() + 30
+        while new_pid is None and loop.time() < deadline:
+            try:
+                new_pid = int((await client.info("server"))["process_id"])
+            except (RedisError, OSError):
+                await asyncio.sleep(0.05)
+        assert new_pid not in (None, pid)
+        assert await client.get("gw:test:kept") == b"accepted before the crash"
+    finally:
+        await runner.cleanup()
     assert new_pid is not None
     assert not _alive(new_pid)

@@ -21,14 +21,9 @@ import pytest
 from gateway.assertion import load_signer
 from gateway.identity import ActingGrant, Principal, PrincipalKind
 from policies.model import Scope
+from tests.gateway.redis_servers import free_port
 
 GATEWAY = str(Path(sys.executable).parent / "gateway")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -68,7 +63,7 @@ class DemoRoot:
 @pytest.fixture
 def demo_root(tmp_path: Path, project_root: Path) -> DemoRoot:
     """A copy of the demo's config files with free ports, as a fresh clone would have."""
-    https_port, plain_port, app_port, smtp_port = (_free_port() for _ in range(4))
+    https_port, plain_port, app_port, smtp_port = (free_port() for _ in range(4))
     (tmp_path / "config/policies").mkdir(parents=True)
     shutil.copy(project_root / "config/demo-directory.yaml", tmp_path / "config")
     policy = (project_root / "config/policies/demo.yaml").read_text()

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+from tests.gateway.redis_servers import free_port
 
 
 def test_an_invalid_policy_is_reported_file_and_line(
@@ -42,7 +35,7 @@ def test_an_invalid_policy_is_reported_file_and_line(
             "--directory",
             str(tmp_path / "none.yaml"),
             "--app-port",
-            str(_free_port()),
+            str(free_port()),
         ]
     )
     out, err = capsys.readouterr()

@@ -8,7 +8,6 @@ real deployment's), it would overwrite that certificate and key. It refuses inst
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,7 @@ import pytest
 from gateway.cli.demo import Demo
 from gateway.config import parse_config
 from gateway.errors import GatewayError
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+from tests.gateway.redis_servers import free_port
 
 
 @pytest.mark.parametrize(
@@ -58,7 +51,7 @@ async def test_the_demo_never_writes_tls_material_outside_its_data_dir(
     demo = Demo(config, out)
     try:
         with pytest.raises(GatewayError, match="outside the data directory"):
-            await demo.start(_free_port(), None)
+            await demo.start(free_port(), None)
     finally:
         await demo.stop()
     assert {p.name: p.read_bytes() for p in etc.iterdir()} == originals

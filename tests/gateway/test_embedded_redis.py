@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.embedded_redis import EmbeddedRedis
+from gateway.embedded_redis import EmbeddedRedis, find_redis_server
 from gateway.errors import RedisStartError
 
 
@@ -177,9 +178,8 @@ def test_restart_if_dead_brings_back_a_killed_server_but_never_a_stopped_one(
         first = server.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        for _ in range(100):
-            if server.restart_if_dead():
-                break
+        deadline = time.monotonic() + 30  # the kill lands at once; a loaded machine may lag
+        while not server.restart_if_dead() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.pid not in (None, first)
         assert client.get("kept") == b"1"
@@ -191,3 +191,71 @@ def test_restart_if_dead_brings_back_a_killed_server_but_never_a_stopped_one(
         server.stop()
     assert server.restart_if_dead() is False  # stopped on purpose stays stopped
     assert server.pid is None
+
+
+def _killed(server: EmbeddedRedis) -> int:
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _restarted(server: EmbeddedRedis, timeout_s: float | None) -> bool:
+    """Poll until the killed server is seen dead and spawned again (a loaded machine lags)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.restart_if_dead(timeout_s):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_restart_that_cannot_spawn_is_a_start_error_and_a_later_one_succeeds(
+    tmp_path: Path,
+) -> None:
+    # The app's keeper retries on RedisStartError; any other error (the binary gone after
+    # an upgrade, no descriptors left) would end it, and the server would stay down.
+    binary = tmp_path / "bin" / "redis-server"
+    binary.parent.mkdir()
+    shutil.copy2(find_redis_server(), binary)
+    server = EmbeddedRedis(tmp_path / "redis", binary=str(binary), persistent=True)
+    server.start()
+    try:
+        client = redis.Redis(unix_socket_path=str(server.socket_path))
+        client.set("kept", "1")
+        moved = binary.rename(tmp_path / "bin" / "elsewhere")
+        _killed(server)
+        with pytest.raises(RedisStartError, match="cannot start"):
+            _restarted(server, 10.0)
+        assert server.pid is None
+        moved.rename(binary)
+        assert server.restart_if_dead() is True
+        assert client.get("kept") == b"1"
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_restart_without_waiting_spawns_and_the_server_comes_up_later(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", persistent=True)
+    server.start()
+    try:
+        client = redis.Redis(unix_socket_path=str(server.socket_path))
+        client.set("kept", "1")
+        first = _killed(server)
+        assert _restarted(server, None)
+        assert server.pid not in (None, first)
+        assert server.restart_if_dead(timeout_s=None) is False  # spawned: alive, left alone
+        deadline = time.monotonic() + 30
+        kept = None
+        while kept is None and time.monotonic() < deadline:
+            try:
+                kept = client.get("kept")
+            except redis.RedisError:
+                time.sleep(0.05)
+        assert kept == b"1"
+        client.close()
+    finally:
+        server.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -10,10 +12,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import RedisConfig, RedisSentinel
 from gateway.errors import RedisLoginError
-from gateway.redis_client import check_login, redis_client
+from gateway.redis_client import CONNECT_TIMEOUT_S, check_login, redis_client
 from tests.gateway.redis_servers import (
     ACL_PASSWORD,
     ACL_USER,
@@ -131,6 +134,44 @@ async def test_an_unreachable_redis_is_not_a_login_error(protected: RedisProcess
             await client.ping()
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def silent_address() -> Iterator[int]:
+    """A port whose connection attempts hang: its listen queue is full, so the kernel drops
+    further SYNs, as a firewall that drops packets does."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    queued = []
+    for _ in range(4):
+        attempt = socket.socket()
+        attempt.setblocking(False)
+        attempt.connect_ex(("127.0.0.1", port))
+        queued.append(attempt)
+    try:
+        yield port
+    finally:
+        for attempt in queued:
+            attempt.close()
+        listener.close()
+
+
+async def test_a_connection_the_network_drops_fails_in_bounded_time(silent_address: int) -> None:
+    # Without a bound a connect waits out the kernel's SYN retries (about two minutes),
+    # holding the listeners' reconnects and re-checks that long.
+    client = redis_client(RedisConfig(url=f"redis://127.0.0.1:{silent_address}/0"))
+    # The gateway's own bound, whatever redis-py's default is.
+    assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == CONNECT_TIMEOUT_S
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S + 20):
+            with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+                await client.ping()
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started >= CONNECT_TIMEOUT_S - 0.5  # the bound, not a refusal
 
 
 def test_no_redis_named_is_a_programming_error() -> None:

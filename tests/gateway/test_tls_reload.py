@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import socket
 import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -103,3 +104,19 @@ async def test_bad_renewed_files_keep_the_certificate_in_force(
     assert server.reload_tls() is False
     # Old and new handshakes alike still get the certificate loaded before.
     assert await served_fingerprint(server, tls_files) == before
+
+
+async def test_a_reload_that_cannot_make_its_private_copy_keeps_the_certificate(
+    server: GatewayServer, tls_files: TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The renewed pair is copied to a private temporary directory before it is loaded; when
+    # that fails (a full or missing temporary directory) the reload is refused like bad
+    # files, not raised out of the SIGHUP handler.
+    before = await served_fingerprint(server, tls_files)
+    renew(tls_files)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such directory"))
+    assert server.reload_tls() is False
+    assert await served_fingerprint(server, tls_files) == before
+    monkeypatch.undo()
+    assert server.reload_tls() is True
+    assert await served_fingerprint(server, tls_files) == file_fingerprint(tls_files) != before
