@@ -51,7 +51,7 @@ class CountingReader(GrantReader):
 
 async def _listening(watcher: GrantWatcher) -> asyncio.Task[None]:
     task = asyncio.create_task(watcher.run())
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):
         while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
             await asyncio.sleep(0.01)
     return task
@@ -85,14 +85,17 @@ async def test_a_subscription_left_on_the_old_master_stops_the_cache_within_the_
         assert await directory.ping()
         loop = asyncio.get_running_loop()
         revoked_at = loop.time()
-        async with asyncio.timeout(PING_EVERY_S + ANSWER_WITHIN_S + 1):
+        # The bound is PING_EVERY_S + ANSWER_WITHIN_S plus one 0.5 s poll; 2.5 s more of
+        # slack for a loaded machine. Without the heartbeat the cache is trusted for ever.
+        bound = PING_EVERY_S + ANSWER_WITHIN_S + 3
+        async with asyncio.timeout(bound):
             while (await watcher.check(SAM.key, ORG)).grant is not None:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-        assert loop.time() - revoked_at <= PING_EVERY_S + ANSWER_WITHIN_S + 1
+        assert loop.time() - revoked_at <= bound
         assert (await watcher.check(SAM.key, ORG)).error == "grant_revoked"
         # Back on a subscription that hears the writes (the new master): trusted again,
         # and the grant stays revoked.
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):
             while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
                 await asyncio.sleep(0.01)
         assert (await watcher.check(SAM.key, ORG)).error == "grant_revoked"

@@ -39,7 +39,7 @@ async def test_a_silent_subscription_stops_the_cache_before_a_revoked_grant_is_s
     watcher._grants = GrantReader(directory)
     listening = asyncio.create_task(watcher.run())
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):
             while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
                 await asyncio.sleep(0.01)
         assert (await watcher.check(SAM.key, ORG)).grant is not None  # cached from here
@@ -71,7 +71,7 @@ async def test_a_flush_cancelled_after_redis_ran_it_is_not_counted_twice(
     relay.holding_replies = True
     flushing = asyncio.create_task(watcher.flush_usage())
     counted = keys.access_request(request_id)
-    async with asyncio.timeout(5):  # Redis ran it; its reply is held in the relay
+    async with asyncio.timeout(15):  # Redis ran it; its reply is held in the relay
         while await directory.hget(counted, "requests") == b"1":  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     flushing.cancel()  # as the app's stop cancels the watcher mid-flush

@@ -117,7 +117,7 @@ async def running(
     await site.start()
     try:
         watcher = app[ACCESS].watcher
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):
             while not watcher.healthy:  # noqa: ASYNC110 (the app's own task subscribes)
                 await asyncio.sleep(0.02)
         yield Running(
@@ -143,7 +143,7 @@ async def logged_in(site: Site, browser: Browser) -> None:
 
 async def outcome_of(redis: aioredis.Redis, path: str) -> dict[str, Any]:
     """The audit outcome record of the proxied request to `path` (written after the end)."""
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):
         while True:
             entries: Any = await redis.xrange(keys.audit_stream())
             for _, fields in entries:
@@ -226,7 +226,7 @@ async def test_another_login_of_the_same_person_keeps_its_stream(running: Runnin
             assert out.status == 200
             # The other browser's logout was heard (its session is remembered as ended) ...
             in_flight = site.app[IN_FLIGHT]
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):
                 while not in_flight._ended_sessions:  # noqa: ASYNC110 (the listener's work)
                     await asyncio.sleep(0.02)
             # ... and this login's stream goes on to its end.
@@ -268,7 +268,7 @@ async def test_a_logout_between_session_check_and_forward_forwards_nothing(
         out = await browser.form(site.console("/logout"), {})
         assert out.status == 200
         in_flight = site.app[IN_FLIGHT]
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):
             while not in_flight._ended_sessions:  # noqa: ASYNC110 (the listener's work)
                 await asyncio.sleep(0.02)
         held.release.set()
