@@ -9,7 +9,9 @@ watcher calls `InFlightFlows.abort_grant(grant_id, reason)`, which calls `Flow.a
 on each; the forwarder stops copying, closes the upstream exchange and the client's
 connection (websockets get close code 1008), and the audit outcome records `aborted`.
 Those of one console login likewise, when it ends (logout, account disabled, credentials
-reset): `InFlightFlows.abort_session(session_id)`, reason `session_ended`.
+reset): `InFlightFlows.abort_session(session_id)`, reason `session_ended`; and those of
+one routed host's app session when only it ends (`/.gateway/logout` on that host):
+`InFlightFlows.abort_app_session(app_session_id)`, the same reason.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Flow:
     # --- session and mfa stages -----------------------------------------------------------
     principal: Principal | None = None  # who logged in, from the host-only app-session cookie
     console_session_id: str | None = None  # the console login the app session belongs to
+    app_session_id: str | None = None  # the app session (SHA-256 of its cookie) it came with
     mfa_verified_at: float | None = None  # Clock time of that login's last TOTP check
 
     # --- grant and policy stages ----------------------------------------------------------
@@ -151,8 +154,8 @@ class Flow:
 
 
 class InFlightFlows:
-    """The flows of this process currently forwarding under a grant, by grant id and by
-    the console session (login) they belong to.
+    """The flows of this process currently forwarding under a grant, by grant id, by
+    the console session (login) they belong to and by the app session they came with.
 
     The grant stage adds a flow as soon as a grant authorises it and the app discards it
     when the flow ends, so that revoking a grant, or ending the login, ends its flows at
@@ -169,6 +172,10 @@ class InFlightFlows:
         # Console sessions heard to have ended, for the same race (a session is never
         # alive again once ended).
         self._ended_sessions: OrderedDict[str, str] = OrderedDict()
+        # App sessions are ids of their own (a hash of the app cookie, never a console
+        # session id), kept apart so that neither kind can stand for the other.
+        self._by_app_session: dict[str, set[Flow]] = {}
+        self._ended_app_sessions: OrderedDict[str, str] = OrderedDict()
 
     def add(self, flow: Flow) -> None:
         if flow.grant is None:
@@ -184,9 +191,16 @@ class InFlightFlows:
             # SECURITY: its login ended after the session stage read it.
             flow.abort(SESSION_ENDED)
             return
+        app_session_id = flow.app_session_id
+        if app_session_id is not None and app_session_id in self._ended_app_sessions:
+            # SECURITY: its host's app session ended (logout there) after the session stage.
+            flow.abort(SESSION_ENDED)
+            return
         self._by_grant.setdefault(grant_id, set()).add(flow)
         if session_id is not None:
             self._by_session.setdefault(session_id, set()).add(flow)
+        if app_session_id is not None:
+            self._by_app_session.setdefault(app_session_id, set()).add(flow)
 
     def discard(self, flow: Flow) -> None:
         if flow.grant is None:
@@ -194,6 +208,8 @@ class InFlightFlows:
         _leave(self._by_grant, flow.grant.grant_id, flow)
         if flow.console_session_id is not None:
             _leave(self._by_session, flow.console_session_id, flow)
+        if flow.app_session_id is not None:
+            _leave(self._by_app_session, flow.app_session_id, flow)
 
     def of_grant(self, grant_id: str) -> frozenset[Flow]:
         return frozenset(self._by_grant.get(grant_id, ()))
@@ -204,6 +220,13 @@ class InFlightFlows:
     def session_ids(self) -> frozenset[str]:
         """The console sessions that have flows in flight now."""
         return frozenset(self._by_session)
+
+    def of_app_session(self, app_session_id: str) -> frozenset[Flow]:
+        return frozenset(self._by_app_session.get(app_session_id, ()))
+
+    def app_session_ids(self) -> frozenset[str]:
+        """The app sessions that have flows in flight now."""
+        return frozenset(self._by_app_session)
 
     def abort_grant(self, grant_id: str, reason: str) -> int:
         """Abort every in-flight flow of `grant_id`; returns how many were aborted.
@@ -221,6 +244,14 @@ class InFlightFlows:
         those that join later; returns how many were aborted now."""
         _remember(self._ended_sessions, session_id, SESSION_ENDED, REMEMBERED_ENDED_SESSIONS)
         return _abort_all(self._by_session.pop(session_id, set()), SESSION_ENDED)
+
+    def abort_app_session(self, app_session_id: str) -> int:
+        """Abort every in-flight flow of the app session `app_session_id` (it ended: its
+        host's logout), and those that join later; returns how many were aborted now."""
+        _remember(
+            self._ended_app_sessions, app_session_id, SESSION_ENDED, REMEMBERED_ENDED_SESSIONS
+        )
+        return _abort_all(self._by_app_session.pop(app_session_id, set()), SESSION_ENDED)
 
     def __len__(self) -> int:
         return sum(len(flows) for flows in self._by_grant.values())

@@ -9,6 +9,11 @@ every lookup re-checks that session by the Clock and against its account's sessi
 epoch, and re-reads the account, so logout, idle timeout, absolute lifetime, disabling
 the account and resetting its credentials all end the app session too.
 
+Ending one app session (`/.gateway/logout` on its host) deletes it and publishes
+`end-app <app session id>` on the session events channel in one Lua script, so that
+every instance ends the in-flight responses and websockets that came with it (`ends`);
+its console session and the app sessions of other hosts live on.
+
 A lookup is one round trip (one Lua script reads the app session, its console session,
 the account's session epoch and the account, at one instant); every judgement is made
 here, by the gateway's Clock, on what the script read.
@@ -36,6 +41,25 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS[1]: the app session. ARGV[1]: its id, ARGV[2]: app-session-set key prefix, ARGV[3]:
+# the session events channel. Deletes it, leaves its console session's set and announces
+# the end in one step (no end goes unannounced); 0 when there was no such app session.
+# The set's key is named by the record (which the gateway wrote), checked for shape first.
+_END = """
+local app = redis.call('GET', KEYS[1])
+if not app then return 0 end
+redis.call('DEL', KEYS[1])
+local ok, record = pcall(cjson.decode, app)
+if ok and type(record) == 'table' then
+  local sid = record['sid']
+  if type(sid) == 'string' and #sid <= 128 and string.match(sid, '^[A-Za-z0-9_%-]+$') then
+    redis.call('SREM', ARGV[2] .. sid, ARGV[1])
+  end
+end
+redis.call('PUBLISH', ARGV[3], 'end-app ' .. ARGV[1])
 return 1
 """
 
@@ -108,6 +132,7 @@ class AppSessions:
         self._limits = limits
         self._create = redis.register_script(_CREATE)
         self._lookup = redis.register_script(_LOOKUP)
+        self._end = redis.register_script(_END)
         self._lookup_args = [
             keys.session_epoch(""),
             keys.console_session(""),
@@ -164,11 +189,16 @@ class AppSessions:
             return None
         return AppLogin(principal, sid, float(mfa_at), ident, account.principal)
 
-    async def end(self, token: str | None) -> None:
+    async def end(self, token: str | None) -> bool:
+        """End the app session of an app-session cookie and announce it; False when there
+        was none."""
         if token is None or not valid_token(token):
-            return
+            return False
         ident = sid_of(token)
-        record = json_object(await self._redis.getdel(keys.app_session(ident)))
-        sid = record.get("sid") if record is not None else None
-        if isinstance(sid, str):
-            await self._redis.srem(keys.app_sessions_of(sid), ident)
+        # SECURITY: deleted and announced in one step: its open streams and websockets end
+        # on every instance (`ends`), not when the grant does.
+        ended = await self._end(
+            keys=[keys.app_session(ident)],
+            args=[ident, keys.app_sessions_of(""), keys.session_events_channel()],
+        )
+        return bool(ended == 1)

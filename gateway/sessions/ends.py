@@ -1,16 +1,20 @@
-"""Session ends heard by this process: in-flight flows of an ended login are cut off.
+"""Session ends heard by this process: in-flight flows of an ended login, or of an ended
+app session, are cut off.
 
 Ending a console session (logout, idle or absolute lifetime over, the account disabled or
 its credentials reset) publishes `end <session id>` on `keys.session_events_channel()`
 from the same Lua script that deletes it (`ending`). `session_ends_ctx` (a `cleanup_ctx`
 generator, after Redis) listens there until shutdown and aborts that session's flows in
 this process (`InFlightFlows.abort_session`: streams cut, websockets closed with 1008,
-audit outcome `aborted: session_ended`).
+audit outcome `aborted: session_ended`). Ending one routed host's app session (its
+`/.gateway/logout`) publishes `end-app <app session id>` the same way (`app_sessions`),
+and that app session's flows are aborted (`InFlightFlows.abort_app_session`).
 
 Pub/sub delivers at most once and only while subscribed, so the events give immediacy and
 a re-check gives the bound: on every (re)subscription and every RECHECK_EVERY_S while
-flows are in flight, the sessions of in-flight flows are looked up in one pipelined round
-trip, and a session whose record is gone has ended. Nothing here touches the hot path.
+flows are in flight, the console and app sessions of in-flight flows are looked up in one
+pipelined round trip, and a session whose record is gone has ended. Nothing here touches
+the hot path.
 """
 
 from __future__ import annotations
@@ -36,47 +40,71 @@ RECHECK_EVERY_S = 5.0
 ROUND_WITHIN_S = 3.0  # one round of listening and re-checking; longer means Redis is gone
 
 
-def ended_session_id(data: bytes | str) -> str | None:
-    """The session id of an `end <session id>` message; None when it is not one."""
+END_CONSOLE = "end"  # end <console session id>
+END_APP = "end-app"  # end-app <app session id>
+
+
+def session_event(data: bytes | str) -> tuple[str, str] | None:
+    """(verb, id) of an `end <session id>` or `end-app <app session id>` message; None when
+    it is neither."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     verb, _, session_id = text.partition(" ")
-    if verb != "end" or not session_id or len(session_id) > MAX_SESSION_ID:
+    if verb not in (END_CONSOLE, END_APP) or not session_id or len(session_id) > MAX_SESSION_ID:
         return None
     if not all(c.isascii() and (c.isalnum() or c in "-_") for c in session_id):
         return None
-    return session_id
+    return verb, session_id
+
+
+def ended_session_id(data: bytes | str) -> str | None:
+    """The console session id of an `end <session id>` message; None when it is not one."""
+    event = session_event(data)
+    return event[1] if event is not None and event[0] == END_CONSOLE else None
 
 
 class SessionEnds:
-    """Listens for ended console sessions and ends their in-flight flows."""
+    """Listens for ended console and app sessions and ends their in-flight flows."""
 
     def __init__(self, redis: aioredis.Redis, in_flight: InFlightFlows) -> None:
         self.redis = redis
         self.in_flight = in_flight
 
     def on_event(self, data: bytes | str) -> None:
-        session_id = ended_session_id(data)
-        if session_id is None:
+        event = session_event(data)
+        if event is None:
             log.warning("unreadable session event %r ignored", data[:200])
+            return
+        verb, session_id = event
+        if verb == END_APP:
+            ended = self.in_flight.abort_app_session(session_id)
+            if ended:
+                log.info("app session ended: ended %d in-flight flow(s)", ended)
             return
         ended = self.in_flight.abort_session(session_id)
         if ended:
             log.info("console session ended: ended %d in-flight flow(s)", ended)
 
     async def recheck(self) -> int:
-        """End the flows of in-flight sessions whose record is gone; returns how many
-        sessions were found ended."""
+        """End the flows of in-flight console and app sessions whose record is gone;
+        returns how many sessions (of either kind) were found ended."""
         session_ids = sorted(self.in_flight.session_ids())
-        if not session_ids:
+        app_session_ids = sorted(self.in_flight.app_session_ids())
+        if not session_ids and not app_session_ids:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
                 pipe.exists(keys.console_session(session_id))
+            for app_session_id in app_session_ids:
+                pipe.exists(keys.app_session(app_session_id))
             found: list[Any] = await pipe.execute()
-        ended = [sid for sid, exists in zip(session_ids, found, strict=True) if not exists]
+        consoles, apps = found[: len(session_ids)], found[len(session_ids) :]
+        ended = [sid for sid, exists in zip(session_ids, consoles, strict=True) if not exists]
         for session_id in ended:
             self.in_flight.abort_session(session_id)
-        return len(ended)
+        ended_apps = [aid for aid, exists in zip(app_session_ids, apps, strict=True) if not exists]
+        for app_session_id in ended_apps:
+            self.in_flight.abort_app_session(app_session_id)
+        return len(ended) + len(ended_apps)
 
     async def listen_once(self) -> None:
         """Subscribe and handle events until the subscription fails (then raise)."""

@@ -4,7 +4,13 @@ back to the console for a flow that has no (or a stale) login.
     GET /.gateway/auth?code=…   redeem a one-time hand-off code made for THIS host and THIS
                                 browser (its `__Host-gw_handoff` nonce), set the host-only
                                 app-session cookie, 303 to where the user was going
-    GET|POST /.gateway/logout   end this host's app session, 303 to the console's logout
+    GET|POST /.gateway/logout   end this host's app session (and so its open streams and
+                                websockets), 303 to the console's logout
+
+The `__Host-gw_handoff` nonce is kept after a hand-off, until it expires: it only binds
+codes to this browser (each code is single-use and lives seconds anyway), and every tab
+of the browser that was sent to log in shares it, so a second tab's hand-off, coming
+back after the first one's, must still find it. Deleting it would leave that tab a 403.
 
 Nothing here ever reaches the customer application (the route stage answers these
 paths itself).
@@ -88,8 +94,7 @@ async def auth(request: web.Request) -> web.StreamResponse:
         samesite="Lax",
         max_age=logins.config.sessions.absolute_lifetime_s,
     )
-    # The binding has done its work; the next hand-off of this browser gets a fresh one.
-    response.del_cookie(HANDOFF_BINDING, path="/", secure=True, httponly=True, samesite="Lax")
+    # The nonce stays (see the module docstring): other tabs' hand-offs still need it.
     return response
 
 

@@ -34,4 +34,5 @@ class SessionCheck:
             return
         flow.principal = found.principal
         flow.console_session_id = found.session_id
+        flow.app_session_id = found.app_session_id
         flow.mfa_verified_at = found.mfa_at

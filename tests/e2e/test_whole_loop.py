@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from gateway.assertion import verify
 from gateway.cli.demo import APP_HOST
+from gateway.cookies import APP_SESSION, HANDOFF_BINDING
 from tests.e2e.conftest import ALICE, SAM, Person, Stack, StackFactory
 
 MAIN = "import sys; from gateway.cli import main; sys.exit(main())"
@@ -80,8 +81,9 @@ async def test_request_approve_browse_revoke_then_audit(
     assert stack.console(f"/requests/{rid}") in notice.text
     before = await sam.hand_off("/whoami")
     assert (before.status, before.json()["error"]) == (403, "no_grant")
-    # The hand-off left a host-only app cookie on the routed host, and nothing else.
-    assert sam.cookie_names(APP_HOST) == {"__Host-gw_app"}
+    # The hand-off left host-only gateway cookies on the routed host, and nothing else:
+    # the app session and the browser's hand-off nonce (kept for its other tabs).
+    assert sam.cookie_names(APP_HOST) == {APP_SESSION, HANDOFF_BINDING}
     assert stack.seen == []
 
     # 3. Alice logs in and approves, narrowing the scope to read.

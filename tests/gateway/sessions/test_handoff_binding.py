@@ -56,9 +56,38 @@ async def test_the_browser_sent_to_log_in_completes_the_handoff(
     back = await browser.get(done.location)
     assert back.status == 303
     assert browser.cookie(APP, ACME) is not None
-    # Spent with the hand-off: the next one starts from a fresh nonce.
-    assert browser.cookie(HANDOFF, ACME) is None
+    # Kept after the hand-off, until it expires: other tabs' hand-offs still need it.
+    assert browser.cookie(HANDOFF, ACME) == nonce
     assert (await browser.get(site.routed(ACME, "/p"))).status == 403  # in, but no grant yet
+
+
+async def test_a_second_tab_completes_its_handoff_after_the_first(
+    site: Site, browser: Browser
+) -> None:
+    # Two tabs of one browser were both sent to log in; the first one's hand-off finishes
+    # first, then the second tab's code comes back and must be accepted too.
+    first = await browser.get(site.routed(ACME, "/p"))
+    second = await browser.get(site.routed(ACME, "/other"))
+    third = await browser.get(site.routed(ACME, "/third"))
+    assert first.status == second.status == third.status == 303
+    await browser.get(first.location)
+    done = await browser.login("alice@acme.example", PASSWORD, ALICE_SECRET)
+    assert (await browser.get(done.location)).status == 303
+    again = await browser.get(second.location)  # already logged in: straight to a code
+    assert again.status == 303, again.text
+    assert again.location.startswith(site.routed(ACME, "/.gateway/auth?code="))
+    back = await browser.get(again.location)
+    assert back.status == 303, back.text
+    assert back.location.endswith("/other")
+    # The kept nonce still binds codes to this browser only: a third tab's code fails
+    # in another browser.
+    late = await browser.get(third.location)
+    assert late.location.startswith(site.routed(ACME, "/.gateway/auth?code="))
+    async with site.browser() as other:
+        planted = await other.get(late.location)
+        assert planted.status == 403
+        assert "invalid_handoff" in planted.text
+        assert other.cookie(APP, ACME) is None
 
 
 def test_the_binding_cookie_is_a_gateway_cookie() -> None:
