@@ -2,9 +2,10 @@
 
 A Redis whose `maxmemory-policy` is anything but `noeviction` deletes keys when it runs out
 of memory: audit frames not yet collected (and, for the gateway, grants and sessions)
-would vanish without a trace. The gateway and `collect` ask once, at start, and refuse such
-a Redis; a Redis that does not let them ask (an ACL user without CONFIG, a renamed
-command) gets a warning, since its operator may have set it right.
+would vanish without a trace. The gateway and `collect` ask at start, and refuse such a
+Redis (the gateway's readiness probe asks again later: a failover may change it); a Redis
+that does not let them ask (an ACL user without CONFIG, a renamed command) gets a warning,
+since its operator may have set it right.
 
     refusal = await eviction_refusal(client)   # None: noeviction, or not allowed to ask
     if refusal is not None:

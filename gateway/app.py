@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 
 import gateway.api
@@ -50,6 +51,7 @@ from gateway.appkeys import (
     OUTCOME_WRITES,
     POLICIES,
     REDIS,
+    REDIS_READINESS,
     ROUTED_ENDPOINTS,
     STAGES,
     UPSTREAM_CLIENT,
@@ -61,7 +63,6 @@ from gateway.config import GatewayConfig
 from gateway.denials import (
     denial_response,
     method_not_allowed,
-    misdirected,
     not_found,
     request_id_of,
 )
@@ -71,7 +72,8 @@ from gateway.flow import Flow, InFlightFlows
 from gateway.pipeline import default_stages, run
 from gateway.policy_store import PolicyStore
 from gateway.proxy.headers import client_address
-from gateway.proxy.sni import sni_of
+from gateway.proxy.sni import misdirected_to
+from gateway.readiness import DOWN, RedisReadiness
 from gateway.redis_client import check_eviction_policy, check_login, redis_client
 from gateway.sessions.ends import session_ends_ctx
 from gateway.stages.route import split_host
@@ -82,6 +84,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 POLICY_POLL_S = 2.0
 EMBEDDED_CHECK_S = 0.5
+EMBEDDED_BACKOFF_FIRST_S = 0.5  # doubled after each start that dies before it answers
+EMBEDDED_BACKOFF_MAX_S = 30.0
 READY_TIMEOUT_S = 1.0
 OUTCOME_DRAIN_S = 10.0
 REDACTION_KEY_ENV = "GATEWAY_AUDIT_REDACTION_KEY"
@@ -184,18 +188,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Redis answers: the gateway can check grants and accept audit records."""
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            await request.config_dict[REDIS].ping()
-    except Exception as exc:
-        log.warning("readyz: redis not answering: %s", exc)
-        return web.json_response(
-            {"status": "unavailable", "redis": "down"},
-            status=503,
-            headers={"Cache-Control": "no-store", "Retry-After": "1"},
-        )
-    return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
+    """Redis answers and keeps its keys: the gateway can check grants and accept audit records."""
+    verdict = await request.config_dict[REDIS_READINESS].verdict(
+        request.config_dict[REDIS], now=asyncio.get_running_loop().time()
+    )
+    if verdict is None:
+        return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
+    body = {"status": "unavailable", "redis": "down"}
+    if verdict != DOWN:
+        body = {"status": "unavailable", "redis": "evicting", "reason": verdict}
+    return web.json_response(
+        body, status=503, headers={"Cache-Control": "no-store", "Retry-After": "1"}
+    )
 
 
 @web.middleware
@@ -234,13 +238,8 @@ async def console_misdirected(request: web.Request, handler: Handler) -> web.Str
 
 
 def _misdirected(request: web.Request, console_host: str) -> web.Response | None:
-    sni = sni_of(request)
-    # SECURITY: a connection opened for a routed host (whose pages run the customer's
-    # JavaScript) must not carry requests to the console origin, nor the reverse.
-    if sni is not None and sni != console_host:
-        reason = f"This connection was opened for {sni}, not {console_host}."
-        return denial_response(misdirected(reason), request)
-    return None
+    denial = misdirected_to(request, console_host)
+    return None if denial is None else denial_response(denial, request)
 
 
 _PROBES = {"/.gateway/healthz": healthz, "/.gateway/readyz": readyz}
@@ -311,7 +310,8 @@ def _redis_ctx(url: str | None) -> Any:
             target = embedded.url
         client = redis_client(config.redis, url=target)
         app[REDIS] = client
-        keeper = None if embedded is None else asyncio.create_task(_keep_running(embedded))
+        app[REDIS_READINESS] = RedisReadiness()
+        keeper = None if embedded is None else asyncio.create_task(_keep_running(embedded, client))
         try:
             if embedded is None:
                 # A refused login will not heal by itself: say so at start-up, not as 503s.
@@ -331,20 +331,57 @@ def _redis_ctx(url: str | None) -> Any:
     return redis_ctx
 
 
-async def _keep_running(embedded: EmbeddedRedis) -> None:
+async def _keep_running(
+    embedded: EmbeddedRedis,
+    client: aioredis.Redis,
+    *,
+    check_s: float = EMBEDDED_CHECK_S,
+    first_backoff_s: float = EMBEDDED_BACKOFF_FIRST_S,
+    max_backoff_s: float = EMBEDDED_BACKOFF_MAX_S,
+) -> None:
     """Start the embedded server again if it dies: nothing else would bring it back, and
     every request is refused while it is down. Runs on the loop's own thread, as start()
     must (the parent-death signal follows the spawning thread), and without waiting there
-    for the server to answer: the loop is never blocked while its AOF loads."""
+    for the server to answer: the loop is never blocked while its AOF loads.
+
+    A server that dies before it has answered (a corrupt AOF, say) is not started again
+    for `first_backoff_s`, then twice as long each time up to `max_backoff_s`: neither
+    spawned nor logged twice a second for ever. Once it has answered, the wait is reset.
+    """
+    loop = asyncio.get_running_loop()
+    answered = True  # start() waited for its PING
+    backoff = 0.0
+    not_before = 0.0
     while True:
-        await asyncio.sleep(EMBEDDED_CHECK_S)
+        await asyncio.sleep(check_s)
+        if not answered and await _answers(client):
+            answered = True
+        if loop.time() < not_before:
+            continue
+        failure: str | None = None
         try:
-            embedded.restart_if_dead(timeout_s=None)
+            restarted = embedded.restart_if_dead(timeout_s=None)  # logs the exit it found
         except RedisStartError as exc:
-            log.error("the embedded redis-server did not start again (%s); retrying", exc)
+            restarted, failure = True, f"the embedded redis-server did not start again ({exc})"
         except Exception:
             # This task must never end early: nothing else would restart the server.
-            log.exception("the embedded redis-server check failed; retrying")
+            log.exception("the embedded redis-server check failed")
+            restarted = True
+        if not restarted:
+            continue
+        backoff = first_backoff_s if answered else min(backoff * 2, max_backoff_s)
+        answered = False
+        not_before = loop.time() + backoff
+        if failure is not None:
+            log.error("%s; next try in %.1fs", failure, backoff)
+
+
+async def _answers(client: aioredis.Redis) -> bool:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            return bool(await client.ping())
+    except Exception:  # down, still loading its AOF, or slow: it has not answered yet
+        return False
 
 
 async def _policies_ctx(app: web.Application) -> AsyncIterator[None]:

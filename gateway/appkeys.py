@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.flow import InFlightFlows
+from gateway.readiness import RedisReadiness
 from policies.model import PolicySet
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ RoutedEndpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONFIG = web.AppKey("gateway_config", GatewayConfig)
 CLOCK = web.AppKey("gateway_clock", Clock)
 REDIS = web.AppKey("gateway_redis", aioredis.Redis)
+REDIS_READINESS = web.AppKey("gateway_redis_readiness", RedisReadiness)
 POLICIES = web.AppKey("gateway_policies", PolicySource)
 AUDIT = web.AppKey("gateway_audit", AuditSink)
 UPSTREAM_CLIENT = web.AppKey("gateway_upstream_client", aiohttp.ClientSession)

@@ -147,7 +147,8 @@ async def check_eviction_policy(client: aioredis.Redis) -> None:
 
     A Redis that does not let the gateway read it (ACL user without CONFIG, a renamed
     command) is logged as a warning and used; an unreachable one is left to the callers'
-    fail-closed handling, as in check_login.
+    fail-closed handling, as in check_login, and asked again by readyz once it answers
+    (gateway.readiness).
     """
     try:
         refusal = await eviction_refusal(client)

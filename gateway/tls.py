@@ -18,14 +18,14 @@ restarts.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
 import secrets
 import ssl
 import stat
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +70,8 @@ def reload_certificate(context: ssl.SSLContext, tls: TlsFiles) -> None:
 
     The files are read once and tried on a throw-away context first, so that a bad pair
     (or one replaced half-way through) raises KeyMaterialError and leaves `context` as it
-    was, still serving the certificate loaded before.
+    was, still serving the certificate loaded before. Both loads read the same bytes, from
+    anonymous memory files: the key is never copied to any directory.
     """
     cert_file, key_file = _checked_files(tls)
     try:
@@ -78,17 +79,30 @@ def reload_certificate(context: ssl.SSLContext, tls: TlsFiles) -> None:
     except OSError as exc:
         raise KeyMaterialError(f"{cert_file} / {key_file}: cannot read: {exc}") from exc
     try:
-        with tempfile.TemporaryDirectory(prefix="gateway-tls-") as private:  # 0700
-            copy_cert, copy_key = Path(private) / "cert.pem", Path(private) / "key.pem"
-            copy_cert.write_bytes(cert_pem)
-            descriptor = os.open(copy_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(key_pem)
+        with _in_memory(cert_pem) as copy_cert, _in_memory(key_pem) as copy_key:
             trial = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             _load_pair_into(trial, copy_cert, copy_key)
             _load_pair_into(context, copy_cert, copy_key)
-    except OSError as exc:  # no room for the private copy, say: the old pair stays
+    except OSError as exc:  # no memory file to be had, say: the old pair stays
         raise KeyMaterialError(f"{cert_file} / {key_file}: cannot reload: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _in_memory(data: bytes) -> Iterator[Path]:
+    """A path that reads `data` from an anonymous memory file of this process alone.
+
+    OpenSSL loads certificates and keys only by path; `memfd_create` gives one without
+    writing the bytes anywhere: not to disk, not to a directory another process could list,
+    and the file vanishes with its descriptor (or the process).
+    """
+    # SECURITY: the private key is never written to a file system, not even a temporary one.
+    descriptor = os.memfd_create("gateway-tls", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(descriptor, "wb", closefd=False) as handle:
+            handle.write(data)
+        yield Path(f"/proc/self/fd/{descriptor}")
+    finally:
+        os.close(descriptor)
 
 
 def _checked_files(tls: TlsFiles) -> tuple[Path, Path]:

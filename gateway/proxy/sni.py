@@ -1,4 +1,4 @@
-"""The TLS server name (SNI) a client asked for, kept for the 421 check of the route stage.
+"""The TLS server name (SNI) a client asked for, and the one check that it names the Host.
 
 A server-side `ssl.SSLObject` does not expose the name the client sent, so every TLS
 listener's context records it in its SNI callback:
@@ -6,6 +6,7 @@ listener's context records it in its SNI callback:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     record_sni(context)                     # before the context serves connections
     name = sni_of(request)                  # "acme.example", or None (plain HTTP, no SNI)
+    denial = misdirected_to(request, host)  # a 421 Denial when SNI names another host
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import ssl
 from typing import Any
 
 from aiohttp import web
+
+from gateway.denials import Denial, misdirected
 
 _ATTRIBUTE = "gateway_sni"
 
@@ -46,3 +49,15 @@ def sni_of(request: web.BaseRequest) -> str | None:
         return None
     name = getattr(ssl_object, _ATTRIBUTE, None)
     return name if isinstance(name, str) and name else None
+
+
+def misdirected_to(request: web.BaseRequest, host: str) -> Denial | None:
+    """A 421 when the request's TLS connection was opened for a server name other than
+    `host` (the console's, or the routed host the Host header names); None otherwise."""
+    sni = sni_of(request)
+    # SECURITY: a connection opened for one host must not carry another's requests: the
+    # console origin and every routed host (whose pages run the customer's JavaScript) are
+    # kept apart even where one certificate covers them all.
+    if sni is not None and sni != host:
+        return misdirected(f"This connection was opened for {sni}, not {host}.")
+    return None

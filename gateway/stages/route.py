@@ -30,11 +30,10 @@ from gateway.denials import (
     bad_request,
     headers_too_large,
     method_not_allowed,
-    misdirected,
     not_found,
 )
 from gateway.flow import Flow
-from gateway.proxy.sni import sni_of
+from gateway.proxy.sni import misdirected_to
 from gateway.stages.policy import asks_for_websocket
 from policies.errors import PathRejected
 from policies.model import Route
@@ -261,10 +260,9 @@ class RouteLookup:
                 # Checked before the upstream is asked: its handshake would succeed (the
                 # gateway makes its own) and the client's then fail.
                 return bad_request("The websocket handshake is malformed.", "bad_upgrade")
-        sni = sni_of(request)
-        if sni is not None and sni != host:
-            # SECURITY: a connection opened for one host must not carry another's requests.
-            return misdirected(f"This connection was opened for {sni}, not {host}.")
+        sni_refusal = misdirected_to(request, host)  # SECURITY: 421 when SNI names another host
+        if sni_refusal is not None:
+            return sni_refusal
         route = self.app[POLICIES].current.route_for(host)
         if route is None:
             return not_found(f"No application is routed at {host}.", "unknown_host")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 import ssl
 import tempfile
@@ -106,17 +107,17 @@ async def test_bad_renewed_files_keep_the_certificate_in_force(
     assert await served_fingerprint(server, tls_files) == before
 
 
-async def test_a_reload_that_cannot_make_its_private_copy_keeps_the_certificate(
+async def test_a_reload_copies_the_key_to_no_directory(
     server: GatewayServer, tls_files: TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The renewed pair is copied to a private temporary directory before it is loaded; when
-    # that fails (a full or missing temporary directory) the reload is refused like bad
-    # files, not raised out of the SIGHUP handler.
+    # The renewed pair is loaded from anonymous memory files: no temporary directory is
+    # needed (a missing one changes nothing) and no descriptor is left open behind it.
     before = await served_fingerprint(server, tls_files)
     renew(tls_files)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such directory"))
-    assert server.reload_tls() is False
-    assert await served_fingerprint(server, tls_files) == before
-    monkeypatch.undo()
+    descriptors = len(os.listdir("/proc/self/fd"))
     assert server.reload_tls() is True
+    assert server.reload_tls() is True
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert not (tmp_path / "no such directory").exists()
     assert await served_fingerprint(server, tls_files) == file_fingerprint(tls_files) != before
