@@ -12,9 +12,13 @@ and that app session's flows are aborted (`InFlightFlows.abort_app_session`).
 
 Pub/sub delivers at most once and only while subscribed, so the events give immediacy and
 a re-check gives the bound: on every (re)subscription and every RECHECK_EVERY_S while
-flows are in flight, the console and app sessions of in-flight flows are looked up in one
-pipelined round trip, and a session whose record is gone has ended. Nothing here touches
-the hot path.
+flows are in flight, the console and app sessions of in-flight flows are read in one
+pipelined round trip. A console session has ended when its record is gone or when the
+rule every lookup applies (`records.found_alive`: absolute lifetime and idle timeout by
+the gateway's Clock, the account's session epoch) says it is dead; such a session is
+then ended in Redis as a lookup would end it. An app session has no lifetime of its own
+(it lives while its console session does): it has ended when its record is gone. The
+re-check never touches a session's last-seen time. Nothing here touches the hot path.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import keys
-from gateway.appkeys import IN_FLIGHT, REDIS
+from gateway.appkeys import CLOCK, CONFIG, IN_FLIGHT, REDIS
+from gateway.clock import Clock
+from gateway.config import Sessions
 from gateway.flow import InFlightFlows
 from gateway.listeners import keep_listening, stop
+from gateway.sessions.ending import end_console_session
+from gateway.sessions.records import found_alive, json_object, read_record
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +73,13 @@ def ended_session_id(data: bytes | str) -> str | None:
 class SessionEnds:
     """Listens for ended console and app sessions and ends their in-flight flows."""
 
-    def __init__(self, redis: aioredis.Redis, in_flight: InFlightFlows) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, in_flight: InFlightFlows, clock: Clock, limits: Sessions
+    ) -> None:
         self.redis = redis
         self.in_flight = in_flight
+        self.clock = clock
+        self.limits = limits
 
     def on_event(self, data: bytes | str) -> None:
         event = session_event(data)
@@ -85,22 +97,37 @@ class SessionEnds:
             log.info("console session ended: ended %d in-flight flow(s)", ended)
 
     async def recheck(self) -> int:
-        """End the flows of in-flight console and app sessions whose record is gone;
-        returns how many sessions (of either kind) were found ended."""
+        """End the flows of in-flight console sessions that are no longer alive and of
+        in-flight app sessions whose record is gone; returns how many sessions (of either
+        kind) were found ended."""
         session_ids = sorted(self.in_flight.session_ids())
         app_session_ids = sorted(self.in_flight.app_session_ids())
         if not session_ids and not app_session_ids:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
-                pipe.exists(keys.console_session(session_id))
+                await read_record(pipe, session_id)  # queued, answered by execute()
             for app_session_id in app_session_ids:
                 pipe.exists(keys.app_session(app_session_id))
             found: list[Any] = await pipe.execute()
         consoles, apps = found[: len(session_ids)], found[len(session_ids) :]
-        ended = [sid for sid, exists in zip(session_ids, consoles, strict=True) if not exists]
-        for session_id in ended:
+        now = self.clock.now()
+        # SECURITY: judged by the same rule and Clock as every lookup, so a login whose
+        # lifetime ran out loses its open flows within a re-check, not at its next request.
+        ended = [
+            (sid, reply)
+            for sid, reply in zip(session_ids, consoles, strict=True)
+            if not found_alive(reply, now, self.limits)
+        ]
+        for session_id, reply in ended:
             self.in_flight.abort_session(session_id)
+            if isinstance(reply, list) and reply:
+                # Dead but still stored: end it everywhere, as a lookup finding it would.
+                record = json_object(reply[0]) or {}
+                principal = record.get("principal")
+                await end_console_session(
+                    self.redis, session_id, principal if isinstance(principal, str) else "-"
+                )
         ended_apps = [aid for aid, exists in zip(app_session_ids, apps, strict=True) if not exists]
         for app_session_id in ended_apps:
             self.in_flight.abort_app_session(app_session_id)
@@ -139,6 +166,7 @@ class SessionEnds:
 
 async def session_ends_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run `SessionEnds` for the app's in-flight flows until the app stops."""
-    task = asyncio.create_task(SessionEnds(app[REDIS], app[IN_FLIGHT]).run())
+    ends = SessionEnds(app[REDIS], app[IN_FLIGHT], app[CLOCK], app[CONFIG].sessions)
+    task = asyncio.create_task(ends.run())
     yield
     await stop([task])

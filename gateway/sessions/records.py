@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Awaitable
 from typing import Any, TypeGuard
 
 import redis.asyncio as aioredis
@@ -119,13 +120,28 @@ async def settle(
     return record
 
 
+def read_record(client: aioredis.Redis, sid: str) -> Awaitable[Any]:
+    """Read session `sid` and its principal's epoch at one instant (awaited on a pipeline,
+    it is queued there). Its reply is what `live_record` settles and `found_alive` judges."""
+    return client.register_script(_READ)(
+        keys=[keys.console_session(sid)], args=[keys.session_epoch("")]
+    )
+
+
+def found_alive(found: object, now: float, limits: Sessions) -> bool:
+    """Whether a `read_record` reply shows a session alive at `now`, by the rule every
+    lookup applies (`judge`), without touching it."""
+    if not isinstance(found, list) or len(found) != 2:
+        return False  # SECURITY: gone, or an unreadable reply: dead (fail closed)
+    raw, epoch = found
+    return judge(json_object(raw), epoch, now, limits)
+
+
 async def live_record(
     redis: aioredis.Redis, sid: str, clock: Clock, limits: Sessions
 ) -> dict[str, Any] | None:
     """The session's data if it is alive now (touching its last-seen time), else None."""
-    found = await redis.register_script(_READ)(
-        keys=[keys.console_session(sid)], args=[keys.session_epoch("")]
-    )
+    found = await read_record(redis, sid)
     if not isinstance(found, list) or len(found) != 2:
         return None
     raw, epoch = found

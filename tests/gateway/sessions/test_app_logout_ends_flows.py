@@ -151,12 +151,35 @@ async def test_an_app_session_end_missed_by_the_listener_is_found_by_the_recheck
             assert first.startswith(b"id: 1")
             in_flight = site.app[IN_FLIGHT]
             [app_session_id] = in_flight.app_session_ids()
-            ends = SessionEnds(site.redis, in_flight)
+            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
             assert await ends.recheck() == 0  # alive: nothing ended
             # The app session's record goes without any event.
             await site.redis.delete(keys.app_session(app_session_id))
             assert await ends.recheck() == 1
             assert b"id: 2" not in await cut_short(stream)
+    outcome = await outcome_of(site.redis, "/sse")
+    assert outcome["error"]["message"] == SESSION_ENDED
+
+
+async def test_an_app_sessions_stream_ends_when_its_login_outlives_its_idle_time(
+    running: Running,
+) -> None:
+    site = running.site
+    async with site.browser() as browser:
+        await logged_in(site, browser)
+        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
+            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), WAIT_S)
+            assert first.startswith(b"id: 1")
+            in_flight = site.app[IN_FLIGHT]
+            [app_session_id] = in_flight.app_session_ids()
+            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
+            # The app session lives while its console login does; that login goes idle by
+            # the Clock (the grant lasts longer) with both records still stored.
+            site.clock.advance(site.config.sessions.idle_timeout_s)
+            assert await ends.recheck() == 1
+            assert b"id: 2" not in await cut_short(stream)
+            # Ended as a lookup would end it: with its app sessions.
+            assert await site.redis.exists(keys.app_session(app_session_id)) == 0
     outcome = await outcome_of(site.redis, "/sse")
     assert outcome["error"]["message"] == SESSION_ENDED
 
@@ -252,10 +275,10 @@ def test_an_app_session_event_names_only_an_app_session(redis: aioredis.Redis) -
     assert session_event(b"end-app " + b"a" * 64) == (END_APP, "a" * 64)
     assert ended_session_id(b"end-app abc") is None  # never read as a console session
     in_flight = InFlightFlows()
-    SessionEnds(redis, in_flight).on_event(b"end-app abc")
+    SessionEnds(redis, in_flight, ManualClock(), Sessions()).on_event(b"end-app abc")
     assert list(in_flight._ended_app_sessions) == ["abc"]
     assert not in_flight._ended_sessions
-    SessionEnds(redis, in_flight).on_event(b"end abc")
+    SessionEnds(redis, in_flight, ManualClock(), Sessions()).on_event(b"end abc")
     assert list(in_flight._ended_sessions) == ["abc"]
 
 

@@ -28,10 +28,11 @@ from gateway.access.service import ACCESS
 from gateway.accounts import PasswordHasher, open_accounts
 from gateway.app import IN_FLIGHT, STAGES, create_app, runner_kwargs
 from gateway.clock import ManualClock
-from gateway.config import TlsFiles, parse_config
+from gateway.config import Sessions, TlsFiles, parse_config
 from gateway.flow import REMEMBERED_ENDED_SESSIONS, SESSION_ENDED, Flow, InFlightFlows
 from gateway.runner import GatewayRunner
-from gateway.sessions.ends import SessionEnds, ended_session_id
+from gateway.sessions.ends import RECHECK_EVERY_S, SessionEnds, ended_session_id
+from gateway.sessions.records import found_alive
 from gateway.tls import ensure_demo_tls, server_context
 from tests.gateway.proxyharness import Upstream
 from tests.gateway.sessions.harness import (
@@ -287,7 +288,7 @@ async def test_an_end_missed_by_the_listener_is_found_by_the_recheck(running: Ru
             assert first.startswith(b"id: 1")
             in_flight = site.app[IN_FLIGHT]
             [session_id] = in_flight.session_ids()
-            ends = SessionEnds(site.redis, in_flight)
+            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
             assert await ends.recheck() == 0  # alive: nothing ended
             # The session's record goes without any event (as if published while this
             # process was not subscribed).
@@ -300,6 +301,146 @@ async def test_an_end_missed_by_the_listener_is_found_by_the_recheck(running: Ru
             assert b"id: 2" not in rest
     outcome = await outcome_of(site.redis, "/sse")
     assert outcome["error"]["message"] == SESSION_ENDED
+
+
+async def test_a_login_past_its_lifetime_loses_its_stream_within_the_recheck(
+    running: Running,
+) -> None:
+    site = running.site
+    async with site.browser() as browser:
+        await logged_in(site, browser)
+        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
+            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
+            assert first.startswith(b"id: 1")
+            [session_id] = site.app[IN_FLIGHT].session_ids()
+            # The login was made one absolute lifetime ago by the Clock (the grant, shorter,
+            # stays valid); its record stays in Redis and no end is published: only the
+            # Clock says the login is over.
+            key = keys.console_session(session_id)
+            stored = await site.redis.get(key)
+            assert stored is not None
+            record = json.loads(stored)
+            record["created_at"] = site.clock.now() - site.config.sessions.absolute_lifetime_s
+            assert await site.redis.set(key, json.dumps(record), xx=True, keepttl=True)
+            loop = asyncio.get_running_loop()
+            past_at = loop.time()
+            try:
+                rest = await asyncio.wait_for(stream.content.read(), RECHECK_EVERY_S + 15)
+            except aiohttp.ClientPayloadError:
+                rest = b""
+            assert b"id: 2" not in rest
+            assert loop.time() - past_at < RECHECK_EVERY_S + 15
+    # The app's own periodic re-check cut it (the upstream itself gives up after 10 s,
+    # which would not read as an abort).
+    outcome = await outcome_of(site.redis, "/sse")
+    assert outcome["error"]["code"] == "aborted", outcome
+    assert outcome["error"]["message"] == SESSION_ENDED
+    # Found dead, the login is ended in Redis too, as a lookup would have.
+    assert await site.redis.exists(keys.console_session(session_id)) == 0
+
+
+async def died_by(site: Site, session_id: str, how: str) -> None:
+    """Let the login `session_id` die without any published end."""
+    key = keys.console_session(session_id)
+    if how == "idle":
+        site.clock.advance(site.config.sessions.idle_timeout_s)  # the grant lasts longer
+    elif how == "damaged":
+        assert await site.redis.set(key, b"{not json", xx=True, keepttl=True)
+    elif how == "no timestamps":
+        stored = await site.redis.get(key)
+        assert stored is not None
+        record = json.loads(stored)
+        del record["last_seen"]
+        assert await site.redis.set(key, json.dumps(record), xx=True, keepttl=True)
+    else:  # every session of the account ended, its end not heard
+        await site.redis.incr(keys.session_epoch("staff:sam"))
+
+
+@pytest.mark.parametrize("how", ["idle", "damaged", "no timestamps", "epoch"])
+async def test_the_recheck_ends_a_stream_of_a_login_the_lookup_would_refuse(
+    running: Running, how: str
+) -> None:
+    site = running.site
+    async with site.browser() as browser:
+        await logged_in(site, browser)
+        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
+            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
+            assert first.startswith(b"id: 1")
+            in_flight = site.app[IN_FLIGHT]
+            [session_id] = in_flight.session_ids()
+            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
+            await died_by(site, session_id, how)
+            assert await ends.recheck() == 1
+            try:
+                rest = await asyncio.wait_for(stream.content.read(), 5)
+            except aiohttp.ClientPayloadError:
+                rest = b""
+            assert b"id: 2" not in rest
+            assert await site.redis.exists(keys.console_session(session_id)) == 0
+            assert await ends.recheck() == 0  # nothing left in flight
+        # The routed host asks for a login again, as the lookup finds nothing.
+        again = await browser.get(site.routed(ACME, "/"))
+        assert again.status == 303
+    outcome = await outcome_of(site.redis, "/sse")
+    assert outcome["error"]["message"] == SESSION_ENDED
+
+
+async def test_the_recheck_neither_ends_nor_refreshes_a_live_login(running: Running) -> None:
+    site = running.site
+    async with site.browser() as browser:
+        await logged_in(site, browser)
+        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
+            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
+            assert first.startswith(b"id: 1")
+            in_flight = site.app[IN_FLIGHT]
+            [session_id] = in_flight.session_ids()
+            key = keys.console_session(session_id)
+            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
+            # Idle a while (less than the idle timeout): a lookup now would touch last_seen.
+            site.clock.advance(site.config.sessions.idle_timeout_s - 5)
+            before = await site.redis.get(key)
+            assert list(await asyncio.gather(ends.recheck(), ends.recheck())) == [0, 0]
+            # SECURITY: a re-check is no activity: it never postpones the idle timeout.
+            assert await site.redis.get(key) == before
+            assert len(in_flight.of_session(session_id)) == 1
+            running.upstream.first_event_seen.set()
+            rest = await asyncio.wait_for(stream.content.read(), 5)
+            assert b"id: 2" in rest
+
+
+NOW = 1_800_000_000.0
+LIVE = json.dumps({"created_at": NOW - 10, "last_seen": NOW - 10}).encode()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        None,
+        [],
+        [LIVE],
+        [LIVE, None, None],
+        "not a reply",
+        [None, None],
+        [b"{not json", None],
+        [b"[1, 2]", None],
+        [json.dumps({"created_at": "x", "last_seen": NOW}).encode(), None],
+        [json.dumps({"created_at": NOW - 43200, "last_seen": NOW}).encode(), None],
+        [json.dumps({"created_at": NOW, "last_seen": NOW - 1800}).encode(), None],
+        [
+            json.dumps({"created_at": NOW, "last_seen": NOW, "principal": "staff:sam"}).encode(),
+            b"0",
+        ],
+    ],
+)
+def test_a_hostile_or_expired_reply_is_a_dead_login(reply: object) -> None:
+    assert not found_alive(reply, NOW, Sessions())
+
+
+def test_a_live_reply_is_a_live_login() -> None:
+    assert found_alive([LIVE, None], NOW, Sessions())
+    logged_in_record = {"created_at": NOW, "last_seen": NOW, "principal": "staff:sam", "epoch": 3}
+    assert found_alive([json.dumps(logged_in_record).encode(), b"3"], NOW, Sessions())
+    assert not found_alive([json.dumps(logged_in_record).encode(), b"4"], NOW, Sessions())
 
 
 @pytest.mark.parametrize(
@@ -329,9 +470,9 @@ def test_a_session_event_names_its_session() -> None:
 
 def test_an_unreadable_event_ends_nothing(redis: aioredis.Redis) -> None:
     in_flight = InFlightFlows()
-    SessionEnds(redis, in_flight).on_event(b"end ../../x")
+    SessionEnds(redis, in_flight, ManualClock(), Sessions()).on_event(b"end ../../x")
     assert not in_flight._ended_sessions
-    SessionEnds(redis, in_flight).on_event(b"end abc")
+    SessionEnds(redis, in_flight, ManualClock(), Sessions()).on_event(b"end abc")
     assert list(in_flight._ended_sessions) == ["abc"]
 
 
