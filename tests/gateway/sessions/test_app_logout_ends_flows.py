@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.app import IN_FLIGHT, STAGES
+from gateway.app import IN_FLIGHT
 from gateway.clock import ManualClock
 from gateway.config import Sessions
 from gateway.cookies import APP_SESSION
@@ -32,9 +32,11 @@ running = console_logout.running  # the gateway fixture, shared
 Running = console_logout.Running
 logged_in = console_logout.logged_in
 outcome_of = console_logout.outcome_of
-HeldAfterSession = console_logout.HeldAfterSession
-
-WAIT_S = 15.0  # generous: a loaded machine; nothing else ends these exchanges this soon
+WAIT_S = console_logout.WAIT_S
+first_event = console_logout.first_event
+cut_short = console_logout.cut_short
+heard = console_logout.heard
+held_after_session = console_logout.held_after_session
 
 
 async def routed_logout(site: Site, browser: Browser) -> None:
@@ -42,14 +44,6 @@ async def routed_logout(site: Site, browser: Browser) -> None:
     assert out.status == 303, out.text
     assert out.location.endswith("/logout")
     assert browser.cookie(APP_SESSION, ACME) is None
-
-
-async def cut_short(stream: aiohttp.ClientResponse) -> bytes:
-    """What is left of a stream once it ends (a cut connection reads as nothing more)."""
-    try:
-        return await asyncio.wait_for(stream.content.read(), WAIT_S)
-    except aiohttp.ClientPayloadError:
-        return b""
 
 
 async def test_routed_logout_ends_that_hosts_stream_and_websocket(running: Running) -> None:
@@ -61,8 +55,7 @@ async def test_routed_logout_ends_that_hosts_stream_and_websocket(running: Runni
             browser.session.ws_connect(f"wss://{ACME}:{site.port}/ws") as ws,
         ):
             assert stream.status == 200
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), WAIT_S)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             await ws.send_str("hello")
             assert (await asyncio.wait_for(ws.receive(), WAIT_S)).data == "echo:hello"
             in_flight = site.app[IN_FLIGHT]
@@ -99,13 +92,10 @@ async def test_another_app_session_keeps_its_stream(running: Running) -> None:
         site.clock.advance(30)  # a TOTP time step is usable once per account
         await logged_in(site, ended)
         async with kept.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), WAIT_S)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             await routed_logout(site, ended)
             in_flight = site.app[IN_FLIGHT]
-            async with asyncio.timeout(WAIT_S):
-                while not in_flight._ended_app_sessions:  # noqa: ASYNC110 (the listener's work)
-                    await asyncio.sleep(0.02)
+            await heard(in_flight._ended_app_sessions)
             assert not in_flight._ended_sessions  # no console login ended
             running.upstream.first_event_seen.set()
             rest = await asyncio.wait_for(stream.content.read(), WAIT_S)
@@ -118,9 +108,7 @@ async def test_a_routed_logout_between_session_check_and_forward_forwards_nothin
     running: Running,
 ) -> None:
     site = running.site
-    stages = site.app[STAGES]
-    held = HeldAfterSession()
-    stages.insert([stage.name for stage in stages].index("session") + 1, held)
+    held = held_after_session(site)
     async with site.browser() as browser:
         await logged_in(site, browser)
         request = asyncio.ensure_future(
@@ -130,9 +118,7 @@ async def test_a_routed_logout_between_session_check_and_forward_forwards_nothin
         # The session stage found the app session alive; it ends before the grant stage.
         await routed_logout(site, browser)
         in_flight = site.app[IN_FLIGHT]
-        async with asyncio.timeout(WAIT_S):
-            while not in_flight._ended_app_sessions:  # noqa: ASYNC110 (the listener's work)
-                await asyncio.sleep(0.02)
+        await heard(in_flight._ended_app_sessions)
         held.release.set()
         page = await asyncio.wait_for(request, WAIT_S)
     assert page.status == 403
@@ -147,8 +133,7 @@ async def test_an_app_session_end_missed_by_the_listener_is_found_by_the_recheck
     async with site.browser() as browser:
         await logged_in(site, browser)
         async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), WAIT_S)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             in_flight = site.app[IN_FLIGHT]
             [app_session_id] = in_flight.app_session_ids()
             ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
@@ -168,8 +153,7 @@ async def test_an_app_sessions_stream_ends_when_its_login_outlives_its_idle_time
     async with site.browser() as browser:
         await logged_in(site, browser)
         async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), WAIT_S)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             in_flight = site.app[IN_FLIGHT]
             [app_session_id] = in_flight.app_session_ids()
             ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)

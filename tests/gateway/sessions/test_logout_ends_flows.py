@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,30 @@ async def logged_in(site: Site, browser: Browser) -> None:
     assert back.status == 303, back.text
 
 
+WAIT_S = 15.0  # generous: a loaded machine; nothing else ends these exchanges this soon
+
+
+async def first_event(stream: aiohttp.ClientResponse) -> None:
+    """The SSE stream's first event arrived (the upstream holds the second)."""
+    first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), WAIT_S)
+    assert first.startswith(b"id: 1")
+
+
+async def cut_short(stream: aiohttp.ClientResponse) -> bytes:
+    """What is left of a stream once it ends (a cut connection reads as nothing more)."""
+    try:
+        return await asyncio.wait_for(stream.content.read(), WAIT_S)
+    except aiohttp.ClientPayloadError:
+        return b""
+
+
+async def heard(ended: Sized) -> None:
+    """Wait until the listener has remembered an end (`ended` is one of its tables)."""
+    async with asyncio.timeout(WAIT_S):
+        while not ended:  # noqa: ASYNC110 (the listener's work)
+            await asyncio.sleep(0.02)
+
+
 async def outcome_of(redis: aioredis.Redis, path: str) -> dict[str, Any]:
     """The audit outcome record of the proxied request to `path` (written after the end)."""
     async with asyncio.timeout(15):
@@ -165,8 +189,7 @@ async def test_logout_ends_the_logins_stream_and_websocket(running: Running) -> 
             browser.session.ws_connect(f"wss://{ACME}:{site.port}/ws") as ws,
         ):
             assert stream.status == 200
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             await ws.send_str("hello")
             assert (await asyncio.wait_for(ws.receive(), 5)).data == "echo:hello"
             in_flight = site.app[IN_FLIGHT]
@@ -181,10 +204,7 @@ async def test_logout_ends_the_logins_stream_and_websocket(running: Running) -> 
             closing = await asyncio.wait_for(ws.receive(), 5)
             assert closing.type is aiohttp.WSMsgType.CLOSE
             assert closing.data == 1008
-            try:
-                rest = await asyncio.wait_for(stream.content.read(), 5)
-            except aiohttp.ClientPayloadError:
-                rest = b""
+            rest = await cut_short(stream)
             assert b"id: 2" not in rest
             # Nothing else (upstream timeouts are 30 s) could have ended them this soon.
             assert loop.time() - logged_out_at < 3.0
@@ -201,13 +221,9 @@ async def test_disabling_the_account_ends_its_open_stream(running: Running) -> N
     async with site.browser() as browser:
         await logged_in(site, browser)
         async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             assert await site.accounts.store.set_disabled("staff:sam", True) == 1
-            try:
-                rest = await asyncio.wait_for(stream.content.read(), 5)
-            except aiohttp.ClientPayloadError:
-                rest = b""
+            rest = await cut_short(stream)
             assert b"id: 2" not in rest
     outcome = await outcome_of(site.redis, "/sse")
     assert outcome["error"]["code"] == "aborted"
@@ -221,15 +237,12 @@ async def test_another_login_of_the_same_person_keeps_its_stream(running: Runnin
         site.clock.advance(30)  # a TOTP time step is usable once per account
         await logged_in(site, ended)
         async with kept.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             out = await ended.form(site.console("/logout"), {})
             assert out.status == 200
             # The other browser's logout was heard (its session is remembered as ended) ...
             in_flight = site.app[IN_FLIGHT]
-            async with asyncio.timeout(15):
-                while not in_flight._ended_sessions:  # noqa: ASYNC110 (the listener's work)
-                    await asyncio.sleep(0.02)
+            await heard(in_flight._ended_sessions)
             # ... and this login's stream goes on to its end.
             running.upstream.first_event_seen.set()
             rest = await asyncio.wait_for(stream.content.read(), 5)
@@ -252,13 +265,19 @@ class HeldAfterSession:
         await self.release.wait()
 
 
+def held_after_session(site: Site) -> HeldAfterSession:
+    """A HeldAfterSession put right after the session stage of `site`'s gateway."""
+    stages = site.app[STAGES]
+    held = HeldAfterSession()
+    stages.insert([stage.name for stage in stages].index("session") + 1, held)
+    return held
+
+
 async def test_a_logout_between_session_check_and_forward_forwards_nothing(
     running: Running,
 ) -> None:
     site = running.site
-    stages = site.app[STAGES]
-    held = HeldAfterSession()
-    stages.insert([stage.name for stage in stages].index("session") + 1, held)
+    held = held_after_session(site)
     async with site.browser() as browser:
         await logged_in(site, browser)
         request = asyncio.ensure_future(
@@ -269,9 +288,7 @@ async def test_a_logout_between_session_check_and_forward_forwards_nothing(
         out = await browser.form(site.console("/logout"), {})
         assert out.status == 200
         in_flight = site.app[IN_FLIGHT]
-        async with asyncio.timeout(15):
-            while not in_flight._ended_sessions:  # noqa: ASYNC110 (the listener's work)
-                await asyncio.sleep(0.02)
+        await heard(in_flight._ended_sessions)
         held.release.set()
         page = await asyncio.wait_for(request, 5)
     assert page.status == 403
@@ -284,8 +301,7 @@ async def test_an_end_missed_by_the_listener_is_found_by_the_recheck(running: Ru
     async with site.browser() as browser:
         await logged_in(site, browser)
         async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             in_flight = site.app[IN_FLIGHT]
             [session_id] = in_flight.session_ids()
             ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
@@ -294,10 +310,7 @@ async def test_an_end_missed_by_the_listener_is_found_by_the_recheck(running: Ru
             # process was not subscribed).
             await site.redis.delete(keys.console_session(session_id))
             assert await ends.recheck() == 1
-            try:
-                rest = await asyncio.wait_for(stream.content.read(), 5)
-            except aiohttp.ClientPayloadError:
-                rest = b""
+            rest = await cut_short(stream)
             assert b"id: 2" not in rest
     outcome = await outcome_of(site.redis, "/sse")
     assert outcome["error"]["message"] == SESSION_ENDED
@@ -310,8 +323,7 @@ async def test_a_login_past_its_lifetime_loses_its_stream_within_the_recheck(
     async with site.browser() as browser:
         await logged_in(site, browser)
         async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             [session_id] = site.app[IN_FLIGHT].session_ids()
             # The login was made one absolute lifetime ago by the Clock (the grant, shorter,
             # stays valid); its record stays in Redis and no end is published: only the
@@ -364,17 +376,13 @@ async def test_the_recheck_ends_a_stream_of_a_login_the_lookup_would_refuse(
     async with site.browser() as browser:
         await logged_in(site, browser)
         async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             in_flight = site.app[IN_FLIGHT]
             [session_id] = in_flight.session_ids()
             ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
             await died_by(site, session_id, how)
             assert await ends.recheck() == 1
-            try:
-                rest = await asyncio.wait_for(stream.content.read(), 5)
-            except aiohttp.ClientPayloadError:
-                rest = b""
+            rest = await cut_short(stream)
             assert b"id: 2" not in rest
             assert await site.redis.exists(keys.console_session(session_id)) == 0
             assert await ends.recheck() == 0  # nothing left in flight
@@ -390,8 +398,7 @@ async def test_the_recheck_neither_ends_nor_refreshes_a_live_login(running: Runn
     async with site.browser() as browser:
         await logged_in(site, browser)
         async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 5)
-            assert first.startswith(b"id: 1")
+            await first_event(stream)
             in_flight = site.app[IN_FLIGHT]
             [session_id] = in_flight.session_ids()
             key = keys.console_session(session_id)
