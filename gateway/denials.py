@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,11 +39,34 @@ _REQUIRED_HEADERS: dict[int, str] = {
 
 def request_id_of(request: web.BaseRequest) -> str:
     """The request's id (made on first use): echoed in `X-Request-Id` and in the audit."""
-    found = request.get(REQUEST_ID)
+    # A miss through the Mapping `get` costs a raised KeyError; a request whose state is
+    # still empty (the usual case when a flow is made) cannot hold an id, so is not asked.
+    found = request.get(REQUEST_ID) if len(request) else None
     if found is None:
-        found = secrets.token_hex(8)
+        found = _fresh_request_id()
         request[REQUEST_ID] = found
     return found
+
+
+REQUEST_ID_BYTES = 8
+_IDS_PER_DRAW = 128
+_spare_ids: list[str] = []
+
+
+def _fresh_request_id() -> str:
+    """16 random hex digits from the OS's CSPRNG, drawn `_IDS_PER_DRAW` ids at a time:
+    one system call for many requests instead of one each."""
+    while True:
+        try:
+            return _spare_ids.pop()
+        except IndexError:
+            width = 2 * REQUEST_ID_BYTES
+            drawn = secrets.token_hex(REQUEST_ID_BYTES * _IDS_PER_DRAW)
+            _spare_ids.extend(drawn[at : at + width] for at in range(0, len(drawn), width))
+
+
+# A forked child must not hand out the ids its parent still holds.
+os.register_at_fork(after_in_child=_spare_ids.clear)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ the client's framing (Content-Length kept, else chunked); the response body is w
 to the client as each chunk arrives (server-sent events pass event by event). Nothing
 is decompressed. Only the first `capture.max_bytes` of each body is kept for the audit.
 
+The upstream client session (`upstream_session()`, one per process) sends only the
+headers the gateway chose: its request class (`UpstreamRequest`) adds none of aiohttp's
+own (`User-Agent`, `Accept`, `Accept-Encoding`, a default `Content-Type`), websocket
+handshakes included.
+
 Failures before the upstream's response headers become denials (refused or reset ->
 502, timeout -> 504, a 1xx final answer such as an unasked 101 -> 502); failures after
 the response started cut the client's connection so a truncated body is never mistaken
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +37,37 @@ CHUNK_LIMIT = 256 * 1024  # largest single read handed on; memory per flow stays
 
 # Headers aiohttp would otherwise invent for the upstream request.
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+_NEVER_INVENTED: CIMultiDict[None] = CIMultiDict((name, None) for name in sorted(SKIP_AUTO_HEADERS))
+
+
+class UpstreamRequest(aiohttp.ClientRequest):
+    """An upstream request that carries only the headers the gateway chose.
+
+    aiohttp adds `User-Agent`, `Accept` and `Accept-Encoding` to every request, and a
+    `Content-Type` to bodies, unless told to skip them; telling it per request rebuilds the
+    skip list and copies the headers each time. This request class skips them all, always.
+    """
+
+    # Read (never written) by aiohttp where a body would get its default Content-Type.
+    _skip_auto_headers = _NEVER_INVENTED
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        # SECURITY: no header is invented: the upstream sees what the client sent, less
+        # what the header rules dropped, plus what the gateway states.
+        return
+
+
+def upstream_session() -> aiohttp.ClientSession:
+    """The one upstream client session of a gateway process (keep-alive pool)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        # SECURITY: no cookie jar: one user's upstream cookies must never reach another.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
+        trust_env=False,
+        request_class=UpstreamRequest,
+    )
 
 
 def upstream_url(upstream: Upstream, path: str, query: str) -> URL:
@@ -69,6 +105,7 @@ def upstream_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
 
+@functools.lru_cache(maxsize=64)
 def upstream_origin(upstream: Upstream) -> str:
     host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
     return f"{upstream.scheme}://{host}:{upstream.port}"
@@ -78,13 +115,26 @@ def public_origin(request: web.BaseRequest) -> str:
     """The origin the client addressed, serialised once (RFC 6454): scheme, the host as the
     route stage judged it (lower-case, no trailing dot) and the port only when not the
     scheme's default. It is the assertion's audience: one origin, one spelling."""
-    scheme = "https" if request.secure else "http"
-    parsed = split_host(request.headers.get("Host", ""))
+    host = request.headers.get("Host", "")
+    if len(host) > _CACHED_HOST_CHARS:
+        return _origin(request.secure, host)
+    return _remembered_origin(request.secure, host)
+
+
+def _origin(secure: bool, host: str) -> str:
+    scheme = "https" if secure else "http"
+    parsed = split_host(host)
     if parsed is None:
         return f"{scheme}://"  # never a routed flow: the route stage refused the Host
     name, port = parsed
     default = "443" if scheme == "https" else "80"
     return f"{scheme}://{name}" + (f":{int(port)}" if port and int(port) != int(default) else "")
+
+
+# Asked twice per flow (the assertion's audience, `Location` rewriting) and a pure function
+# of (TLS, Host), which takes few values: remembered, bounded; long values never are.
+_CACHED_HOST_CHARS = 300
+_remembered_origin = functools.lru_cache(maxsize=256)(_origin)
 
 
 class _Capture:
@@ -177,7 +227,6 @@ async def exchange(
             allow_redirects=False,
             timeout=timeout,
             ssl=route.upstream.verify_tls,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
             auto_decompress=False,
         )
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -9,6 +9,8 @@ the upstream's unless the route preserves it, and then the identity: `X-Gateway-
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from gateway.appkeys import ASSERTION_SIGNER, CLOCK, CONFIG
@@ -20,6 +22,7 @@ from gateway.proxy.streaming import public_origin, received_headers
 from policies.model import Upstream
 
 
+@functools.lru_cache(maxsize=64)  # one value per upstream, asked on every request
 def upstream_host(upstream: Upstream) -> str:
     """The `Host` the upstream is sent: its own authority."""
     default = 443 if upstream.scheme == "https" else 80

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -11,8 +13,10 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
 from gateway.denials import (
+    _IDS_PER_DRAW,
     REQUEST_ID,
     Denial,
+    _fresh_request_id,
     denial_response,
     method_not_allowed,
     render_body,
@@ -126,3 +130,49 @@ async def test_request_id_is_made_once_per_request(aiohttp_client: DenialClient)
     assert len(first[0]) == 16
     assert first[0] == first[1] == first[2]
     assert second[0] != first[0]
+
+
+_OTHER: web.RequestKey[str] = web.RequestKey("test_other_state", str)
+
+
+async def test_request_id_is_kept_when_the_request_holds_other_state(
+    aiohttp_client: DenialClient,
+) -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        request[_OTHER] = "state"  # the request's state is no longer empty
+        seen.append(request_id_of(request))
+        seen.append(request_id_of(request))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/x") as response:
+        assert response.status == 200
+    assert len(seen) == 2
+    assert seen[0] == seen[1]
+
+
+def test_request_ids_are_random_hex_and_never_repeat_across_draws() -> None:
+    ids = [_fresh_request_id() for _ in range(3 * _IDS_PER_DRAW + 7)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", rid) for rid in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_never_hands_out_its_parents_request_ids() -> None:
+    _fresh_request_id()  # the parent now holds spare ids drawn in advance
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and exits
+        try:
+            os.write(writer, _fresh_request_id().encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        from_child = pipe.read().decode()
+    os.waitpid(child, 0)
+    assert re.fullmatch(r"[0-9a-f]{16}", from_child)
+    assert from_child != _fresh_request_id()

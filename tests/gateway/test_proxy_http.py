@@ -243,6 +243,26 @@ async def test_gateway_adds_no_request_headers_the_client_did_not_send(
     assert not names & {"user-agent", "accept-encoding", "accept", "content-type", "cookie"}
 
 
+async def test_bodies_get_no_invented_headers_either(gateway_factory: GatewayFactory) -> None:
+    """A body the client sent without a Content-Type (either framing) gets none upstream."""
+    gw = await gateway_factory()
+    sized = await gw.raw(
+        f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n"
+        "Connection: close\r\n\r\nhello".encode()
+    )
+    chunked = await gw.raw(
+        f"PUT /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".encode()
+    )
+    assert sized.startswith(b"HTTP/1.1 200")
+    assert chunked.startswith(b"HTTP/1.1 200")
+    assert len(gw.upstream.received) == 2
+    for got in gw.upstream.received:
+        assert got.body == b"hello"
+        names = {name.lower() for name, _ in got.headers}
+        assert not names & {"user-agent", "accept-encoding", "accept", "content-type"}
+
+
 async def test_server_sent_events_arrive_event_by_event(
     gateway_factory: GatewayFactory, client: aiohttp.ClientSession
 ) -> None:

@@ -35,6 +35,22 @@ async def test_messages_flow_both_ways_with_subprotocol(gateway_factory: Gateway
     assert got.header("Sec-WebSocket-Protocol") == ["chat.v1,other"]
 
 
+async def test_the_upstream_handshake_gets_no_invented_headers(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory()
+    bare = ("User-Agent", "Accept", "Accept-Encoding")
+    async with (
+        aiohttp.ClientSession(skip_auto_headers=bare) as client,
+        client.ws_connect(gw.url + "/ws", headers={"Host": HOST}) as ws,
+    ):
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "echo:hello"
+    names = {name.lower() for name, _ in gw.upstream.received[0].headers}
+    assert "sec-websocket-key" in names
+    assert not names & {"user-agent", "accept", "accept-encoding", "content-type"}
+
+
 async def test_upstream_close_code_reaches_the_client(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory()
     async with (
