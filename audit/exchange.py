@@ -24,12 +24,20 @@ byte for byte on hostile input.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from audit.errors import RecordError
-from audit.frame import MAX_BODY_BYTES, after_packing, body_packer, encode_body, map_header
+from audit.frame import (
+    MAX_BODY_BYTES,
+    after_packing,
+    array_header,
+    body_packer,
+    encode_body,
+    map_header,
+)
 from audit.record import (
+    MAX_TEXT,
     BodyCapture,
     HttpRecord,
     Person,
@@ -41,8 +49,8 @@ from audit.record import (
     _text,
     _timings,
     http_record,
+    packed_timestamp,
     session_ref,
-    timestamp,
 )
 from audit.redact import Redactor, Report, _token_like
 
@@ -58,7 +66,7 @@ class HttpExchange(dict[str, Any]):
     builder runs on them (RecordError) and lays out the shared parts of the body.
     """
 
-    __slots__ = ("_identity", "_redacted", "_start", "_url")
+    __slots__ = ("_identity", "_redacted", "_spliced", "_start", "_url")
 
     def __init__(
         self,
@@ -124,19 +132,30 @@ class HttpExchange(dict[str, Any]):
             identity = _Identity(key)
             _remember(key, identity)
         self._identity = identity
-        # The builder's checks on the request's own facts.
-        _text("event.id", request_id)
-        _text("http.request.method", method)
-        url: dict[str, Any] = {
-            "scheme": _text("url.scheme", scheme),
-            "domain": _text("url.domain", host),
-            "path": _text("url.path", path),
-        }
+        # The builder's checks on the request's own facts: all strings, none too long (a
+        # sum within the limit is each within it), else `_text` says which is not.
+        if not (
+            type(request_id) is type(method) is type(scheme) is type(host) is type(path) is str
+            and type(query) is str
+            and len(request_id) + len(method) + len(scheme) + len(host) + len(path) + len(query)
+            <= MAX_TEXT
+        ):
+            _text("event.id", request_id)
+            _text("http.request.method", method)
+            _text("url.scheme", scheme)
+            _text("url.domain", host)
+            _text("url.path", path)
+            if query:
+                _text("url.query", query)
+        url: dict[str, Any] = {"scheme": scheme, "domain": host, "path": path}
         if query:
-            url["query"] = _text("url.query", query)
+            url["query"] = query
         self._url = url  # never changed: redaction copies it first
-        self._start = None if started_at is None else timestamp(started_at)
+        # `event.start`, packed as an entry of the event map
+        self._start = b"" if started_at is None else _START + packed_timestamp(started_at)
         self._redacted: _Redacted | None = None
+        # Neither grant nor session: the builder moves `gateway`, and lays out the record.
+        self._spliced = grant_id is not None or session_id is not None
 
     def attempt(self, at: float) -> ExchangeRecord:
         """The attempt record made at `at`."""
@@ -289,18 +308,23 @@ class _Identity:
 class _IdentityRedacted:
     """An identity's parts as one redactor stores them: redacted, listed and packed.
 
-    `*_notes` hold the redactions of a part; the packed parts are (number of map entries,
-    their msgpack bytes), so that a record is spliced from them (see `_Redacted.encode`).
+    The packed parts are the msgpack bytes of map entries, laid out around the record's
+    own parts (see `_Redacted`): `top` entries of the record's map besides its `error`,
+    `before` (user, organization, then the `gateway` key), the gateway map's own entries
+    (`gateway_count` of them in `gateway_entries`: grant, session, grant scope, route),
+    `after` (source, user agent, then the `http` key). `user_notes` and `ua_notes` hold
+    the redactions of a part, as packed notes.
     """
 
     __slots__ = (
         "_decisions",
-        "after_gateway",
-        "before_gateway",
-        "gateway_first",
-        "gateway_late",
+        "after",
+        "before",
+        "gateway_count",
+        "gateway_entries",
         "identity",
         "redactor",
+        "top",
         "ua_notes",
         "user_notes",
     )
@@ -308,26 +332,34 @@ class _IdentityRedacted:
     def __init__(self, identity: _Identity, redactor: Redactor) -> None:
         self.identity = identity
         self.redactor = redactor
-        ua, self.ua_notes = _scan_map(redactor, identity.ua, "user_agent", ("original",))
-        user, self.user_notes = _scan_map(redactor, identity.user, "user", ("email", "full_name"))
+        ua, ua_notes = _scan_map(redactor, identity.ua, "user_agent", ("original",))
+        user, user_notes = _scan_map(redactor, identity.user, "user", ("email", "full_name"))
         if user is not None and isinstance(user.get("effective"), dict):
             effective, more = _scan_map(
                 redactor, user["effective"], "user.effective", ("email", "full_name")
             )
             if more:
                 user = {**user, "effective": effective}
-                self.user_notes = [*self.user_notes, *more]
+                user_notes = [*user_notes, *more]
+        self.ua_notes = _packed_notes(ua_notes)
+        self.user_notes = _packed_notes(user_notes)
         first = identity.grant if identity.grant_first else None
         late = None if identity.grant_first else identity.grant
-        self.before_gateway = _entries(("user", user), ("organization", identity.org))
-        self.gateway_first = _entries(("grant", first), ("session", identity.session))
-        self.after_gateway = _entries(("source", identity.source), ("user_agent", ua))
-        self.gateway_late = _entries(("grant", late), ("route", identity.route))
+        before = _entries(("user", user), ("organization", identity.org))
+        gateway_first = _entries(("grant", first), ("session", identity.session))
+        after = _entries(("source", identity.source), ("user_agent", ua))
+        gateway_late = _entries(("grant", late), ("route", identity.route))
+        self.top = 6 + before[0] + after[0]
+        self.before = before[1] + _GATEWAY
+        self.gateway_count = gateway_first[0] + gateway_late[0]
+        self.gateway_entries = gateway_first[1] + gateway_late[1]
+        self.after = after[1] + _HTTP
         # reason -> the packed decision entry and its redactions: the attempt's, and a few
         # denials' (the reasons a denial gives are the gateway's own few sentences).
-        self._decisions: dict[str | None, tuple[tuple[int, bytes], list[Note]]] = {}
+        self._decisions: dict[str | None, _Decision] = {}
 
-    def decision(self, reason: str | None) -> tuple[tuple[int, bytes], list[Note]]:
+    def decision(self, reason: str | None) -> _Decision:
+        """The decision entry (number of entries, bytes) with `reason`, and its notes."""
         found = self._decisions.get(reason)
         if found is None:
             key = self.identity.key
@@ -337,11 +369,28 @@ class _IdentityRedacted:
                 "gateway.decision",
                 ("reason", "rule"),
             )
-            found = _entries(("decision", decision)), notes
+            count, entries = _entries(("decision", decision))
+            found = count, entries, _packed_notes(notes)
             # SECURITY: a reason with a redaction held a secret, which the key would keep.
             if not notes and len(self._decisions) < 8 and (reason is None or len(reason) <= 512):
                 self._decisions[reason] = found
         return found
+
+
+# Redactions as stored: (how many, their msgpack bytes: each note's map, in order).
+PackedNotes = tuple[int, bytes]
+# A decision as stored: its entry's count (0 or 1) and bytes, and its redactions.
+_Decision = tuple[int, bytes, PackedNotes]
+
+
+def _packed_notes(notes: list[Note]) -> PackedNotes:
+    """`notes` as the items of a packed list: a list packs as its header, then its items."""
+    if not notes:
+        return _NO_NOTES
+    return len(notes), _pack(notes)[len(array_header(len(notes))) :]
+
+
+_NO_NOTES: PackedNotes = (0, b"")
 
 
 class ExchangeRecord(Mapping[str, Any]):
@@ -360,7 +409,8 @@ class ExchangeRecord(Mapping[str, Any]):
         self.at = at
         self._own = own
         self._body: HttpRecord | None = None
-        self._parts = _OwnParts(own) if own else None
+        # An attempt has no arguments of its own; an outcome always has (all of them).
+        self._parts = None if phase == "attempt" else _OwnParts(own)
 
     def arguments(self) -> dict[str, Any]:
         """The `http_record` keyword arguments (besides the phase) this record stands for."""
@@ -384,10 +434,13 @@ class ExchangeRecord(Mapping[str, Any]):
     def encode(self, redactor: Redactor) -> bytes:
         """The stored bytes: `redactor.scrub_encoded(self.record(), encode_body)`."""
         exchange = self._exchange
-        if exchange["grant_id"] is None and exchange["session_id"] is None:
+        if not exchange._spliced:
             # Then the builder moves `gateway` in the body: its own path lays it out.
             return redactor.scrub_encoded(self.record(), encode_body)
-        return exchange._redacted_by(redactor).encode(self)
+        redacted = exchange._redacted
+        if redacted is None or redacted.redactor is not redactor:
+            redacted = exchange._redacted_by(redactor)
+        return redacted.encode(self)
 
 
 class _OwnParts:
@@ -396,12 +449,16 @@ class _OwnParts:
     __slots__ = ("request_body", "request_headers", "response_body", "response_headers", "timings")
 
     def __init__(self, own: dict[str, Any]) -> None:
-        if own["status"] is not None:
-            _status(own["status"])
-        if own["request_bytes"] is not None:
-            _count("http.request.bytes", own["request_bytes"])
-        if own["response_bytes"] is not None:
-            _count("http.response.bytes", own["response_bytes"])
+        # The builder's checks; the common values pass without a call.
+        status = own["status"]
+        if status is not None and not (type(status) is int and 100 <= status <= 599):
+            _status(status)
+        count = own["request_bytes"]
+        if count is not None and not (type(count) is int and count >= 0):
+            _count("http.request.bytes", count)
+        count = own["response_bytes"]
+        if count is not None and not (type(count) is int and count >= 0):
+            _count("http.response.bytes", count)
         # Headers are checked as they are redacted, pair by pair (see `_stored_headers`).
         self.request_headers: tuple[Any, ...] | None = own["request_headers"]
         self.response_headers: tuple[Any, ...] | None = own["response_headers"]
@@ -417,21 +474,46 @@ class _OwnParts:
             _text("gateway.decision.reason", own["reason"])
 
 
+def _request_header(name: object, value: object) -> None:
+    _header("http.request.headers", name, value)
+
+
+def _response_header(name: object, value: object) -> None:
+    _header("http.response.headers", name, value)
+
+
 def _stored_headers(
-    redactor: Redactor, pairs: tuple[Any, ...], where: str, listed: list[Note]
-) -> bytes:
-    """Headers as the builder stores and the redactor redacts them, packed.
+    redactor: Redactor, pairs: tuple[Any, ...], where: str, check: Callable[[object, object], None]
+) -> tuple[bytes, PackedNotes]:
+    """Headers as the builder stores and the redactor redacts them, packed, and their notes.
 
-    RecordError for a pair the builder refuses, as `http_record` raises it.
+    `check` is `_request_header` or `_response_header` (where `where` names): RecordError
+    for a pair the builder refuses, as `http_record` raises it.
     """
-
-    def check(name: object, value: object) -> None:
-        _header(where, name, value)
-
     packed, redactions = redactor.header_list(pairs, check)
-    for suffix, kind in redactions:
-        listed.append({"field": where + suffix, "kind": kind})
-    return packed
+    if not redactions:
+        return packed, _NO_NOTES
+    key = (where, redactions)
+    notes = _HEADER_NOTES.get(key)
+    if notes is None:
+        notes = _packed_notes(
+            [{"field": where + suffix, "kind": kind} for suffix, kind in redactions]
+        )
+        # SECURITY: a name holding token-like text (`?token_<JWT>=…`) is never kept.
+        names = "\n".join([suffix for suffix, _ in redactions])
+        if len(notes[1]) <= HEADER_NOTES_TEXT and not _token_like(names):
+            if len(_HEADER_NOTES) >= HEADER_NOTES_MEMO:
+                _HEADER_NOTES.clear()
+            _HEADER_NOTES[key] = notes
+    return packed, notes
+
+
+HEADER_NOTES_MEMO = 256  # header lists' redactions remembered, packed
+HEADER_NOTES_TEXT = 1024  # the most bytes a remembered one packs to
+# (headers' field, their redactions as (field suffix, kind)) -> those notes, packed. Every
+# forwarded request lists the same few (the gateway's own assertion, a cookie header).
+# What it keeps is what records list in the clear: header and parameter names, kinds.
+_HEADER_NOTES: dict[tuple[str, tuple[tuple[str, str], ...]], PackedNotes] = {}
 
 
 class _Redacted:
@@ -439,55 +521,73 @@ class _Redacted:
 
     A record's stored bytes are spliced from packed parts: msgpack packs a value the same
     wherever it stands, so a map is its entry count's header followed by its packed keys
-    and values, in order. The parts are laid out in the order the builder inserts them,
-    and the redactions listed in the order the redactor lists them (its own parts first:
-    headers and captured bodies, then the query; then the untrusted text field by field,
-    as `audit.record.UNTRUSTED_TEXT` orders it).
+    and values, in order (and a list its item count's header, then its items). The parts
+    are laid out in the order the builder inserts them, and the redactions listed in the
+    order the redactor lists them (its own parts first: headers and captured bodies, then
+    the query; then the untrusted text field by field, as `audit.record.UNTRUSTED_TEXT`
+    orders it). Every map of a record has fewer than 16 entries (a fixmap: `_MAPS`).
     """
 
     __slots__ = (
-        "event_head",
+        "attempt_event",
         "exchange",
         "identity",
-        "method_notes",
-        "query_notes",
+        "notes",
+        "outcome_event",
         "redactor",
         "request_head",
-        "start",
         "url",
-        "url_notes",
     )
 
     def __init__(self, exchange: HttpExchange, redactor: Redactor) -> None:
         self.exchange = exchange
         self.redactor = redactor
-        self.identity = exchange._identity.redacted_by(redactor)
-        self.method_notes: list[Note] = []
+        self.identity = identity = exchange._identity.redacted_by(redactor)
+        method_notes: list[Note] = []
         method = exchange["method"]
         if _token_like(method):
-            method = redactor._tokens(method, "http.request.method", _noter(self.method_notes))
+            method = redactor._tokens(method, "http.request.method", _noter(method_notes))
         url = exchange._url
-        self.query_notes: list[Note] = []
+        query_notes: list[Note] = []
         if "query" in url:
             url = dict(url)
-            url["query"] = redactor._query(url["query"], "url.query", _noter(self.query_notes))
-        self.url_notes: list[Note] = []
-        for name in ("domain", "path", "query"):
-            text = url.get(name)
-            if isinstance(text, str) and _token_like(text):
-                url = url if url is not exchange._url else dict(url)
-                url[name] = redactor._tokens(text, f"url.{name}", _noter(self.url_notes))
-        request_id = exchange["request_id"]
-        self.url = _entries_bytes("url", url)
-        self.request_head = _entries_bytes("id", request_id, "method", method)
-        self.event_head = _entries_bytes("id", request_id) + _EVENT_KIND
+            url["query"] = redactor._query(url["query"], "url.query", _noter(query_notes))
+        url_notes: list[Note] = []
+        if (
+            _token_like(url["domain"])
+            or _token_like(url["path"])
+            or ("query" in url and _token_like(url["query"]))
+        ):
+            for name in ("domain", "path", "query"):
+                text = url.get(name)
+                if isinstance(text, str) and _token_like(text):
+                    url = url if url is not exchange._url else dict(url)
+                    url[name] = redactor._tokens(text, f"url.{name}", _noter(url_notes))
+        pack = body_packer().pack
+        self.url = _URL + pack(url)
+        request_id = _ID + pack(exchange["request_id"])
+        self.request_head = request_id + _METHOD + pack(method)
+        # `event` up to the record's own facts: id, kind, category, action, start (, end)
+        event_head = request_id + _EVENT_KIND
         start = exchange._start
-        self.start = b"" if start is None else _entries_bytes("start", start)
+        started = bool(start)
+        self.attempt_event = b"".join(
+            (_EVENT, _MAPS[4 + started], event_head, _ATTEMPT_ACTION, start)
+        )
+        self.outcome_event = b"".join(
+            (_EVENT, _MAPS[6 + 2 * started], event_head, _OUTCOME_ACTION, start, _END)
+        )
+        # The redactions every record of the exchange lists between its own and the rest.
+        self.notes = identity.ua_notes
+        if query_notes or method_notes or url_notes:
+            count, packed = _packed_notes([*query_notes, *method_notes, *url_notes])
+            self.notes = count + identity.ua_notes[0], packed + identity.ua_notes[1]
 
     def encode(self, record: ExchangeRecord) -> bytes:
         """The stored bytes of `record`: `scrub_encoded(http_record(...))`, spliced."""
+        parts = record._parts
         try:
-            data = self._splice(record)
+            data = self._attempt(record.at) if parts is None else self._outcome(record, parts)
         except (TypeError, ValueError, OverflowError) as exc:
             # As encode_body says it (text a record cannot hold, e.g. a lone surrogate).
             raise RecordError(f"record body is not storable as msgpack: {exc}") from exc
@@ -496,111 +596,142 @@ class _Redacted:
             raise RecordError(f"record body is {len(data)} bytes, at most {MAX_BODY_BYTES}")
         return data
 
-    def _splice(self, record: ExchangeRecord) -> bytes:
+    def _attempt(self, at: float) -> bytes:
+        shared = self.identity
+        decided, entry, decision_notes = shared.decision(self.exchange["reason"])
+        notes, user_notes = self.notes, shared.user_notes
+        count = notes[0] + decision_notes[0] + user_notes[0]
+        redactions = b""
+        if count:
+            redactions = b"".join(
+                (_REDACTIONS, array_header(count), notes[1], decision_notes[1], user_notes[1])
+            )
+        return b"".join(
+            (
+                _MAPS[shared.top],
+                _ATTEMPT_KIND,
+                _TIMESTAMP,
+                packed_timestamp(at),
+                self.attempt_event,
+                shared.before,
+                _MAPS[shared.gateway_count + decided + bool(count)],
+                shared.gateway_entries,
+                entry,
+                redactions,
+                shared.after,
+                _ATTEMPT_HTTP,
+                self.request_head,
+                self.url,
+            )
+        )
+
+    def _outcome(self, record: ExchangeRecord, parts: _OwnParts) -> bytes:
         pack = body_packer().pack  # this thread's packer: left empty after every call
         exchange = self.exchange
         shared = self.identity
         redactor = self.redactor
-        own = record._own
-        parts = record._parts
+        own_args = record._own
         at = record.at
-        stamp = pack(timestamp(at))
-        error = own.get("error")
-        status = own.get("status")
-        if record.phase == "attempt":
-            kind = _ATTEMPT_KIND
-            event = [map_header(4 + bool(self.start)), self.event_head, _ATTEMPT_ACTION]
-            event.append(self.start)
-        else:
-            kind = _DENIAL_KIND if error is not None else _OUTCOME_KIND
-            failed = error is not None or (status is not None and status >= 400)
-            started_at = exchange["started_at"]
-            event = [
-                map_header(6 + bool(self.start) + (started_at is not None)),
-                self.event_head,
-                _OUTCOME_ACTION,
-                self.start,
-                _END,
-                stamp,
-                _FAILURE if failed else _SUCCESS,
-            ]
-            if started_at is not None:
-                event.append(_DURATION + pack(max(0, round((at - started_at) * 1e9))))
-        listed: list[Note] = []
+        stamp = packed_timestamp(at)
+        error = own_args["error"]
+        status = own_args["status"]
+        started_at = exchange["started_at"]
+        failed = error is not None or (status is not None and status >= 400)
+        duration = b""
+        if started_at is not None:
+            duration = _DURATION + pack(max(0, round((at - started_at) * 1e9)))
+        own: list[bytes] = []  # the record's own redactions, packed: headers', bodies'
+        counted = 0
         tail: list[Note] = []  # captured bodies' untrusted text: listed last
         request = [self.request_head]  # id and method
+        if own_args["request_bytes"] is not None:
+            request.append(_BYTES + pack(own_args["request_bytes"]))
+        if parts.request_headers is not None:
+            where = "http.request.headers"
+            headers, notes = _stored_headers(
+                redactor, parts.request_headers, where, _request_header
+            )
+            request.append(_HEADERS + headers)
+            counted += notes[0]
+            own.append(notes[1])
+        if parts.request_body is not None:
+            listed: list[Note] = []
+            captured = _capture(redactor, parts.request_body, "http.request.body", listed, tail)
+            request.append(_BODY + pack(captured))
+            counted += len(listed)
+            own.append(_packed_notes(listed)[1])
         response: list[bytes] = []
-        if parts is not None:
-            if own["request_bytes"] is not None:
-                request.append(_BYTES + pack(own["request_bytes"]))
-            if parts.request_headers is not None:
-                where = "http.request.headers"
-                request.append(
-                    _HEADERS + _stored_headers(redactor, parts.request_headers, where, listed)
-                )
-            if parts.request_body is not None:
-                captured = _capture(redactor, parts.request_body, "http.request.body", listed, tail)
-                request.append(_BODY + pack(captured))
-            if own["status"] is not None:
-                response.append(_STATUS + pack(own["status"]))
-            if own["response_bytes"] is not None:
-                response.append(_BYTES + pack(own["response_bytes"]))
-            if parts.response_headers is not None:
-                where = "http.response.headers"
-                response.append(
-                    _HEADERS + _stored_headers(redactor, parts.response_headers, where, listed)
-                )
-            if parts.response_body is not None:
-                where = "http.response.body"
-                captured = _capture(redactor, parts.response_body, where, listed, tail)
-                response.append(_BODY + pack(captured))
-        http = [map_header(2 if response else 1), _REQUEST, map_header(len(request) + 1)]
-        http.extend(request)
+        if status is not None:
+            response.append(_STATUS + pack(status))
+        if own_args["response_bytes"] is not None:
+            response.append(_BYTES + pack(own_args["response_bytes"]))
+        if parts.response_headers is not None:
+            where = "http.response.headers"
+            headers, notes = _stored_headers(
+                redactor, parts.response_headers, where, _response_header
+            )
+            response.append(_HEADERS + headers)
+            counted += notes[0]
+            own.append(notes[1])
+        if parts.response_body is not None:
+            listed = []
+            captured = _capture(redactor, parts.response_body, "http.response.body", listed, tail)
+            response.append(_BODY + pack(captured))
+            counted += len(listed)
+            own.append(_packed_notes(listed)[1])
+        http = [_MAPS[2 if response else 1], _REQUEST, _MAPS[len(request) + 1], *request]
         if response:
             http.append(_RESPONSE)
-            http.append(map_header(len(response)))
+            http.append(_MAPS[len(response)])
             http.extend(response)
-        listed += self.query_notes
-        listed += self.method_notes
-        listed += self.url_notes
-        listed += shared.ua_notes
-        reason = own["reason"] if "reason" in own else exchange["reason"]
-        decision, decision_notes = shared.decision(reason)
+        reason = own_args["reason"] if "reason" in own_args else exchange["reason"]
+        decided, entry, decision_notes = shared.decision(reason)
         failure = b""
+        error_notes = _NO_NOTES
         if error is not None:
             fault: dict[str, Any] = {"code": error}
             if reason is not None:
                 fault["message"] = reason
-            fault, error_notes = _scan_map(redactor, fault, "error", ("code", "message"))
+            fault, scanned = _scan_map(redactor, fault, "error", ("code", "message"))
             failure = _ERROR + pack(fault)
-            listed += error_notes
-        listed += decision_notes
-        listed += shared.user_notes
-        listed += tail
-        first, late = shared.gateway_first, shared.gateway_late
-        gateway = [b"", first[1], late[1], decision[1]]
-        count = first[0] + late[0] + decision[0]
-        if parts is not None and parts.timings is not None:
-            gateway.append(_TIMINGS + pack(parts.timings))
-            count += 1
-        if listed:
-            gateway.append(_REDACTIONS + pack(listed))
-            count += 1
-        gateway[0] = map_header(count)
-        before, after = shared.before_gateway, shared.after_gateway
+            error_notes = _packed_notes(scanned)
+        timings = b""
+        if parts.timings is not None:
+            timings = _TIMINGS + pack(parts.timings)
+        shared_notes, user_notes = self.notes, shared.user_notes
+        count = counted + shared_notes[0] + error_notes[0] + decision_notes[0]
+        count += user_notes[0] + len(tail)
+        redactions = b""
+        if count:
+            redactions = b"".join(
+                (
+                    _REDACTIONS,
+                    array_header(count),
+                    *own,
+                    shared_notes[1],
+                    error_notes[1],
+                    decision_notes[1],
+                    user_notes[1],
+                    _packed_notes(tail)[1],
+                )
+            )
         return b"".join(
             (
-                map_header(6 + before[0] + after[0] + bool(failure)),
-                kind,
+                _MAPS[shared.top + bool(failure)],
+                _DENIAL_KIND if error is not None else _OUTCOME_KIND,
                 _TIMESTAMP,
                 stamp,
-                _EVENT,
-                *event,
-                before[1],
-                _GATEWAY,
-                *gateway,
-                after[1],
-                _HTTP,
+                self.outcome_event,
+                stamp,
+                _FAILURE if failed else _SUCCESS,
+                duration,
+                shared.before,
+                _MAPS[shared.gateway_count + decided + bool(timings) + bool(count)],
+                shared.gateway_entries,
+                entry,
+                timings,
+                redactions,
+                shared.after,
                 *http,
                 self.url,
                 failure,
@@ -613,22 +744,13 @@ def _pack(value: Any) -> bytes:
     return packed
 
 
-def _entries_bytes(*keys_and_values: Any) -> bytes:
-    """The bytes of map entries (a key, its value, ...), packed in one call.
-
-    An array of fewer than 16 items is a one-byte header and then each item's bytes as
-    they would stand anywhere: in a map, as its keys and values.
-    """
-    return _pack(keys_and_values)[1:]
-
-
 def _entries(*items: tuple[str, Any]) -> tuple[int, bytes]:
     """The map entries (key, value) whose value is not None: their number and bytes."""
     present = [(key, value) for key, value in items if value is not None]
     return len(present), b"".join(_pack(key) + _pack(value) for key, value in present)
 
 
-_FIXMAPS = tuple(bytes((0x80 | n,)) for n in range(16))
+_MAPS = tuple(map_header(n) for n in range(16))  # every map of a record is this small
 _ATTEMPT_KIND = _pack("record") + _pack(str(RecordKind.HTTP_ATTEMPT))
 _OUTCOME_KIND = _pack("record") + _pack(str(RecordKind.HTTP_OUTCOME))
 _DENIAL_KIND = _pack("record") + _pack(str(RecordKind.DENIAL))
@@ -652,6 +774,11 @@ _STATUS = _pack("status_code")
 _TIMINGS = _pack("timings")
 _REDACTIONS = _pack("redactions")
 _ERROR = _pack("error")
+_START = _pack("start")
+_URL = _pack("url")
+_ID = _pack("id")
+_METHOD = _pack("method")
+_ATTEMPT_HTTP = _MAPS[1] + _REQUEST + _MAPS[2]  # an attempt's http: its request's id, method
 
 
 def _noter(listed: list[Note]) -> Report:

@@ -205,13 +205,40 @@ def timestamp(at: float) -> str:
     `Z` (microseconds rounded half-even, then cut to milliseconds); the seconds part is
     formatted once per second, as every record of a busy second shares it.
     """
+    if 0 <= at < _MAX_FAST_TIME:
+        second = int(at)
+        micros = round((at - second) * 1e6)
+        cached = _last_second  # read once: another thread may swap it (see `_second`)
+        if cached[0] == second and micros < 1_000_000:
+            return cached[1] + _MILLIS[micros // 1000]  # the common case: this second's
+        cached, millis = _second(at)
+        return cached[1] + _MILLIS[millis]
+    return _slow_timestamp(at)
+
+
+def packed_timestamp(at: float) -> bytes:
+    """`timestamp(at)` as msgpack packs it (a str): for bodies spliced from packed parts."""
+    if 0 <= at < _MAX_FAST_TIME:
+        second = int(at)
+        micros = round((at - second) * 1e6)
+        cached = _last_second  # as in `timestamp`
+        if cached[0] == second and micros < 1_000_000:
+            return cached[2] + _PACKED_MILLIS[micros // 1000]
+        cached, millis = _second(at)
+        return cached[2] + _PACKED_MILLIS[millis]
+    text = _slow_timestamp(at).encode("utf-8")
+    # msgpack's str header: fixstr below 32 bytes, else str 8 (a timestamp is short)
+    head = bytes((0xA0 | len(text),)) if len(text) < 32 else bytes((0xD9, len(text)))
+    return head + text
+
+
+# (second, its text to the seconds, that text packed as the head of a 24-character str)
+_Second = tuple[int, str, bytes]
+
+
+def _second(at: float) -> tuple[_Second, int]:
+    """The second of `at` (0 <= at < _MAX_FAST_TIME), formatted, and its milliseconds."""
     global _last_second
-    if not 0 <= at < _MAX_FAST_TIME:
-        return (
-            datetime.fromtimestamp(at, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z")
-        )
     second = int(at)
     micros = round((at - second) * 1e6)
     if micros >= 1_000_000:
@@ -220,14 +247,21 @@ def timestamp(at: float) -> str:
     cached = _last_second
     if cached[0] != second:
         # One tuple, swapped whole: a thread never sees one second's prefix with another's.
-        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        # A four-digit year makes every timestamp 24 characters: msgpack's fixstr 0xb8.
+        cached = (second, text, b"\xb8" + text.encode("ascii"))
         _last_second = cached
-    return cached[1] + _MILLIS[micros // 1000]
+    return cached, micros // 1000
+
+
+def _slow_timestamp(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _MILLIS = tuple(f".{n:03d}Z" for n in range(1000))  # the fraction, formatted ahead
+_PACKED_MILLIS = tuple(text.encode("ascii") for text in _MILLIS)
 _MAX_FAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: four-digit years only
-_last_second: tuple[int, str] = (-1, "")
+_last_second: _Second = (-1, "", b"")
 
 
 def session_ref(session_id: str) -> str:
@@ -479,6 +513,14 @@ def _count(field: str, value: int) -> int:
 
 
 def _timings(timings: Mapping[str, float]) -> dict[str, float]:
+    values = timings.values()
+    if (
+        timings.keys() <= TIMING_NAMES
+        and {*map(type, values)} <= _FLOAT
+        and all(map(_NOT_NEGATIVE, values))
+    ):
+        # The common case, checked without a call per timing: known names, floats >= 0.
+        return dict(timings)
     out: dict[str, float] = {}
     for name, value in timings.items():
         if name not in TIMING_NAMES:
@@ -489,6 +531,10 @@ def _timings(timings: Mapping[str, float]) -> dict[str, float]:
             raise RecordError(f"gateway.timings.{name}: expected milliseconds >= 0, got {value!r}")
         out[name] = float(value)
     return out
+
+
+_FLOAT = frozenset({float})
+_NOT_NEGATIVE = (0.0).__le__  # False for NaN, as `value >= 0` is
 
 
 def kind_of(body: Mapping[str, Any]) -> str:

@@ -264,7 +264,9 @@ class Redactor:
         self._pairs: dict[bytes, StoredHeader] = {}
         # header lists -> as stored: see `header_list`
         self._lists: dict[bytes, StoredHeaders] = {}
-        self._memo_secret = os.urandom(32)  # keys the memos' digests: see `_memo_key`
+        # Keys the memos' digests (see `_memo_key`): a keyed hash, copied for each digest
+        # (cheaper than keying a new one).
+        self._memo_hash = hashlib.blake2b(key=os.urandom(32), digest_size=32)
 
     def hash(self, secret: str) -> str:
         digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -456,7 +458,9 @@ class Redactor:
         """
         packed = body_packer().pack(headers)
         after_packing(len(packed))
-        return hashlib.blake2b(packed, key=self._memo_secret, digest_size=32).digest()
+        digest = self._memo_hash.copy()
+        digest.update(packed)
+        return digest.digest()
 
     def header_list(
         self, pairs: tuple[Any, ...], check: Callable[[Any, Any], object]

@@ -7,8 +7,10 @@ For each durability mode of a private redis-server (AOF `appendfsync always`, th
 - a bare XADD round trip of a frame-sized payload (the floor a writer cannot beat);
 - the writer appending alone (one request at a time): its cost per request in µs;
 - the writer under 64 concurrent requests (group commit): frames/s and µs per request;
-and, once, encode + redact + chain without Redis, and the collector's frames/s from the
-stream to fsynced segment files. Ratios compare the writer with the bare XADD.
+and, once, encode + redact + chain without Redis (a record dict through `Redactor.scrub`,
+and the gateway's own path: an `HttpExchange` per request, its attempt and its outcome
+encoded and sealed as the writer does), and the collector's frames/s from the stream to
+fsynced segment files. Ratios compare the writer with the bare XADD.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from audit.collector import Collector
-from audit.frame import Frame, encode_body
+from audit.exchange import HttpExchange
+from audit.frame import Frame, FrameSealer, encode_body
 from audit.keys import SigningKey
 from audit.record import Person, http_record
 from audit.redact import Redactor
@@ -76,6 +79,71 @@ def _encode_chain_rate(count: int = 20_000) -> float:
         head = frame.h
         frame.encode()
     return count / (time.perf_counter() - start)
+
+
+# What a forwarded request's outcome lists: the headers sent upstream (the gateway's own
+# identity and assertion among them) and those the upstream answered with.
+_ASSERTION = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLXZhbHVl"
+_UPSTREAM_REQUEST = [
+    ("Host", "127.0.0.1:8080"),
+    ("Accept", "*/*"),
+    ("User-Agent", "wrk"),
+    ("X-Forwarded-For", "192.0.2.7"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "acme.gateway.example"),
+    ("X-Gateway-User", "bob"),
+    ("X-Gateway-Actor", "sam"),
+    ("X-Gateway-Grant", "g-123"),
+    ("X-Gateway-Assertion", _ASSERTION),
+]
+_UPSTREAM_RESPONSE = [
+    ("Content-Type", "application/json; charset=utf-8"),
+    ("Content-Length", "61"),
+    ("Date", "Sun, 29 Nov 2026 11:50:00 GMT"),
+    ("Server", "Python/3.11 aiohttp/3.9"),
+]
+
+
+def _exchange_chain_rate(count: int = 10_000) -> float:
+    """Frames/s of the gateway's own path: two frames (attempt, outcome) per request."""
+    redactor = Redactor(b"k" * 32)
+    sealer = FrameSealer("bench")
+    actor = Person("sam", kind="staff", email="sam@vendor.example", name="Sam")
+    effective = Person("bob", kind="member", org="acme")
+    head = bytes(32)
+    now = time.time()
+    start = time.perf_counter()
+    for n in range(count):
+        exchange = HttpExchange(
+            request_id=f"{n:016x}",
+            method="GET",
+            host="acme.gateway.example",
+            path=f"/invoices/{n}",
+            client_ip="192.0.2.7",
+            user_agent="wrk",
+            actor=actor,
+            effective=effective,
+            org="acme",
+            grant_id="g-123",
+            scope="read",
+            route="acme",
+            session_id="session-1",
+            decision="allow",
+            reason="no rule matched; route acme default is allow",
+            started_at=now,
+        )
+        head, _ = sealer.seal(2 * n, head, exchange.attempt(now).encode(redactor))
+        outcome = exchange.outcome(
+            now,
+            status=200,
+            request_bytes=0,
+            response_bytes=61,
+            timings={"total": 2.1, "wait": 1.5, "receive": 0.6},
+            request_headers=_UPSTREAM_REQUEST,
+            response_headers=_UPSTREAM_RESPONSE,
+        )
+        head, _ = sealer.seal(2 * n + 1, head, outcome.encode(redactor))
+    return 2 * count / (time.perf_counter() - start)
 
 
 async def _mode(appendfsync: str, root: Path) -> dict[str, float]:
@@ -163,6 +231,7 @@ async def _run_once(collector: Collector) -> None:
 async def _run() -> None:
     print("audit trail benchmark")
     print(f"  encode + redact + chain (no Redis): {_encode_chain_rate():>10,.0f} frames/s")
+    print(f"    the gateway's path (HttpExchange): {_exchange_chain_rate():>10,.0f} frames/s")
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as tmp:
         root = Path(tmp)
         modes = {mode: await _mode(mode, root) for mode in ("always", "everysec")}

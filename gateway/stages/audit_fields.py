@@ -15,6 +15,12 @@ from gateway.identity import Principal
 
 def person(principal: Principal) -> Person:
     """The record's view of a principal (one per distinct principal, remembered)."""
+    global _last_person
+    last = _last_person
+    if last[0] is principal:
+        # The same object as the last call's (a cached grant's actor, request after
+        # request): no hash of its fields. Held here, so its id is not reused meanwhile.
+        return last[1]
     found = _PERSONS.get(principal)
     if found is None:
         found = Person(
@@ -28,6 +34,7 @@ def person(principal: Principal) -> Person:
         if len(_PERSONS) >= PERSON_MEMO:
             _PERSONS.clear()
         _PERSONS[principal] = found
+    _last_person = (principal, found)  # one tuple, swapped whole
     return found
 
 
@@ -49,6 +56,7 @@ def member(member_id: str, org: str) -> Person:
 PERSON_MEMO = 1024
 _PERSONS: dict[Principal, Person] = {}
 _MEMBERS: dict[tuple[str, str], Person] = {}
+_last_person: tuple[Principal | None, Person] = (None, Person(id="-"))
 
 
 def http_exchange(flow: Flow) -> HttpExchange:

@@ -53,6 +53,23 @@ def test_remembered_persons_are_bounded_and_keyed_by_every_field() -> None:
     assert audit_fields.member("bob", "other").org == "other"
 
 
+def test_the_last_principal_is_answered_without_a_lookup_and_never_for_another() -> None:
+    sam = Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Sam")
+    alice = Principal(PrincipalKind.MEMBER, "alice", "alice@acme.example", "Alice", "acme", "admin")
+    first = audit_fields.person(sam)
+    assert audit_fields.person(sam) is first  # the same object again: the last answer
+    # Back and forth: each principal gets its own, an equal one the same as the original.
+    for _ in range(3):
+        assert audit_fields.person(alice).id == "alice"
+        assert audit_fields.person(alice).role == "admin"
+        assert audit_fields.person(sam) == first
+    equal = Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Sam")
+    assert audit_fields.person(equal) == first
+    renamed = Principal(PrincipalKind.STAFF, "sam", "sam@vendor.example", "Samuel")
+    assert audit_fields.person(renamed).name == "Samuel"
+    assert audit_fields.person(sam).name == "Sam"
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
