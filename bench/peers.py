@@ -10,9 +10,9 @@ keep-alive client session, bodies streamed both ways, hop-by-hop headers dropped
 baseline the gateway's forward path is measured against. The recording proxy is the bare
 proxy plus the least that "recorded before forwarding" can cost: before forwarding, each
 request awaits one fixed record appended to a Redis stream, concurrent records sharing
-one pipelined call (group commit). It builds, redacts and chains nothing; it is a
-diagnostic floor, not a gateway. All use uvloop when installed, like the gateway, and
-stop on SIGTERM.
+one Redis command (group commit, sent as the gateway's audit writer sends its batches).
+It builds, redacts and chains nothing; it is a diagnostic floor, not a gateway. All use
+uvloop when installed, like the gateway, and stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -74,17 +74,25 @@ UPSTREAM = web.AppKey("bare_proxy_upstream", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RECORDS_STREAM = "bench:recording-proxy"
 RECORD = b"r" * 600  # about the size of the gateway's attempt record for `/small`
+# One command per batch, like the gateway's audit writer: a pipeline of N XADDs costs N
+# commands to pack and parse.
+APPEND_RECORDS = """
+for i = 1, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'f', ARGV[i])
+end
+return #ARGV
+"""
 
 
 class GroupCommit:
     """Appends one fixed record per call to a Redis stream and returns once Redis has it.
 
-    Calls made while a pipelined XADD is in flight wait for the next one, which carries
-    all of them: the fewest Redis round trips a record per request can take.
+    Calls made while a batch is in flight wait for the next one, which carries all of
+    them in one command: the fewest Redis round trips a record per request can take.
     """
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+        self.append = redis.register_script(APPEND_RECORDS)
         self.waiting: list[asyncio.Future[None]] = []
         self.flushing: asyncio.Task[None] | None = None
 
@@ -99,11 +107,8 @@ class GroupCommit:
         try:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
-                pipe = self.redis.pipeline(transaction=False)
-                for _ in batch:
-                    pipe.xadd(RECORDS_STREAM, {"f": RECORD})
                 try:
-                    await pipe.execute()
+                    await self.append(keys=[RECORDS_STREAM], args=[RECORD] * len(batch))
                 except Exception as exc:  # every waiting request fails with it
                     for accepted in batch:
                         accepted.set_exception(exc)
