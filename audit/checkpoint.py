@@ -22,8 +22,11 @@ A `CheckpointRef` names one checkpoint frame by stream, seq and `h`: what an aud
     {"stream": "20261129T044000Z-5f0c9a1e27b4d3c8", "seq": 41, "h": "<64 hex>", "time": ...}
 
 The genesis frame (seq 0) has body `{"record": "stream.start", "@timestamp": ...,
-"previous": {"stream", "seq", "h"}}` citing the previous stream's last checkpoint frame
-when the writer knew it.
+"previous": {"stream", "seq", "h"}, "cites": [{"stream", "seq", "h"}, ...]}`: `previous`
+is the newest checkpoint any writer sharing the Redis stream marked (when there is one),
+and `cites` (when not empty) the last checkpoint marked by each other stream that no
+stream had cited yet, so that with several gateway instances every stream's last
+checkpoint is cited by a later stream, not only the newest one's.
 """
 
 from __future__ import annotations
@@ -135,10 +138,15 @@ def read_checkpoint(body: dict[str, Any]) -> SignedCheckpoint:
     )
 
 
-def genesis_body(at: float, previous: dict[str, Any] | None) -> dict[str, Any]:
+def genesis_body(
+    at: float, previous: dict[str, Any] | None, cites: Iterable[dict[str, Any]] = ()
+) -> dict[str, Any]:
     body: dict[str, Any] = {"record": str(RecordKind.STREAM_START), "@timestamp": timestamp(at)}
     if previous is not None:
         body["previous"] = previous
+    others = list(cites)
+    if others:
+        body["cites"] = others
     return body
 
 

@@ -43,7 +43,13 @@ from redis.exceptions import RedisError
 
 from audit.checkpoint import CheckpointRef, latest_checkpoint, ref_of_mark
 from audit.collector import Collector
-from audit.errors import AuditError, CheckpointRefError, LayoutError, SigningKeyError
+from audit.errors import (
+    AuditError,
+    CheckpointRefError,
+    LayoutError,
+    SegmentError,
+    SigningKeyError,
+)
 from audit.eviction import eviction_refusal
 from audit.export import Replaced, har_document, jsonl_lines, ocsf_lines, to_json
 from audit.frame import decode_frame
@@ -650,7 +656,7 @@ def _collect(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_collect_async(args, client))
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, SegmentError) as exc:
         print(f"collect: {exc}", file=sys.stderr)
         return 1
 

@@ -50,6 +50,15 @@ Gaps (a stream whose seqs this directory holds with holes, or that does not star
 0) are reported through `gaps()` and logged, with the lost frames, at each round where
 they change.
 
+One collector per segment directory: a collector holds an exclusive lock on its directory
+(`collector.lock` in it) from start to stop, and another collector started on it is
+refused (SegmentError). A collector's start cuts partial records from the ends of the
+files (what a crash leaves); in a directory another collector still writes, that
+collector's batch in flight would look just like one and be cut between its write and its
+acknowledgement.
+Collectors beside each other each get a directory of their own (one consumer group shares
+the frames out between them); verify reads them together.
+
 Trimming: XTRIM MINID with the smallest id any consumer group still needs (its oldest
 pending entry, or the entry after its last delivered one), so that no frame any group
 has not acknowledged is ever dropped.
@@ -60,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import fcntl
 import hashlib
 import os
 import sys
@@ -77,6 +87,7 @@ from audit.segment import MAGIC, SegmentWriter, read_segment, repair_tail, segme
 from audit.writer import FRAME_FIELD
 
 GROUP = "collectors"
+LOCK_NAME = "collector.lock"  # in the segment directory: held while a collector runs
 # Fault injection for the crash test: when set, the collector creates this file after
 # the first batch is durable and then hangs before acknowledging it.
 PAUSE_BEFORE_ACK_ENV = "GATEWAY_AUDIT_COLLECTOR_PAUSE_BEFORE_ACK"
@@ -188,6 +199,8 @@ class Collector:
         self.acked = 0
         self.lost = 0  # entries deleted from the stream before their frame was stored
         self.forks = 0  # frames stored for an already-stored (stream, seq), bytes differing
+        self._lock: int | None = None  # the directory's lock, held while running
+        self._running = False  # within run() or run_once(): writes need the lock
 
     # -- start-up ----------------------------------------------------------------------
     def load_index(self, marked: Mapping[str, int] | None = None) -> None:
@@ -289,19 +302,66 @@ class Collector:
     # -- the loop ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Collect until `stop` is set."""
-        await self._start()
-        while not stop.is_set():
-            await self._round(block=True)
-        self._out.close()
+        self._hold_directory()
+        self._running = True
+        try:
+            await self._start()
+            while not stop.is_set():
+                await self._round(block=True)
+            self._out.close()
+        finally:
+            self._running = False
+            self._release_directory()
 
     async def run_once(self) -> int:
         """Collect everything available now (own pending, claimable, new); frames written."""
         before = self.written
-        await self._start()
-        while await self._round(block=False):
-            pass
-        self._out.close()
+        self._hold_directory()
+        self._running = True
+        try:
+            await self._start()
+            while await self._round(block=False):
+                pass
+            self._out.close()
+        finally:
+            self._running = False
+            self._release_directory()
         return self.written - before
+
+    def _hold_directory(self, *, now: bool = False) -> None:
+        """Take the segment directory's lock; SegmentError if another collector holds it.
+
+        A directory that cannot be made yet holds no file to cut and none of ours: unless
+        `now`, the lock is then taken before the first write (`_store`), which fails as
+        that write would.
+        """
+        if self._lock is not None:
+            return
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            if now:
+                raise
+            return
+        path = self._dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # SECURITY: our start cuts partial tails; another collector's batch in flight
+            # looks like one, and cutting it would lose frames it is about to acknowledge.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SegmentError(
+                f"{self._dir} is in use by another collector (it holds {path}): run one "
+                "collector per segment directory, each beside the others in a directory of "
+                f"its own ({exc.strerror})"
+            ) from exc
+        self._lock = fd
+
+    def _release_directory(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # closing releases the lock
 
     async def _start(self) -> None:
         self.load_index(await self._abandoned_marks())
@@ -422,6 +482,9 @@ class Collector:
             del copies[:-DIGESTS_PER_SEQ]
             frames.append(data)
         if frames:
+            if self._running:
+                # SECURITY: never a write into a directory another collector holds.
+                self._hold_directory(now=True)
             try:
                 self._out.write(frames)
                 self._out.sync()  # durable before acknowledged

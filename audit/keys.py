@@ -6,6 +6,10 @@ A key directory (0700) holds:
     signing/<key_id>.key    private, mode 0600: base64 of the raw 32-byte Ed25519 seed
     active                  the key id the writer signs with
 
+The directory is locked (flock) while a key is made, so that gateway instances sharing it
+and starting at once agree on one first key, and no rotation loses another's key from the
+keyring.
+
 `keyring.json` is what an auditor needs besides the segment files. Rotation creates a
 new key, closes the old key's validity window at the rotation time and opens the new
 one's; old private keys are deleted unless kept on purpose, public keys stay forever.
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,12 +239,16 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    # A name of its own: two writers never share (and rename away) one temporary file.
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class KeyDirectory:
@@ -293,12 +303,33 @@ class KeyDirectory:
             return from_env
         if self.active_path.exists():
             return self.follow(self.active())
-        return self.follow(self.rotate(now))
+        with self._locked():
+            # Another instance may have created the first key while we waited for the lock.
+            if self.active_path.exists():
+                return self.follow(self.active())
+            return self.follow(self._rotate(now, keep_old_private=False))
 
     def rotate(self, now: float, *, keep_old_private: bool = False) -> SigningKey:
         """Make a new active key valid from `now`; the previous key's window ends at `now`."""
+        with self._locked():
+            return self._rotate(now, keep_old_private=keep_old_private)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the directory's lock: one key change at a time, across processes."""
         self.path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o700)  # SECURITY: private keys live only in a 0700 directory
+        # The directory itself is locked: no lock file joins the keys in it.
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # SECURITY: two instances creating keys at once would each sign with a key of
+            # their own while the keyring kept only one: checkpoints nobody could verify.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _rotate(self, now: float, *, keep_old_private: bool) -> SigningKey:
         self.private_dir.mkdir(exist_ok=True)
         os.chmod(self.private_dir, 0o700)
         ring = self.keyring()

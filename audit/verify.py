@@ -4,8 +4,9 @@ Per frame: it decodes, its version is known, `h` recomputes over the stored byte
 Per stream: seqs are contiguous from the genesis frame (a hole is a deletion; the same
 seq with other bytes is a fork), each `prev` is the previous frame's `h`, frames of a
 stream appear in seq order within a file, the genesis frame is well-formed and its
-citation of the previous stream's checkpoint matches (a cited checkpoint beyond the
-cited stream's last frame means that stream was truncated). Per checkpoint: the
+citations of other streams' checkpoints (`previous`, and `cites` with several gateway
+instances) match (a cited checkpoint beyond the cited stream's last frame means that
+stream was truncated). Per checkpoint: the
 signature verifies against the keyring, the key was valid at the checkpoint's time,
 the signed range and head match the recomputed chain, and checkpoints link. Frames
 after the last checkpoint are an unsealed tail, and a stream whose last frame is a
@@ -135,11 +136,9 @@ def verify(
     report.streams = len(streams)
     for earlier, later in forks:
         _report_fork(earlier, later, streams[later.frame.stream], report)
-    cited: list[tuple[_Seen, dict[str, Any]]] = []
+    cited: list[tuple[_Seen, Any]] = []
     for stream_id, frames in sorted(streams.items()):
-        citation = _check_stream(stream_id, frames, keyring, denylist or Denylist(), report)
-        if citation is not None:
-            cited.append(citation)
+        cited.extend(_check_stream(stream_id, frames, keyring, denylist or Denylist(), report))
     for genesis, previous in cited:
         _check_citation(genesis, previous, streams, report)
     for saved in expect:
@@ -277,7 +276,9 @@ def _check_stream(
     keyring: Keyring,
     denylist: Denylist,
     report: Report,
-) -> tuple[_Seen, dict[str, Any]] | None:
+) -> list[tuple[_Seen, Any]]:
+    """Check one stream's frames; the citations its genesis makes, to check once all are read."""
+
     def add(code: str, message: str, seen: _Seen | None, severity: str = ERROR) -> None:
         report.findings.append(
             Finding(
@@ -296,7 +297,7 @@ def _check_stream(
         seq: frame_hash(s.frame.version, s.frame.stream, s.frame.seq, s.frame.prev, s.frame.body)
         for seq, s in frames.items()
     }
-    citation: tuple[_Seen, dict[str, Any]] | None = None
+    citations: list[tuple[_Seen, Any]] = []
     last_cp_seq = -1
     last_cp_h = NO_CHECKPOINT
     last_cp_final = False
@@ -321,9 +322,14 @@ def _check_stream(
                 add("bad_genesis", "seq 0 is not a stream start with a zero prev", seen)
             previous = body.get("previous")
             if isinstance(previous, dict):
-                citation = (seen, previous)
+                citations.append((seen, previous))
                 if isinstance(previous.get("h"), bytes):
                     last_cp_h = previous["h"]
+            others = body.get("cites", [])
+            if isinstance(others, list):
+                citations.extend((seen, other) for other in others)
+            else:
+                add("bad_genesis", "the citations of other streams are not a list", seen)
             continue
         if kind == RecordKind.CHECKPOINT:
             report.checkpoints += 1
@@ -359,7 +365,7 @@ def _check_stream(
             frames[seqs[-1]],
             WARNING,
         )
-    return citation
+    return citations
 
 
 def _check_checkpoint(
@@ -407,17 +413,19 @@ def _check_checkpoint(
 
 def _check_citation(
     genesis: _Seen,
-    previous: dict[str, Any],
+    previous: Any,
     streams: dict[str, dict[int, _Seen]],
     report: Report,
 ) -> None:
-    stream, seq, h = previous.get("stream"), previous.get("seq"), previous.get("h")
-
     def add(code: str, message: str, severity: str = ERROR) -> None:
         report.findings.append(
             Finding(code, message, genesis.file, genesis.index, genesis.frame.stream, 0, severity)
         )
 
+    if not isinstance(previous, dict):
+        add("bad_genesis", "a citation of another stream's checkpoint is not a map")
+        return
+    stream, seq, h = previous.get("stream"), previous.get("seq"), previous.get("h")
     if not isinstance(stream, str) or not isinstance(seq, int) or not isinstance(h, bytes):
         add("bad_genesis", "the citation of the previous checkpoint is malformed")
         return

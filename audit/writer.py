@@ -35,6 +35,16 @@ last checkpoint Redis accepted, so that no stream ever has a seq that Redis refu
 followed by one it kept. (A script stops at its first failing call, so a refused batch
 never has a frame kept after one refused.)
 
+Several writers (one per gateway instance) append to one Redis stream, each frame naming
+its own stream id. Each checkpoint's mark goes both to the last-checkpoint key (the newest
+of any writer: what a new stream's `previous` cites and `audit checkpoint` prints) and,
+under its stream id, to the hash `<last-checkpoint key>:by-stream`. A new stream's genesis
+also `cites` every mark in that hash (at most MAX_CITED, besides `previous`), and the batch
+that appends the genesis removes each mark it cited unless a newer one replaced it
+meanwhile. So every stream's last checkpoint, clean shutdown or crash, is cited by the next
+stream any instance starts, and cutting a stream back is caught by verify (`truncated`)
+with several instances as with one; a live stream's later marks are added again.
+
 Durability is Redis's: with `appendfsync always` an accepted frame is on disk before the
 reply; with `everysec` up to a second of accepted frames can be lost in a Redis crash.
 """
@@ -62,17 +72,28 @@ from audit.redact import Redactor
 
 FRAME_FIELD = b"f"  # the one field of each Redis stream entry: the frame's bytes
 
-# KEYS: the stream, the last-checkpoint key. ARGV: the checkpoint mark ("" for none),
-# then the frames in seq order, each XADDed as one entry with its bytes in FRAME_FIELD.
+# KEYS: the stream, the last-checkpoint key, the marks by stream. ARGV: the checkpoint mark
+# ("" for none) and its stream, the number N of marks the batch's genesis cites, then N
+# (stream, mark) pairs to remove unless replaced since, then the frames in seq order, each
+# XADDed as one entry with its bytes in FRAME_FIELD.
 APPEND_SCRIPT = f"""
-for i = 2, #ARGV do
+local first = 4 + 2 * tonumber(ARGV[3])
+for i = first, #ARGV do
   redis.call('XADD', KEYS[1], '*', '{FRAME_FIELD.decode()}', ARGV[i])
 end
 if ARGV[1] ~= '' then
   redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
 end
-return #ARGV - 1
+for i = 4, first - 1, 2 do
+  if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+end
+return #ARGV - first + 1
 """
+# A genesis cites at most this many other streams' marks (the rest wait for the next one).
+MAX_CITED = 256
 
 
 def new_stream_id(at: float) -> str:
@@ -116,6 +137,11 @@ class AuditWriter:
         self._signer = signer
         self._key = stream
         self._checkpoint_key = last_checkpoint_key or f"{stream}:last-checkpoint"
+        self._marks_key = f"{self._checkpoint_key}:by-stream"
+        # Marks read at open() for the first genesis to cite, and the (stream, raw mark)
+        # pairs its batch removes from the marks by stream once Redis accepted it.
+        self._to_cite: list[dict[str, Any]] = []
+        self._uncite: list[tuple[bytes, bytes]] = []
         self._now = now
         self._every_frames = checkpoint_every_frames
         self._every_s = checkpoint_every_s
@@ -148,10 +174,18 @@ class AuditWriter:
             raise RuntimeError("AuditWriter.open() called twice")
         self._opened = True
         try:
-            raw = await asyncio.wait_for(self._redis.get(self._checkpoint_key), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                raw = await self._redis.get(self._checkpoint_key)
+                marks: Any = await self._redis.hgetall(self._marks_key)
         except (RedisError, OSError, TimeoutError) as exc:
             raise AuditUnavailable(f"audit stream unreachable: {exc}") from exc
         self._accepted_cp = _read_cited(raw)
+        for field, value in sorted(marks.items())[:MAX_CITED]:
+            cited = _read_cited(value)
+            if cited is not None and isinstance(field, bytes) and isinstance(value, bytes):
+                self._uncite.append((field, value))
+                if cited != self._accepted_cp:
+                    self._to_cite.append(cited)
         await self._begin_stream()
         self._timer = asyncio.create_task(self._tick(), name="audit-checkpoint-timer")
 
@@ -235,7 +269,10 @@ class AuditWriter:
         cited = self._accepted_cp
         self._last_cp_h = cited["h"] if cited else NO_CHECKPOINT
         self._broken = False
-        return self._queue_frame(encode_body(genesis_body(at, cited)))
+        # Only the first stream cites the others' marks read at open(); a stream begun after
+        # a refused batch cites this writer's own last accepted checkpoint.
+        others, self._to_cite = self._to_cite, []
+        return self._queue_frame(encode_body(genesis_body(at, cited, others)))
 
     def _queue_frame(self, data: bytes, mark: dict[str, Any] | None = None) -> asyncio.Future[int]:
         """Chain `data` as the next frame; the future gives its seq once Redis accepted it."""
@@ -285,8 +322,11 @@ class AuditWriter:
             while self._queue:
                 batch, self._queue = self._queue, []
                 marks = [item.mark for item in batch if item.mark is not None]
+                # The marks the genesis cites go with its batch, and only with that one: if
+                # it is refused they stay in Redis for another stream to cite.
+                uncite, self._uncite = self._uncite, []
                 try:
-                    accepted = await self._send(batch, marks[-1] if marks else None)
+                    accepted = await self._send(batch, marks[-1] if marks else None, uncite)
                 except Exception as exc:  # SECURITY: whatever failed, Redis did not accept
                     self._refuse(batch, exc)
                     continue
@@ -303,15 +343,23 @@ class AuditWriter:
         finally:
             self._flushing = False
 
-    async def _send(self, batch: list[_Pending], mark: dict[str, Any] | None) -> int:
+    async def _send(
+        self,
+        batch: list[_Pending],
+        mark: dict[str, Any] | None,
+        uncite: list[tuple[bytes, bytes]],
+    ) -> int:
         """One command for the whole batch; the number of frames Redis appended."""
         async with asyncio.timeout(self._timeout_s):
             # The script appends every frame in order (and stores the checkpoint mark)
             # before Redis replies.
             reply = await self._append_script(
-                keys=[self._key, self._checkpoint_key],
+                keys=[self._key, self._checkpoint_key, self._marks_key],
                 args=[
                     msgpack.packb(mark, use_bin_type=True) if mark else b"",
+                    mark["stream"] if mark else "",
+                    len(uncite),
+                    *(part for pair in uncite for part in pair),
                     *(item.data for item in batch),
                 ],
             )

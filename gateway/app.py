@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -41,6 +40,7 @@ from audit.redact import Redactor
 from audit.writer import AuditWriter
 from gateway import keys
 from gateway.access.service import access_ctx
+from gateway.accounts.keyfile import create_once
 from gateway.appkeys import (
     ASSERTION_SIGNER,
     AUDIT,
@@ -73,6 +73,7 @@ from gateway.pipeline import default_stages, run
 from gateway.policy_store import PolicyStore
 from gateway.proxy.headers import client_address
 from gateway.proxy.sni import misdirected_to
+from gateway.proxy.streaming import upstream_session
 from gateway.readiness import DOWN, RedisReadiness
 from gateway.redis_client import check_eviction_policy, check_login, redis_client
 from gateway.sessions.ends import session_ends_ctx
@@ -406,9 +407,8 @@ def redaction_key(directory: Path) -> bytes:
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)  # SECURITY: key material only in a private directory
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="ascii") as file:
-            file.write(secrets.token_hex(32))
+        # Instances starting at once on one data dir all read the one key written first.
+        create_once(path, secrets.token_hex(32))
     return bytes.fromhex(path.read_text(encoding="ascii").strip())
 
 
@@ -440,14 +440,7 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    client = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-        # SECURITY: no cookie jar: one user's upstream cookies must never reach another.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
-        trust_env=False,
-    )
+    client = upstream_session()
     app[UPSTREAM_CLIENT] = client
     yield
     await client.close()

@@ -15,7 +15,9 @@ claims of every assertion:
 Keys live as PEM files, mode 0600, in a 0700 directory (the gateway uses
 `<data_dir>/keys/`), named `<created>-<kid>.pem` (other files there are not keys and are
 left alone): the newest signs, every kept key is published so that tokens signed just
-before a rotation still verify. `rotate()` adds a key and prunes the oldest.
+before a rotation still verify. `rotate()` adds a key and prunes the oldest. Creating the
+first key and rotating hold a lock on the directory (flock), so that gateway
+instances sharing the directory and starting at once sign with, and publish, one key.
 Alternatively GATEWAY_ASSERTION_KEYS holds one or more PEM private keys (the last signs)
 and nothing is read from or written to disk.
 
@@ -31,6 +33,8 @@ is handed out for a grant that did not pass. Entries are dropped once expired.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -39,7 +43,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,8 +328,26 @@ def load_signer(
     if not keys:
         if not create:
             raise KeyMaterialError(f"{directory}: no assertion signing key")
-        keys = [_write_new_key(directory, time.time())]
+        with _locked(directory):
+            # SECURITY-adjacent: instances starting at once would each make a key of their
+            # own and publish only it: an upstream holding one instance's key set would
+            # refuse the others' assertions. The one that got the lock first makes it.
+            keys = _read_directory(directory) or [_write_new_key(directory, time.time())]
     return AssertionSigner(keys, issuer=issuer)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold the key directory's lock: one key change at a time, across processes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # SECURITY: only the gateway's user lists or reads its keys
+    # The directory itself is locked: no lock file joins the keys in it.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def rotate(directory: Path, *, keep: int = KEEP_KEYS, now: float | None = None) -> SigningKey:
@@ -337,12 +359,13 @@ def rotate(directory: Path, *, keep: int = KEEP_KEYS, now: float | None = None) 
         # SECURITY-adjacent: keeping only the new key would break tokens signed moments ago.
         raise ValueError(f"keep={keep}: keep at least the new key and the previous one")
     created = time.time() if now is None else now
-    for name, _ in _stored_keys(directory)[-1:]:
-        newest = int(name.split("-", 1)[0])
-        created = max(created, newest + 1)  # file names order keys; never tie or go back
-    key = _write_new_key(directory, created)
-    for _, path in _stored_keys(directory)[:-keep]:
-        path.unlink()
+    with _locked(directory):
+        for name, _ in _stored_keys(directory)[-1:]:
+            newest = int(name.split("-", 1)[0])
+            created = max(created, newest + 1)  # file names order keys; never tie or go back
+        key = _write_new_key(directory, created)
+        for _, path in _stored_keys(directory)[:-keep]:
+            path.unlink()
     return key
 
 

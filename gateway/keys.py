@@ -165,3 +165,9 @@ def audit_stream() -> str:
 
 def audit_last_checkpoint() -> str:
     return f"{P}audit:last-checkpoint"
+
+
+def audit_checkpoints_by_stream() -> str:
+    """Hash: each writer stream's last checkpoint mark not yet cited by a newer stream (the
+    audit writer derives this name from `audit_last_checkpoint`; audit/ never imports us)."""
+    return f"{audit_last_checkpoint()}:by-stream"

@@ -67,7 +67,13 @@ class MailSender:
     async def send_due(self, limit: int = 20) -> tuple[int, int]:
         """Send what is due now; returns (sent, failed). Failures are retried with backoff."""
         sent = failed = 0
-        for message in await self.queue.claim(limit):
+        for claimed in await self.queue.claim(limit):
+            # A lease can run out while earlier messages of this batch were slow to send:
+            # renewed now, or left to the instance that took the message over.
+            message = await self.queue.renew(claimed)
+            if message is None:
+                log.info("mail %s was taken over by another sender; not sent here", claimed.id)
+                continue
             try:
                 await self.deliver(message)
             except Exception as exc:
@@ -79,7 +85,7 @@ class MailSender:
                 await self.queue.failed(message, f"{type(exc).__name__}: {exc}")
                 continue
             sent += 1
-            await self.queue.delivered(message.id)
+            await self.queue.delivered(message)
         return sent, failed
 
     async def run(self, interval_s: float = 5.0) -> None:

@@ -1,8 +1,9 @@
 """Secret keys kept outside Redis: an environment variable, else a 0600 file in data_dir.
 
 A key is 32 random bytes, written base64url-encoded. The file is created on first use
-with mode 0600 inside a 0700 `keys/` directory; an existing file readable by others is
-refused rather than used (someone has loosened it).
+with mode 0600 inside a 0700 `keys/` directory, written whole before it appears (gateway
+instances sharing the directory and starting at once all read the one key that won); an
+existing file readable by others is refused rather than used (someone has loosened it).
 
     key = secret_key(config.data_dir, "totp", env="GATEWAY_TOTP_KEY")
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import secrets
 import stat
@@ -39,14 +41,8 @@ def secret_key(data_dir: Path, name: str, *, env: str) -> bytes:
     directory = data_dir / "keys"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{name}.key"
-    try:
-        # O_EXCL: two processes starting at once agree on one key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")
+    if not path.exists():
+        create_once(path, base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         # SECURITY: a key others can read is a key others may have copied.
@@ -55,3 +51,23 @@ def secret_key(data_dir: Path, name: str, *, env: str) -> bytes:
     if not text.strip():
         raise SecretKeyError(f"{path}: empty key file")
     return _decode(text, str(path))
+
+
+def create_once(path: Path, text: str) -> None:
+    """Write a new key (`text`) to `path` (0600) unless another process got there first.
+
+    The key is written whole to a file of its own and then linked into place: a process
+    starting at the same moment sees either no key file or a complete one, never one
+    still empty, and every process agrees on the first key linked.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another's key came first: it stands
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

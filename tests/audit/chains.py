@@ -37,9 +37,16 @@ def build_chain(
     *,
     previous: dict[str, Any] | None = None,
     final: bool = True,
+    cites: object = None,
 ) -> list[Frame]:
-    """A well-formed stream: genesis, the bodies as given (unredacted), a checkpoint."""
-    frames = [Frame.seal(stream, 0, GENESIS_PREV, encode_body(genesis_body(at, previous)))]
+    """A well-formed stream: genesis, the bodies as given (unredacted), a checkpoint.
+
+    `cites`, when given, is stored as the genesis's `cites` as it is (hostile or not).
+    """
+    genesis = genesis_body(at, previous)
+    if cites is not None:
+        genesis["cites"] = cites
+    frames = [Frame.seal(stream, 0, GENESIS_PREV, encode_body(genesis))]
     for body in bodies:
         frames.append(Frame.seal(stream, len(frames), frames[-1].h, encode_body(body)))
     cp = Checkpoint(
