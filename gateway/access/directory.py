@@ -1,10 +1,15 @@
-"""What the access workflow reads about accounts: orgs, members, roles, approvers.
+"""What the access workflow reads about accounts: orgs, members, roles, approvers, persons.
 
 Accounts are written by `gateway.accounts`; this module only reads their hashes
-(`keys.org`, `keys.member`, `keys.org_members`) and owns the explicit approvers list
-(`keys.org_approvers`). Approvers are every enabled member with role `admin`, unless the
-org names an explicit list; the transition scripts apply the same rule atomically, so the
-list in force at decision time is the one that counts.
+(`keys.org`, `keys.member`, `keys.org_members`, `keys.staff`) and owns the explicit
+approvers list (`keys.org_approvers`). Approvers are every enabled member with role
+`admin`, unless the org names an explicit list; the transition scripts apply the same rule
+atomically, so the list in force at decision time is the one that counts.
+
+Accounts that name the same `person` id (the directory file's `person:`) are one person:
+nobody decides a request filed by any account of theirs, and approvals count people, not
+accounts. An account naming no person is its own person. `who(...)` is the one rule,
+mirrored by `person_of` in lua/common.lua.
 """
 
 from __future__ import annotations
@@ -30,10 +35,43 @@ class Member:
     role: str
     impersonable: bool
     disabled: bool
+    person: str = ""  # the person id shared by linked accounts; '' = its own person
 
     @property
     def key(self) -> str:
         return f"member:{self.org}:{self.id}"
+
+    @property
+    def who(self) -> str:
+        """The person this account is (see `who`)."""
+        return who(self.key, self.person)
+
+
+def who(principal_key: str, person: str) -> str:
+    """The person an account is: its `person` link, else the account itself. The prefixes
+    keep the two apart (a person id has no ':')."""
+    return f"person:{person}" if person else f"account:{principal_key}"
+
+
+def account_key(principal_key: str) -> str | None:
+    """The Redis key of the account hash of `staff:<id>` or `member:<org>:<id>`; None when the
+    principal key is not of either shape."""
+    parts = principal_key.split(":")
+    try:
+        if len(parts) == 2 and parts[0] == "staff":
+            return keys.staff(check_id(parts[1], "staff"))
+        if len(parts) == 3 and parts[0] == "member":
+            return keys.member(check_id(parts[1], "org"), check_id(parts[2], "member"))
+    except AccessInvalid:
+        return None
+    return None
+
+
+async def person_of(redis: aioredis.Redis, principal_key: str) -> str:
+    """The person an account is (`who`), as stored now; a gone account is its own person."""
+    key = account_key(principal_key)
+    raw = await redis.hget(key, "person") if key is not None else None
+    return who(principal_key, as_text(raw) if raw else "")
 
 
 async def org_exists(redis: aioredis.Redis, org: str) -> bool:
@@ -53,6 +91,7 @@ async def member(redis: aioredis.Redis, org: str, member_id: str) -> Member | No
         role=f.get("role", ""),
         impersonable=f.get("impersonable", "1") == "1",
         disabled=f.get("disabled") == "1",
+        person=f.get("person", ""),
     )
 
 

@@ -14,6 +14,9 @@ Who hears what:
 - approved, denied, lapsed, expired, revoked: the requester;
 - expired, revoked: the approvers too, with a summary of the grant's use.
 Customer admins' own impersonations are audited, not mailed.
+"Every approver" never includes an account linked to the requester as one person (the
+directory's `person`): nobody is asked to decide their own request. A partial-approval
+mail skips every account of each person who approved already.
 """
 
 from __future__ import annotations
@@ -259,7 +262,13 @@ class Notices:
     async def _mail_approvers(
         self, request: AccessRequest, subject: str, body: str, *, skip: Collection[str] = ()
     ) -> None:
-        """Queue the mail for every approver of the request's org with an address, but `skip`."""
-        for approver in await directory.approvers(self.redis, request.org):
-            if approver.email and approver.id not in skip:
+        """Queue the mail for every approver of the request's org with an address, but the
+        requester's own accounts and every account of the people who approved (`skip`)."""
+        everyone = await directory.approvers(self.redis, request.org)
+        requester = await directory.person_of(self.redis, request.requester.key)
+        done = {approver.who for approver in everyone if approver.id in skip}
+        for approver in everyone:
+            if approver.who == requester or approver.who in done or approver.id in skip:
+                continue
+            if approver.email:
                 await self.mail.enqueue(approver.email, subject, body)

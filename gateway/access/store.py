@@ -466,6 +466,10 @@ class AccessStore:
             if approver.key == requester_key:
                 raise AccessForbidden("self_approval", "nobody decides their own request")
             raise AccessNotFound("not_found", f"no request {rid!r}")
+        if directory.account_key(requester_key) is None:
+            # SECURITY: without the requester's account nobody can tell whether the approver
+            # is the same person; a damaged request is decided by nobody.
+            raise AccessConflict("damaged_request", f"request {rid!r} names no readable requester")
         member_key = approver.id if approver.org == org else None
         keys_ = self._keys(rid, org, requester_key, member_key)
         args = [approver.id, approver.key, approver.org or "", comment, *extra]
@@ -496,6 +500,8 @@ class AccessStore:
             keys.access_outbox(),
             keys.org_requests(org),
             keys.staff_requests(staff_id) if staff_id else keys.org_requests(org),
+            # The requester's account: its person link is read when a request is decided.
+            directory.account_key(requester_key) or keys.staff("-"),
         ]
 
     async def _run(

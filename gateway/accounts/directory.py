@@ -3,7 +3,8 @@
 The format (DESIGN.md):
 
     staff:
-      - {id: sam, email: sam@vendor.example, name: Sam, password: "...", totp_secret: "BASE32..."}
+      - {id: sam, email: sam@vendor.example, name: Sam, password: "...", totp_secret: "BASE32...",
+         person: sam}
     orgs:
       - id: acme
         name: Acme Corp
@@ -11,6 +12,13 @@ The format (DESIGN.md):
         members:
           - {id: alice, email: alice@acme.example, role: admin, password: "...", totp_secret: "..."}
           - {id: bob, email: bob@acme.example, role: member, impersonable: true, password: "..."}
+          - {id: sam-admin, email: sam@acme.example, role: admin, person: sam}
+
+`person` (staff and members alike) links the accounts of one person: every account naming
+the same person id is that person, so none of them decides a request filed by another and
+their approvals count once; without it an account is its own person. Ids are written like
+account ids (`[A-Za-z0-9._-]{1,64}`); the file is the truth, so an account listed without
+`person` is unlinked on import.
 
 Every problem of the file is reported at once (file:line) before anything is written;
 org `settings` are checked by the access workflow's own rules (`OrgSettings`). Importing
@@ -40,6 +48,7 @@ from gateway.accounts.model import (
     check_email,
     check_id,
     check_name,
+    check_person,
     text,
 )
 from gateway.accounts.store import AccountStore
@@ -47,8 +56,10 @@ from gateway.accounts.totp import is_valid_secret
 from gateway.identity import Principal, PrincipalKind
 from policies.source import Problems, YamlList, YamlMap, load_yaml
 
-_STAFF_KEYS = ("id", "email", "name", "password", "totp_secret")
-_MEMBER_KEYS = ("id", "email", "name", "role", "impersonable", "password", "totp_secret")
+_STAFF_KEYS = ("id", "email", "name", "password", "totp_secret", "person")
+_MEMBER_KEYS = (
+    "id", "email", "name", "role", "impersonable", "password", "totp_secret", "person",
+)  # fmt: skip
 _ORG_KEYS = ("id", "name", "settings", "members")
 
 
@@ -63,6 +74,7 @@ class DirectoryAccount:
     org: str | None = None
     role: str | None = None
     impersonable: bool = True
+    person: str = ""  # '' = the account is its own person
 
     @property
     def key(self) -> str:
@@ -116,6 +128,22 @@ def _secret(problems: Problems, line: int, key: str, value: object) -> str | Non
     return str(value)
 
 
+def _person(problems: Problems, item: YamlMap, where: str) -> str:
+    """The account's person id; '' when the file names none (its own person)."""
+    if "person" not in item:
+        return ""
+    value = item["person"]
+    try:
+        # SECURITY: person ids are compared inside the transition scripts; only the id
+        # alphabet passes, so no value can stand for another person or for "no person".
+        return check_person(value)
+    except AccountError:
+        problems.add(
+            item.line_of("person"), where, value, "a person id: [A-Za-z0-9._-], 1 to 64 characters"
+        )
+        return ""
+
+
 def _mapping(
     problems: Problems, doc: object, where: str, line: int, known: tuple[str, ...]
 ) -> YamlMap | None:
@@ -161,6 +189,7 @@ def _account(
     secret = _secret(
         problems, item.line_of("totp_secret"), f"{where}.totp_secret", item.get("totp_secret")
     )
+    person = _person(problems, item, f"{where}.person")
     if len(problems.items) != before:
         return None
     return DirectoryAccount(
@@ -173,6 +202,7 @@ def _account(
         org=org,
         role=str(role) if org is not None else None,
         impersonable=bool(impersonable),
+        person=person,
     )
 
 
@@ -317,7 +347,11 @@ async def _org_current(store: AccountStore, org: DirectoryOrg) -> bool:
 async def _profile_current(store: AccountStore, entry: DirectoryAccount, stored: Account) -> bool:
     """The stored profile, its email owner and index entry already match the file."""
     wanted = Principal(entry.kind, entry.id, entry.email, entry.name, entry.org, entry.role)
-    if stored.principal != wanted or stored.impersonable != entry.impersonable:
+    if (
+        stored.principal != wanted
+        or stored.impersonable != entry.impersonable
+        or stored.person != entry.person
+    ):
         return False
     owner = await store.redis.get(keys.account_by_email(entry.email))
     if owner is None or text(owner) != entry.key:
@@ -328,7 +362,9 @@ async def _profile_current(store: AccountStore, entry: DirectoryAccount, stored:
 
 async def _put_profile(store: AccountStore, entry: DirectoryAccount, *, create: bool) -> Account:
     if entry.kind is PrincipalKind.STAFF:
-        return await store.put_staff(entry.id, entry.email, entry.name, create=create)
+        return await store.put_staff(
+            entry.id, entry.email, entry.name, create=create, person=entry.person
+        )
     return await store.put_member(
         entry.org or "",
         entry.id,
@@ -337,4 +373,5 @@ async def _put_profile(store: AccountStore, entry: DirectoryAccount, *, create: 
         entry.role or "member",
         impersonable=entry.impersonable,
         create=create,
+        person=entry.person,
     )

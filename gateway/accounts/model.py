@@ -3,6 +3,10 @@
 Ids are `[A-Za-z0-9._-]{1,64}` (so they can never forge a Redis key), emails are
 lower-cased and checked for shape, names are printable and short. An `Account` is the
 stored record; its `principal` is the identity handed to stages and the audit.
+
+Accounts of one person (a vendor employee who is also a customer admin, say) share a
+`person` id, written like an account id; '' means the account is its own person. The
+access workflow reads it when a request is decided (`gateway.access.directory`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ ROLES = ("admin", "member")
 def check_id(value: object, what: str = "id") -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise InvalidAccountInput(f"{what} {value!r}: expected [A-Za-z0-9._-], 1 to 64 characters")
+    return value
+
+
+def check_person(value: object) -> str:
+    """A person id links accounts of one person; same alphabet and length as an id."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise InvalidAccountInput(f"person {value!r}: expected [A-Za-z0-9._-], 1 to 64 characters")
     return value
 
 
@@ -83,6 +94,7 @@ class Account:
     disabled: bool
     impersonable: bool = True
     enrolment_token: str = ""  # hash of the live enrolment token, if one was issued
+    person: str = ""  # shared by every account of one person; '' = its own person
 
     @property
     def key(self) -> str:
@@ -106,6 +118,7 @@ class Account:
             "totp_secret": self.totp_secret,
             "disabled": "1" if self.disabled else "0",
             "enrolment_token": self.enrolment_token,
+            "person": self.person,
         }
 
     @classmethod
@@ -127,4 +140,5 @@ class Account:
             disabled=f.get("disabled") == "1",
             impersonable=f.get("impersonable", "1") == "1",
             enrolment_token=f.get("enrolment_token", ""),
+            person=f.get("person", ""),
         )

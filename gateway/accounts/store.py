@@ -38,6 +38,7 @@ from gateway.accounts.model import (
     check_id,
     check_name,
     check_new_password,
+    check_person,
     check_role,
     redis_key,
     text,
@@ -220,12 +221,14 @@ class AccountStore:
         return sorted(text(v) for v in members)
 
     async def put_staff(
-        self, staff_id: str, email: str, name: str, *, create: bool = True
+        self, staff_id: str, email: str, name: str, *, create: bool = True, person: str = ""
     ) -> Account:
+        """Create (or with create=False update) a staff account; `person` links it to the
+        other accounts of one person ('' = its own person)."""
         principal = Principal(
             PrincipalKind.STAFF, check_id(staff_id), check_email(email), check_name(name)
         )
-        return await self._put_account(principal, True, create=create)
+        return await self._put_account(principal, True, create=create, person=person)
 
     async def put_member(
         self,
@@ -237,6 +240,7 @@ class AccountStore:
         *,
         impersonable: bool = True,
         create: bool = True,
+        person: str = "",
     ) -> Account:
         if await self.org(org_id) is None:
             raise AccountNotFound(f"no org {org_id!r}")
@@ -248,18 +252,20 @@ class AccountStore:
             org=org_id,
             role=check_role(role),
         )
-        return await self._put_account(principal, impersonable, create=create)
+        return await self._put_account(principal, impersonable, create=create, person=person)
 
     async def _put_account(
-        self, principal: Principal, impersonable: bool, *, create: bool
+        self, principal: Principal, impersonable: bool, *, create: bool, person: str
     ) -> Account:
+        if person:
+            check_person(person)
         existing = await self.get(principal.key)
         if create and existing is not None:
             raise AccountConflict(f"account {principal.key} exists already")
         if not create and existing is None:
             raise AccountNotFound(f"no account {principal.key}")
         base = existing or Account(principal, "", "", disabled=False)
-        account = replace(base, principal=principal, impersonable=impersonable)
+        account = replace(base, principal=principal, impersonable=impersonable, person=person)
         fields = account.to_redis()
         # Secrets are written only by their own methods, never by a profile update.
         for secret_field in ("password_hash", "totp_secret", "enrolment_token", "disabled"):

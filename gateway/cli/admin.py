@@ -7,6 +7,7 @@ enrolment tokens are printed once.
     gateway admin import config/demo-directory.yaml
     gateway admin staff create sam --email sam@vendor.example --name Sam
     gateway admin member create acme bob --email bob@acme.example --role member
+    gateway admin member create acme sam --email sam@acme.example --role admin --person sam
     echo "new password" | gateway admin password reset member:acme:bob --password-stdin
     gateway admin totp reset staff:sam
     gateway admin disable member:acme:bob
@@ -26,8 +27,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
-from gateway.accounts import AccountError, Accounts, DirectoryError, open_accounts
+from gateway.accounts import Account, AccountError, Accounts, DirectoryError, open_accounts
 from gateway.accounts.directory import import_directory, parse_directory
+from gateway.accounts.model import check_person
 from gateway.cli.configfile import redis_url_settings
 from gateway.clock import SystemClock
 from gateway.config import load_config
@@ -36,6 +38,8 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.redis_client import redis_client
 
 _Action = Callable[[Accounts, argparse.Namespace], Awaitable[int]]
+
+_PERSON_HELP = "person id shared by every account of one person (nobody decides their own request)"
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -63,6 +67,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     create_staff.add_argument("--email", required=True)
     create_staff.add_argument("--name", required=True)
     create_staff.add_argument("--password-stdin", action="store_true")
+    create_staff.add_argument("--person", help=_PERSON_HELP)
     create_staff.set_defaults(handler=_run(_staff_create))
 
     member = sub.add_parser("member", help="org members").add_subparsers(dest="what", required=True)
@@ -74,6 +79,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     create_member.add_argument("--role", choices=("admin", "member"), default="member")
     create_member.add_argument("--not-impersonable", action="store_true")
     create_member.add_argument("--password-stdin", action="store_true")
+    create_member.add_argument("--person", help=_PERSON_HELP)
     create_member.set_defaults(handler=_run(_member_create))
 
     password = sub.add_parser("password", help="passwords").add_subparsers(
@@ -208,7 +214,7 @@ async def _finish_new_account(accounts: Accounts, key: str, args: argparse.Names
 
 
 async def _staff_create(accounts: Accounts, args: argparse.Namespace) -> int:
-    account = await accounts.store.put_staff(args.id, args.email, args.name)
+    account = await accounts.store.put_staff(args.id, args.email, args.name, person=_person(args))
     print(f"created {account.key}")
     return await _finish_new_account(accounts, account.key, args)
 
@@ -221,9 +227,15 @@ async def _member_create(accounts: Accounts, args: argparse.Namespace) -> int:
         args.name or args.id,
         args.role,
         impersonable=not args.not_impersonable,
+        person=_person(args),
     )
     print(f"created {account.key}")
     return await _finish_new_account(accounts, account.key, args)
+
+
+def _person(args: argparse.Namespace) -> str:
+    # An explicit `--person ""` is a mistake, not "no person": refused like any bad id.
+    return "" if args.person is None else check_person(args.person)
 
 
 async def _password_reset(accounts: Accounts, args: argparse.Namespace) -> int:
@@ -260,19 +272,18 @@ async def _list(accounts: Accounts, args: argparse.Namespace) -> int:
     store = accounts.store
     for staff_id in await store.staff_ids():
         account = await store.require(f"staff:{staff_id}")
-        print(_describe(account.key, account.principal.email, account.disabled, account.enrolled))
+        print(_describe(account))
     for org_id in await store.orgs():
         org = await store.org(org_id)
         print(f"org:{org_id} {org.name if org else ''}")
         for member_id in await store.member_ids(org_id):
             account = await store.require(f"member:{org_id}:{member_id}")
-            line = _describe(
-                account.key, account.principal.email, account.disabled, account.enrolled
-            )
-            print(f"  {line} role={account.principal.role}")
+            print(f"  {_describe(account)} role={account.principal.role}")
     return 0
 
 
-def _describe(key: str, email: str, disabled: bool, enrolled: bool) -> str:
-    state = "disabled" if disabled else "active"
-    return f"{key} <{email}> {state}{'' if enrolled else ' (not enrolled)'}"
+def _describe(account: Account) -> str:
+    state = "disabled" if account.disabled else "active"
+    enrolled = "" if account.enrolled else " (not enrolled)"
+    person = f" person={account.person}" if account.person else ""
+    return f"{account.key} <{account.principal.email}> {state}{enrolled}{person}"

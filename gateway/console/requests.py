@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.access.directory import person_of
 from gateway.access.errors import AccessError
 from gateway.access.model import AccessRequest
 from gateway.access.service import access_service
@@ -192,11 +193,16 @@ async def _detail(
     history = await store.history(rid)
     session = await get_session(request)
     now = request.config_dict[CLOCK].now()
+    # Only offered, never trusted: the decision scripts refuse the requester's own person.
+    decides = who.kind is PrincipalKind.MEMBER and await person_of(
+        store.redis, found.requester.key
+    ) != await person_of(store.redis, who.key)
     context: dict[str, Any] = {
         "item": found.to_json(now),
         "history": [h.to_json() for h in history],
         "principal": who,
         "is_requester": found.requester.key == who.key,
+        "decides": decides,
         "error": error,
     }
     return render(request, session, "request.html", context, status=status, headers=headers)

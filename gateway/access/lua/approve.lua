@@ -29,10 +29,26 @@ if ARGV[8] ~= '' then
 end
 -- Earlier approvals count only if their approvers are still approvers now (ARGV[9] is the
 -- member key template): the list in force at the final decision is the one that counts.
+-- SECURITY: approvals count people, not accounts: accounts linked as one person (as the
+-- links are stored now) count once, and an approval by an account linked to the requester
+-- since it was given counts for nothing.
+local me = person_of(k.member, ARGV[4])
+local requester = person_of(k.requester_account, r.requester_key)
+local counted = {[me] = true}
 local count = 1
 for _, earlier in ipairs(redis.call('SMEMBERS', k.approvals)) do
   local earlier_key = string.gsub(ARGV[9], '{id}', earlier)
-  if may_decide(k.approvers, earlier_key, earlier) then count = count + 1 end
+  if may_decide(k.approvers, earlier_key, earlier) then
+    local who = person_of(earlier_key, 'member:' .. r.org .. ':' .. earlier)
+    if who == me then
+      return fail('already_approved', 'each person counts once; another account of this ' ..
+        'person has approved already')
+    end
+    if who ~= requester and not counted[who] then
+      counted[who] = true
+      count = count + 1
+    end
+  end
 end
 local final = count >= required
 if final and live_elsewhere(k.live_grant, now, r.id) then

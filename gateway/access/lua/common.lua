@@ -50,6 +50,15 @@ local function may_decide(approvers_key, member_key, approver_id)
   return role == 'admin'
 end
 
+-- Who an account is as a person: the `person` id the directory gives every account of one
+-- person, else the account itself (an account naming no person is its own person). The
+-- prefixes keep the two apart: a person id has no ':' (it is checked like an account id).
+local function person_of(account_key, principal_key)
+  local person = redis.call('HGET', account_key, 'person')
+  if person and person ~= '' then return 'person:' .. person end
+  return 'account:' .. principal_key
+end
+
 -- Is there a grant, other than except_id, live at `now` for the live-grant pointer key?
 local function live_elsewhere(live_grant_key, now, except_id)
   local id = redis.call('HGET', live_grant_key, 'id')
@@ -91,6 +100,11 @@ local function decidable_request(k, now, approver_id, approver_key, approver_org
   if not r then return nil, refused end
   -- SECURITY: nobody decides their own request; only approvers in force now decide.
   if r.requester_key == approver_key then return nil, fail('self_approval', own_reason) end
+  -- SECURITY: nor through another account of theirs: the person links as stored now (a
+  -- link made or removed since the filing counts), never anything the client sent.
+  if person_of(k.member, approver_key) == person_of(k.requester_account, r.requester_key) then
+    return nil, fail('self_approval', own_reason .. ', not through another account either')
+  end
   if not may_decide(k.approvers, k.member, approver_id) then
     return nil, fail('not_approver', 'only the org\'s approvers decide requests')
   end

@@ -46,7 +46,12 @@ HANK = member(OTHER_ORG, "hank")
 
 
 async def write_account(
-    redis: aioredis.Redis, who: Principal, *, impersonable: bool = True, disabled: bool = False
+    redis: aioredis.Redis,
+    who: Principal,
+    *,
+    impersonable: bool = True,
+    disabled: bool = False,
+    person: str = "",
 ) -> None:
     fields: dict[Any, Any] = {
         "kind": who.kind.value,
@@ -58,6 +63,8 @@ async def write_account(
         "impersonable": "1" if impersonable else "0",
         "disabled": "1" if disabled else "0",
     }
+    if person:
+        fields["person"] = person  # accounts sharing a person id are one person
     if who.kind is PrincipalKind.STAFF:
         await redis.hset(keys.staff(who.id), mapping=fields)
         await redis.sadd(keys.staff_index(), who.id)

@@ -154,6 +154,25 @@ async def test_visibility_and_who_decides(people: People, site: Site) -> None:
     assert (await site.redis.hget(keys.access_request(rid), "state")) == b"pending"
 
 
+async def test_a_linked_account_of_the_requester_does_not_decide(
+    people: People, site: Site
+) -> None:
+    # Sam (staff) and Carol (an acme admin) are one person, as the directory says.
+    store = site.accounts.store
+    sam = (await store.require("staff:sam")).principal
+    await store.put_staff(sam.id, sam.email, sam.name, create=False, person="sam.person")
+    await store.put_member("acme", "carol", "carol@acme.example", "Carol", "admin",
+                           create=False, person="sam.person")  # fmt: skip
+    _, created = await file(people)
+    rid = created["id"]
+    for verb, body in (("approve", {}), ("deny", {"comment": "mine"})):
+        status, answer = await people.carol.call("POST", f"/requests/{rid}/{verb}", json=body)
+        assert (status, answer["error"]) == (403, "self_approval")
+    assert (await site.redis.hget(keys.access_request(rid), "state")) == b"pending"
+    status, answer = await people.alice.call("POST", f"/requests/{rid}/approve", json={})
+    assert (status, answer["state"]) == (200, "approved")
+
+
 async def test_csrf_is_required_on_every_state_change(people: People, site: Site) -> None:
     _, created = await file(people)
     rid = created["id"]

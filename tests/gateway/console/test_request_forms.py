@@ -55,3 +55,26 @@ async def test_another_orgs_request_is_404_to_see_and_to_decide(site: Site) -> N
             assert tried.status == 404, (action, tried.text)
     assert await site.redis.hget(keys.access_request(rid), "state") == b"pending"
     assert await site.redis.scard(keys.request_approvals(rid)) == 0
+
+
+async def test_the_requesters_linked_account_is_not_offered_the_decision(site: Site) -> None:
+    rid = await filed(site)
+    async with site.browser() as browser:
+        await browser.login("alice@acme.example", PASSWORD, ALICE_SECRET)
+        unlinked = await browser.get(site.console(f"/requests/{rid}"))
+        assert 'id="approve"' in unlinked.text
+        assert 'id="deny"' in unlinked.text
+        # sam (the requester) and alice are one person: the console offers her no decision,
+        # and the decision scripts refuse it.
+        await site.redis.hset(keys.staff("sam"), "person", "sam-smith")
+        await site.redis.hset(keys.member("acme", "alice"), "person", "sam-smith")
+        linked = await browser.get(site.console(f"/requests/{rid}"))
+        assert linked.status == 200, linked.text
+        assert 'id="approve"' not in linked.text
+        assert 'id="deny"' not in linked.text
+        refused = await browser.post(
+            site.console(f"/requests/{rid}/approve"),
+            data={"csrf_token": linked.csrf, "comment": "mine"},
+        )
+        assert refused.status == 403, refused.text
+    assert await site.redis.hget(keys.access_request(rid), "state") == b"pending"
