@@ -43,6 +43,7 @@ from gateway.appkeys import CLOCK, CONFIG
 from gateway.denials import Denial, denial_response, failure
 from gateway.identity import Principal
 from gateway.proxy.headers import client_address
+from gateway.sessions import records
 from gateway.sessions.console import (
     ConsoleLogin,
     csrf_ok,
@@ -213,8 +214,9 @@ def client_ip(request: web.Request) -> str:
 
 
 def mfa_fresh(request: web.Request, mfa_at: float) -> bool:
-    limit = request.config_dict[CONFIG].sessions.mfa_max_age_s
-    return request.config_dict[CLOCK].now() - mfa_at <= limit
+    """The proxy's MFA age rule (`records.mfa_fresh`), judged for this console request."""
+    config = request.config_dict
+    return records.mfa_fresh(mfa_at, config[CLOCK].now(), config[CONFIG].sessions)
 
 
 async def caller(request: web.Request, *, fresh_mfa: bool = True) -> Caller:

@@ -7,7 +7,8 @@
     app_sessions  host-only app sessions that live and die with their console session
     ending        ending a console session with all its app sessions (logout), or all
                   sessions of an account at once, raising its epoch (disable, resets)
-    ends          the session events listener: an ended login's in-flight flows end
+    ends          the session events listener: an ended login's in-flight flows end; and
+                  the re-check that judges them as their lookups would, every 5 s
     prelogin      the signed pre-login cookie: nothing in Redis before a password
     signed        the signed, expiring tokens of return addresses and pre-login state
     routed        `/.gateway/auth` and `/.gateway/logout` on routed hosts

@@ -16,13 +16,17 @@ its console session and the app sessions of other hosts live on.
 
 A lookup is one round trip (one Lua script reads the app session, its console session,
 the account's session epoch and the account, at one instant); every judgement is made
-here, by the gateway's Clock, on what the script read.
+by `judge_app_session`, by the gateway's Clock, on what the script read. The re-check of
+in-flight flows (`ends`) sends the same read (`AppSessions.read_of`) for each app session
+and judges its reply with the same function, so an open stream lives exactly as long
+as a request with its cookie would be let through.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -31,8 +35,16 @@ from gateway.accounts.model import Account
 from gateway.clock import Clock
 from gateway.config import Sessions
 from gateway.identity import Principal
+from gateway.sessions.ending import end_console_session
 from gateway.sessions.epochs import EPOCH_OF_LUA
-from gateway.sessions.records import json_object, settle, sid_of, valid_token
+from gateway.sessions.records import (
+    LuaRead,
+    json_object,
+    judge,
+    sid_of,
+    touch_if_due,
+    valid_token,
+)
 
 # KEYS: console session, app session, app-session set. ARGV: record, ttl, app id.
 # Created only while the console session exists: a hand-off never outlives a logout.
@@ -115,6 +127,54 @@ class AppLogin:
     principal: Principal  # the account as read with the session (enabled)
 
 
+@dataclass(frozen=True)
+class AppVerdict:
+    """What one read of an app session (`_LOOKUP`'s reply) shows, judged at one instant."""
+
+    login: AppLogin | None = None  # set only when every check passed
+    console: dict[str, Any] | None = None  # the live console record read with it (to touch)
+    dead_console: str | None = None  # a stored console session found dead: to be ended
+    dead_principal: str = "-"  # the principal that dead console session names, if any
+
+
+NO_APP_LOGIN = AppVerdict()
+
+
+def judge_app_session(
+    found: object, app_session_id: str, host: str, now: float, limits: Sessions
+) -> AppVerdict:
+    """Judge an app session's read for a request on `host` at `now`: the one rule of the
+    session stage (`AppSessions.lookup`) and of the re-check of in-flight flows (`ends`).
+    Pure: whatever it finds, the caller acts on it. Any reply it cannot read is no login."""
+    if not isinstance(found, list) or not found:
+        return NO_APP_LOGIN  # SECURITY: no app session, or an error reply (fail closed)
+    record = json_object(found[0])
+    if record is None or record.get("host") != host.lower():
+        # SECURITY: an app cookie is good only on the routed host it was issued for.
+        return NO_APP_LOGIN
+    sid, principal = record.get("sid"), record.get("principal")
+    if not isinstance(sid, str) or not isinstance(principal, str) or len(found) != 4:
+        return NO_APP_LOGIN
+    _, raw_console, epoch, raw_account = found
+    console = json_object(raw_console)
+    # SECURITY: the console session alive by the Clock, made under the current epoch ...
+    if console is None or not judge(console, epoch, now, limits):
+        named = console.get("principal") if console is not None else None
+        return AppVerdict(dead_console=sid, dead_principal=named if isinstance(named, str) else "-")
+    # ... and still the same person's login.
+    if console.get("principal") != principal:
+        return NO_APP_LOGIN
+    mfa_at = console.get("mfa_at")
+    if isinstance(mfa_at, bool) or not isinstance(mfa_at, int | float):
+        return NO_APP_LOGIN
+    account = _account(raw_account)
+    # SECURITY: the account exists, is the one the session names, and is not disabled.
+    if account is None or account.key != principal or account.disabled:
+        return NO_APP_LOGIN
+    login = AppLogin(principal, sid, float(mfa_at), app_session_id, account.principal)
+    return AppVerdict(login=login, console=console)
+
+
 def _account(raw: object) -> Account | None:
     """The account from a flat HGETALL reply; None when absent or damaged (fail closed)."""
     if not isinstance(raw, list) or not raw or len(raw) % 2:
@@ -133,12 +193,12 @@ class AppSessions:
         self._create = redis.register_script(_CREATE)
         self._lookup = redis.register_script(_LOOKUP)
         self._end = redis.register_script(_END)
-        self._lookup_args = [
+        self._lookup_args = (
             keys.session_epoch(""),
             keys.console_session(""),
             keys.staff("{id}"),
             keys.member("{org}", "{id}"),
-        ]
+        )
 
     async def create(self, token: str, session_id: str, principal_key: str, host: str) -> bool:
         record = {
@@ -158,36 +218,28 @@ class AppSessions:
         )
         return bool(created == 1)
 
+    def read_of(self, app_session_id: str) -> LuaRead:
+        """The one read a lookup of `app_session_id` makes (the re-check sends it too)."""
+        return LuaRead(_LOOKUP, (keys.app_session(app_session_id),), self._lookup_args)
+
     async def lookup(self, token: str | None, host: str) -> AppLogin | None:
         """The login behind an app-session cookie on `host`, or None; one Redis round trip
         (plus a write when the console session's last-seen time is due, or it just died)."""
         if token is None or not valid_token(token):
             return None
         ident = sid_of(token)
-        found = await self._lookup(keys=[keys.app_session(ident)], args=self._lookup_args)
-        if not isinstance(found, list) or not found:
+        read = self.read_of(ident)
+        found = await self._lookup(keys=list(read.keys), args=list(read.args))
+        now = self._clock.now()
+        verdict = judge_app_session(found, ident, host, now, self._limits)
+        if verdict.dead_console is not None:
+            # Found dead: ended on the spot, with every app session of it.
+            await end_console_session(self._redis, verdict.dead_console, verdict.dead_principal)
             return None
-        record = json_object(found[0])
-        if record is None or record.get("host") != host.lower():
-            # SECURITY: an app cookie is good only on the routed host it was issued for.
+        if verdict.login is None or verdict.console is None:
             return None
-        sid, principal = record.get("sid"), record.get("principal")
-        if not isinstance(sid, str) or not isinstance(principal, str) or len(found) != 4:
-            return None
-        _, raw_console, epoch, raw_account = found
-        # SECURITY: the console session alive by the Clock, made under the current epoch ...
-        console = await settle(self._redis, sid, raw_console, epoch, self._clock, self._limits)
-        # ... and still the same person's login.
-        if console is None or console.get("principal") != principal:
-            return None
-        mfa_at = console.get("mfa_at")
-        if isinstance(mfa_at, bool) or not isinstance(mfa_at, int | float):
-            return None
-        account = _account(raw_account)
-        # SECURITY: the account exists, is the one the session names, and is not disabled.
-        if account is None or account.key != principal or account.disabled:
-            return None
-        return AppLogin(principal, sid, float(mfa_at), ident, account.principal)
+        await touch_if_due(self._redis, verdict.login.session_id, verdict.console, now)
+        return verdict.login
 
     async def end(self, token: str | None) -> bool:
         """End the app session of an app-session cookie and announce it; False when there

@@ -13,12 +13,31 @@ and that app session's flows are aborted (`InFlightFlows.abort_app_session`).
 Pub/sub delivers at most once and only while subscribed, so the events give immediacy and
 a re-check gives the bound: on every (re)subscription and every RECHECK_EVERY_S while
 flows are in flight, the console and app sessions of in-flight flows are read in one
-pipelined round trip. A console session has ended when its record is gone or when the
-rule every lookup applies (`records.found_alive`: absolute lifetime and idle timeout by
-the gateway's Clock, the account's session epoch) says it is dead; such a session is
-then ended in Redis as a lookup would end it. An app session has no lifetime of its own
-(it lives while its console session does): it has ended when its record is gone. The
-re-check never touches a session's last-seen time. Nothing here touches the hot path.
+pipelined round trip (`records.read_at_once`), each by the very read its lookup makes,
+and judged by the very rule that lookup applies, by the gateway's Clock:
+
+- a console session by `records.found_alive` (gone; absolute lifetime or idle timeout
+  over; not made under its account's current session epoch; damaged);
+- an app session by `app_sessions.judge_app_session` for the host its flows came in on
+  (everything the session stage checks: the app record, its host, its console session
+  as above and naming the same principal, the TOTP time, the account present and not
+  disabled), and then by the MFA stage's `records.mfa_fresh`.
+
+A session so found dead has its flows aborted (`session_ended`). One whose record is
+gone, or whose console session is dead, is ended for good: a dead console session that
+is still stored is ended in Redis as a lookup would end it, and flows of either that
+join later are aborted as they join. Any other refusal (a stale TOTP time, a disabled
+account, a damaged record, a read Redis answered with an error) aborts only the flows
+in flight: the records stay as the lookup leaves them, and the next request is judged
+by its own lookup (a step-up, for instance, lets the same app session through again).
+The re-check never touches a session's last-seen time.
+
+A re-check that cannot reach Redis raises (so the listener reconnects and re-checks),
+after counting it in `gateway_session_recheck_failures_total{failure="round_trip"}` and
+logging it; it ends nothing, since an unreachable Redis is no verdict on anyone. Each
+request still makes its own lookup, which refuses while Redis is down, and the forward
+stage still ends each flow when its grant does. Error replies for single sessions count
+as `failure="reply"`. Nothing here touches the hot path.
 """
 
 from __future__ import annotations
@@ -27,19 +46,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import Counter
 
 from gateway import keys
 from gateway.appkeys import CLOCK, CONFIG, IN_FLIGHT, REDIS
 from gateway.clock import Clock
 from gateway.config import Sessions
-from gateway.flow import InFlightFlows
+from gateway.flow import SESSION_ENDED, Flow, InFlightFlows
 from gateway.listeners import keep_listening, stop
+from gateway.sessions.app_sessions import AppSessions, judge_app_session
 from gateway.sessions.ending import end_console_session
-from gateway.sessions.records import found_alive, json_object, read_record
+from gateway.sessions.records import (
+    found_alive,
+    json_object,
+    mfa_fresh,
+    read_at_once,
+    record_read,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +73,13 @@ MAX_SESSION_ID = 128  # longer than any id the gateway makes (records.sid_of: 64
 RECHECK_EVERY_S = 5.0
 ROUND_WITHIN_S = 3.0  # one round of listening and re-checking; longer means Redis is gone
 
+
+RECHECK_FAILURES = Counter(
+    "gateway_session_recheck_failures_total",
+    "Re-checks of in-flight sessions that could not read Redis (round_trip: none judged, "
+    "retried on reconnecting; reply: one session unreadable, its flows ended)",
+    ["failure"],
+)
 
 END_CONSOLE = "end"  # end <console session id>
 END_APP = "end-app"  # end-app <app session id>
@@ -80,6 +113,7 @@ class SessionEnds:
         self.in_flight = in_flight
         self.clock = clock
         self.limits = limits
+        self.app_sessions = AppSessions(redis, clock, limits)
 
     def on_event(self, data: bytes | str) -> None:
         event = session_event(data)
@@ -97,41 +131,89 @@ class SessionEnds:
             log.info("console session ended: ended %d in-flight flow(s)", ended)
 
     async def recheck(self) -> int:
-        """End the flows of in-flight console sessions that are no longer alive and of
-        in-flight app sessions whose record is gone; returns how many sessions (of either
-        kind) were found ended."""
+        """Judge every in-flight console and app session as its lookup would, in one Redis
+        round trip, and end the flows of those found dead; returns how many sessions (of
+        either kind) were found dead. Raises when Redis cannot be read (nothing ended)."""
         session_ids = sorted(self.in_flight.session_ids())
-        app_session_ids = sorted(self.in_flight.app_session_ids())
+        # The flows judged are those in flight when the read is sent: one that joins while
+        # it is on its way passed its own lookup after this read.
+        app_flows = {
+            aid: self.in_flight.of_app_session(aid) for aid in self.in_flight.app_session_ids()
+        }
+        app_session_ids = sorted(app_flows)
         if not session_ids and not app_session_ids:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for session_id in session_ids:
-                await read_record(pipe, session_id)  # queued, answered by execute()
-            for app_session_id in app_session_ids:
-                pipe.exists(keys.app_session(app_session_id))
-            found: list[Any] = await pipe.execute()
+        reads = [record_read(sid) for sid in session_ids]
+        reads += [self.app_sessions.read_of(aid) for aid in app_session_ids]
+        try:
+            found = await read_at_once(self.redis, reads)
+        except Exception as exc:
+            RECHECK_FAILURES.labels("round_trip").inc()
+            log.warning(
+                "session re-check could not read Redis (%s): %d console and %d app session(s)"
+                " stay judged by each request's own lookup until it succeeds",
+                exc,
+                len(session_ids),
+                len(app_session_ids),
+            )
+            raise
         consoles, apps = found[: len(session_ids)], found[len(session_ids) :]
+        unreadable = sum(isinstance(reply, Exception) for reply in found)
+        if unreadable:
+            RECHECK_FAILURES.labels("reply").inc(unreadable)
+            log.warning("session re-check: %d session(s) unreadable; their flows end", unreadable)
         now = self.clock.now()
-        # SECURITY: judged by the same rule and Clock as every lookup, so a login whose
-        # lifetime ran out loses its open flows within a re-check, not at its next request.
-        ended = [
-            (sid, reply)
-            for sid, reply in zip(session_ids, consoles, strict=True)
-            if not found_alive(reply, now, self.limits)
-        ]
-        for session_id, reply in ended:
+        dead_consoles: dict[str, str] = {}  # stored but dead: ended as a lookup would
+        ended = 0
+        for session_id, reply in zip(session_ids, consoles, strict=True):
+            # SECURITY: judged by the same rule and Clock as every lookup, so a login whose
+            # lifetime ran out loses its open flows within a re-check, not at its next request.
+            if found_alive(reply, now, self.limits):
+                continue
+            ended += 1
+            if isinstance(reply, Exception):
+                _abort(self.in_flight.of_session(session_id))  # unreadable: not for good
+                continue
             self.in_flight.abort_session(session_id)
             if isinstance(reply, list) and reply:
-                # Dead but still stored: end it everywhere, as a lookup finding it would.
                 record = json_object(reply[0]) or {}
                 principal = record.get("principal")
-                await end_console_session(
-                    self.redis, session_id, principal if isinstance(principal, str) else "-"
-                )
-        ended_apps = [aid for aid, exists in zip(app_session_ids, apps, strict=True) if not exists]
-        for app_session_id in ended_apps:
-            self.in_flight.abort_app_session(app_session_id)
-        return len(ended) + len(ended_apps)
+                dead_consoles[session_id] = principal if isinstance(principal, str) else "-"
+        for app_session_id, reply in zip(app_session_ids, apps, strict=True):
+            flows = app_flows[app_session_id]
+            if not flows or self._app_session_alive(
+                app_session_id, reply, flows, now, dead_consoles
+            ):
+                continue
+            ended += 1
+            if reply == []:
+                # SECURITY: its record is gone (ended): flows that join later end as well.
+                self.in_flight.abort_app_session(app_session_id)
+            else:
+                _abort(flows)
+        for session_id, principal in dead_consoles.items():
+            self.in_flight.abort_session(session_id)
+            await end_console_session(self.redis, session_id, principal)
+        return ended
+
+    def _app_session_alive(
+        self,
+        app_session_id: str,
+        reply: object,
+        flows: frozenset[Flow],
+        now: float,
+        dead_consoles: dict[str, str],
+    ) -> bool:
+        alive = True
+        for host in sorted({flow.host for flow in flows}):
+            # SECURITY: the session stage's own judgement, for the host the flows came in
+            # on, then the MFA stage's: what a request with this cookie would meet now.
+            verdict = judge_app_session(reply, app_session_id, host, now, self.limits)
+            if verdict.dead_console is not None:
+                dead_consoles.setdefault(verdict.dead_console, verdict.dead_principal)
+            login = verdict.login
+            alive = alive and login is not None and mfa_fresh(login.mfa_at, now, self.limits)
+        return alive
 
     async def listen_once(self) -> None:
         """Subscribe and handle events until the subscription fails (then raise)."""
@@ -162,6 +244,12 @@ class SessionEnds:
     async def run(self) -> None:
         """Listen forever (an app background task), reconnecting after any failure."""
         await keep_listening(self.listen_once, "session events", "reconnecting")
+
+
+def _abort(flows: frozenset[Flow]) -> None:
+    """Abort these flows now, remembering nothing (the session may be let through again)."""
+    for flow in flows:
+        flow.abort(SESSION_ENDED)
 
 
 async def session_ends_ctx(app: web.Application) -> AsyncIterator[None]:

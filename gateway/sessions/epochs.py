@@ -35,17 +35,22 @@ end
 MAX_EPOCH_TEXT = 20  # digits of a signed 64-bit integer (INCR's range)
 
 
-def epoch_value(raw: bytes | str | None) -> int | None:
+def epoch_value(raw: object) -> int | None:
     """The stored counter as an int (absent = 0), or None when it is damaged."""
     if raw is None:
         return 0
     text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-    if not text.isascii() or not text.isdigit() or len(text) > MAX_EPOCH_TEXT:
+    if (
+        not isinstance(text, str)
+        or not text.isascii()
+        or not text.isdigit()
+        or len(text) > MAX_EPOCH_TEXT
+    ):
         return None
     return int(text)
 
 
-def made_under_current_epoch(record: dict[str, Any], current: bytes | str | None) -> bool:
+def made_under_current_epoch(record: dict[str, Any], current: object) -> bool:
     """Whether a logged-in session record was made under its account's current epoch."""
     made_under = record.get("epoch")
     now_at = epoch_value(current)

@@ -10,18 +10,25 @@ younger than the absolute lifetime and was seen within the idle timeout and, onc
 names a principal, while it was made under that account's current session epoch
 (`epochs`); a dead one is ended (with its app sessions) the moment it is found dead.
 A logged-in record is created only by `create_login_record`, which refuses when the
-epoch moved since the login read it.
+epoch moved since the login read it. A login's last TOTP check is recent enough while
+`mfa_fresh` says so (the MFA stage's rule, and the re-check's).
+
+Reads are Lua scripts (`LuaRead`): run alone on a request, or many at once in one
+pipelined round trip (`read_at_once`, the re-check of in-flight sessions).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from gateway import keys
 from gateway.clock import Clock
@@ -66,10 +73,10 @@ def valid_token(token: object) -> TypeGuard[str]:
     return isinstance(token, str) and TOKEN_PATTERN.fullmatch(token) is not None
 
 
-def json_object(raw: bytes | str | None) -> dict[str, Any] | None:
+def json_object(raw: object) -> dict[str, Any] | None:
     """A stored JSON object, or None when absent or not one (a damaged record counts as none)."""
-    if raw is None:
-        return None
+    if not isinstance(raw, bytes | str):
+        return None  # absent, or a reply no stored string gives
     try:
         value = json.loads(raw)
     except ValueError:
@@ -85,9 +92,7 @@ def alive(record: dict[str, Any], now: float, limits: Sessions) -> bool:
     return now < created + limits.absolute_lifetime_s and now < seen + limits.idle_timeout_s
 
 
-def judge(
-    record: dict[str, Any] | None, epoch: bytes | str | None, now: float, limits: Sessions
-) -> bool:
+def judge(record: dict[str, Any] | None, epoch: object, now: float, limits: Sessions) -> bool:
     """Whether a console-session record is alive now; `epoch` is its principal's counter."""
     if record is None or not alive(record, now, limits):
         return False
@@ -95,6 +100,19 @@ def judge(
     return "principal" not in record or (
         isinstance(record["principal"], str) and made_under_current_epoch(record, epoch)
     )
+
+
+def mfa_fresh(mfa_at: float, now: float, limits: Sessions) -> bool:
+    """Whether a login's last TOTP check (`mfa_at`, Clock time) is recent enough to proxy."""
+    return now - mfa_at <= limits.mfa_max_age_s
+
+
+async def touch_if_due(redis: aioredis.Redis, sid: str, record: dict[str, Any], now: float) -> None:
+    """Rewrite a live session's last-seen time when TOUCH_EVERY_S has passed since."""
+    if now - record["last_seen"] >= TOUCH_EVERY_S:
+        record["last_seen"] = now
+        # XX: never bring back a session that was ended meanwhile.
+        await redis.set(keys.console_session(sid), json.dumps(record), xx=True, keepttl=True)
 
 
 async def settle(
@@ -113,23 +131,69 @@ async def settle(
         principal = record.get("principal") if record is not None else None
         await end_console_session(redis, sid, principal if isinstance(principal, str) else "-")
         return None
-    if now - record["last_seen"] >= TOUCH_EVERY_S:
-        record["last_seen"] = now
-        # XX: never bring back a session that was ended meanwhile.
-        await redis.set(keys.console_session(sid), json.dumps(record), xx=True, keepttl=True)
+    await touch_if_due(redis, sid, record, now)
     return record
 
 
-def read_record(client: aioredis.Redis, sid: str) -> Awaitable[Any]:
-    """Read session `sid` and its principal's epoch at one instant (awaited on a pipeline,
-    it is queued there). Its reply is what `live_record` settles and `found_alive` judges."""
-    return client.register_script(_READ)(
-        keys=[keys.console_session(sid)], args=[keys.session_epoch("")]
-    )
+@dataclass(frozen=True)
+class LuaRead:
+    """One call of a read-only Lua script: its text, keys and arguments."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+
+    @property
+    def sha(self) -> str:
+        return _script_sha(self.script)
+
+    def run(self, redis: aioredis.Redis) -> Awaitable[Any]:
+        """Run it alone (EVALSHA; the script is loaded first if Redis lacks it)."""
+        return redis.register_script(self.script)(keys=list(self.keys), args=list(self.args))
+
+
+@functools.cache
+def _script_sha(script: str) -> str:
+    # Redis names scripts by SHA-1 (EVALSHA); nothing secret is hashed here. Few scripts:
+    # each is hashed once per process.
+    return hashlib.sha1(script.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+async def read_at_once(redis: aioredis.Redis, reads: Sequence[LuaRead]) -> list[Any]:
+    """The replies of `reads`, in order, from one pipelined round trip (EVALSHA each); an
+    error reply comes back in its place as the exception. Only when Redis lacks a script
+    (restarted, flushed) is it loaded and the reads sent once more."""
+    replies = await _evalsha_all(redis, reads)
+    missing = {
+        read.script
+        for read, reply in zip(reads, replies, strict=True)
+        if isinstance(reply, NoScriptError)
+    }
+    if not missing:
+        return replies
+    for script in sorted(missing):
+        await redis.script_load(script)
+    return await _evalsha_all(redis, reads)
+
+
+async def _evalsha_all(redis: aioredis.Redis, reads: Sequence[LuaRead]) -> list[Any]:
+    # No registered scripts on the pipeline: redis-py would ask SCRIPT EXISTS first, a
+    # second round trip every time.
+    async with redis.pipeline(transaction=False) as pipe:
+        for read in reads:
+            pipe.evalsha(read.sha, len(read.keys), *read.keys, *read.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
+
+
+def record_read(sid: str) -> LuaRead:
+    """The read of session `sid` and its principal's epoch at one instant. Its reply is what
+    `live_record` settles and `found_alive` judges."""
+    return LuaRead(_READ, (keys.console_session(sid),), (keys.session_epoch(""),))
 
 
 def found_alive(found: object, now: float, limits: Sessions) -> bool:
-    """Whether a `read_record` reply shows a session alive at `now`, by the rule every
+    """Whether a `record_read` reply shows a session alive at `now`, by the rule every
     lookup applies (`judge`), without touching it."""
     if not isinstance(found, list) or len(found) != 2:
         return False  # SECURITY: gone, or an unreadable reply: dead (fail closed)
@@ -141,7 +205,7 @@ async def live_record(
     redis: aioredis.Redis, sid: str, clock: Clock, limits: Sessions
 ) -> dict[str, Any] | None:
     """The session's data if it is alive now (touching its last-seen time), else None."""
-    found = await read_record(redis, sid)
+    found = await record_read(sid).run(redis)
     if not isinstance(found, list) or len(found) != 2:
         return None
     raw, epoch = found

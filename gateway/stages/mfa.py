@@ -2,6 +2,7 @@
 
 Older than `sessions.mfa_max_age_s` (by the Clock) -> browsers step up at the console
 (one TOTP code) and come back to where they were; API clients get 401 `mfa_required`.
+The rule is `records.mfa_fresh`, which the session re-check also applies to open streams.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from gateway.appkeys import CLOCK, CONFIG
 from gateway.denials import Denial
 from gateway.flow import Flow
 from gateway.sessions.logins import logins_of
+from gateway.sessions.records import mfa_fresh
 from gateway.sessions.routed import CHALLENGE, to_console
 
 
@@ -26,8 +28,8 @@ class MfaCheck:
             # SECURITY: fail closed if the session stage did not run or was removed.
             flow.deny(Denial(401, "login_required", "No login.", {"WWW-Authenticate": CHALLENGE}))
             return
-        age = self.app[CLOCK].now() - flow.mfa_verified_at
-        if age > self.app[CONFIG].sessions.mfa_max_age_s:
+        now = self.app[CLOCK].now()
+        if not mfa_fresh(flow.mfa_verified_at, now, self.app[CONFIG].sessions):
             flow.deny(
                 to_console(
                     flow,

@@ -160,7 +160,7 @@ async def test_an_app_sessions_stream_ends_when_its_login_outlives_its_idle_time
             # The app session lives while its console login does; that login goes idle by
             # the Clock (the grant lasts longer) with both records still stored.
             site.clock.advance(site.config.sessions.idle_timeout_s)
-            assert await ends.recheck() == 1
+            assert await ends.recheck() == 2  # the login and its app session, each judged dead
             assert b"id: 2" not in await cut_short(stream)
             # Ended as a lookup would end it: with its app sessions.
             assert await site.redis.exists(keys.app_session(app_session_id)) == 0

@@ -309,7 +309,7 @@ async def test_an_end_missed_by_the_listener_is_found_by_the_recheck(running: Ru
             # The session's record goes without any event (as if published while this
             # process was not subscribed).
             await site.redis.delete(keys.console_session(session_id))
-            assert await ends.recheck() == 1
+            assert await ends.recheck() == 2  # the login and its app session, each judged dead
             rest = await cut_short(stream)
             assert b"id: 2" not in rest
     outcome = await outcome_of(site.redis, "/sse")
@@ -381,7 +381,7 @@ async def test_the_recheck_ends_a_stream_of_a_login_the_lookup_would_refuse(
             [session_id] = in_flight.session_ids()
             ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
             await died_by(site, session_id, how)
-            assert await ends.recheck() == 1
+            assert await ends.recheck() == 2  # the login and its app session, each judged dead
             rest = await cut_short(stream)
             assert b"id: 2" not in rest
             assert await site.redis.exists(keys.console_session(session_id)) == 0
