@@ -14,12 +14,19 @@ written at clean shutdown. The verifier checks the signature over the stored `si
 bytes and only then reads the fields from them: nothing is re-encoded.
 
 A `CheckpointRef` names one checkpoint frame by stream, seq and `h`: what an auditor saves
-(`latest_checkpoint(paths)` or, not yet collected, the writer's mark in Redis:
-`ref_of_mark`; both printed by `audit checkpoint`) so that a later `verify
---expect-checkpoint` can tell that the trail still reaches it. Its forms:
+(`latest_checkpoint(paths)`, or the newest of every stream no genesis cites:
+`uncited_checkpoints(paths)`, or, not yet collected, the writers' marks in Redis:
+`refs_of_marks`, the newest of every marked stream; all printed by `audit checkpoint`) so that a
+later `verify --expect-checkpoint` can tell that the trail still reaches it. Its forms:
 
     20261129T044000Z-5f0c9a1e27b4d3c8:41:<64 hex digits of h>
     {"stream": "20261129T044000Z-5f0c9a1e27b4d3c8", "seq": 41, "h": "<64 hex>", "time": ...}
+
+A saved checkpoint file (`parse_refs`) holds one such reference per line, at most one line
+per stream and MAX_REFS lines; blank lines and lines starting with `#` are skipped:
+
+    {"h": "<64 hex>", "seq": 41, "stream": "20261129T044000Z-5f0c9a1e27b4d3c8"}
+    {"h": "<64 hex>", "seq": 7, "stream": "20261129T044100Z-0b2d4e6f8a1c3e5d"}
 
 The genesis frame (seq 0) has body `{"record": "stream.start", "@timestamp": ...,
 "previous": {"stream", "seq", "h"}, "cites": [{"stream", "seq", "h"}, ...]}`: `previous`
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +48,7 @@ from typing import Any
 import msgpack
 
 from audit.errors import CheckpointRefError, FrameError, SegmentError
-from audit.frame import STREAM_ID, decode_frame
+from audit.frame import STREAM_ID, Frame, decode_frame
 from audit.keys import SigningKey
 from audit.record import RecordKind, kind_of, timestamp
 from audit.segment import read_segment, segment_paths
@@ -49,6 +56,10 @@ from audit.segment import read_segment, segment_paths
 SIGNATURE_DOMAIN = b"gw-audit-checkpoint\x00"
 NO_CHECKPOINT = bytes(32)
 MAX_REF_CHARS = 1024  # a reference is about 150 characters; anything longer is not one
+# A saved file names the live streams of one deployment (about one per gateway instance);
+# these bound what a hostile file or Redis can make an auditor's tools read.
+MAX_REFS = 1024
+MAX_REFS_FILE_CHARS = 256 * 1024
 _HEX_H = re.compile(r"[0-9a-f]{64}")
 _SEQ = re.compile(r"[0-9]{1,19}")
 
@@ -226,13 +237,82 @@ def ref_of_mark(raw: object) -> CheckpointRef:
     return CheckpointRef.parse(f"{stream}:{seq}:{h.hex()}")
 
 
-def latest_checkpoint(paths: Iterable[Path]) -> CheckpointRef | None:
-    """The newest readable checkpoint frame in the segment files (by its signed time).
+def parse_refs(text: str) -> list[CheckpointRef]:
+    """The references in a saved checkpoint file's text (see the module docstring).
 
-    It is not verified here: verify the trail with the keyring before saving what this says.
-    Unreadable files and frames are skipped (verify reports them).
+    CheckpointRefError names the first fault and its line: a malformed reference, a second
+    line for one stream, more than MAX_REFS references, or none at all.
     """
-    best: CheckpointRef | None = None
+    if len(text) > MAX_REFS_FILE_CHARS:
+        raise CheckpointRefError(
+            f"a saved checkpoint file is at most {MAX_REFS_FILE_CHARS} characters"
+        )
+    refs: list[CheckpointRef] = []
+    line_of: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            ref = CheckpointRef.parse(line)
+        except CheckpointRefError as exc:
+            raise CheckpointRefError(f"line {number}: {exc}") from exc
+        earlier = line_of.get(ref.stream)
+        if earlier is not None:
+            # One line per stream: a later checkpoint of a stream implies its earlier ones,
+            # so a second line is a damaged or edited file, not a wish.
+            raise CheckpointRefError(
+                f"line {number}: stream {ref.stream} is named again (first on line {earlier})"
+            )
+        if len(refs) == MAX_REFS:
+            raise CheckpointRefError(f"line {number}: more than {MAX_REFS} checkpoint references")
+        line_of[ref.stream] = number
+        refs.append(ref)
+    if not refs:
+        raise CheckpointRefError("no checkpoint reference in it")
+    return refs
+
+
+def refs_of_marks(newest: object, by_stream: Mapping[object, object]) -> list[CheckpointRef]:
+    """The newest checkpoint of every stream the writers marked in Redis, by stream id.
+
+    `newest` is the last-checkpoint key's value (None when absent), `by_stream` the hash of
+    marks by stream. CheckpointRefError names the first malformed mark (fail closed: an
+    auditor must not save a partial list thinking it whole), or says there is none.
+    """
+    if len(by_stream) > MAX_REFS:
+        raise CheckpointRefError(
+            f"{len(by_stream)} streams are marked, more than the {MAX_REFS} a saved file names"
+        )
+    found: dict[str, CheckpointRef] = {}
+
+    def add(ref: CheckpointRef, where: str) -> None:
+        other = found.get(ref.stream)
+        if other is not None and other.seq == ref.seq and other.h != ref.h:
+            raise CheckpointRefError(f"{where}: another h for stream {ref.stream} seq {ref.seq}")
+        if other is None or ref.seq > other.seq:
+            found[ref.stream] = ref
+
+    if newest is not None:
+        add(ref_of_mark(newest), "the newest mark")
+    for field_name, raw in by_stream.items():
+        name = field_name.decode(errors="replace") if isinstance(field_name, bytes) else ""
+        shown = repr(name[:80])
+        try:
+            ref = ref_of_mark(raw)
+        except CheckpointRefError as exc:
+            raise CheckpointRefError(f"the mark of stream {shown}: {exc}") from exc
+        if ref.stream != name:
+            # SECURITY: a mark filed under another stream's name is not the writer's.
+            raise CheckpointRefError(f"the mark filed under {shown} names stream {ref.stream}")
+        add(ref, f"the mark of stream {shown}")
+    if not found:
+        raise CheckpointRefError("no checkpoint is marked in Redis")
+    return [found[stream] for stream in sorted(found)]
+
+
+def _readable_frames(paths: Iterable[Path]) -> Iterator[tuple[Frame, dict[str, Any]]]:
+    """Every frame of the segment files that decodes, with its body; the rest is skipped
+    (verify reports it)."""
     for path in segment_paths(paths):
         try:
             for item in read_segment(path):
@@ -240,19 +320,70 @@ def latest_checkpoint(paths: Iterable[Path]) -> CheckpointRef | None:
                     continue
                 try:
                     frame = decode_frame(item.data)
-                    body = frame.decode_body()
-                    if kind_of(body) != RecordKind.CHECKPOINT:
-                        continue
-                    cp = read_checkpoint(body).checkpoint
+                    yield frame, frame.decode_body()
                 except FrameError:
                     continue
-                found = CheckpointRef(frame.stream, frame.seq, frame.h, cp.time)
-                if best is None or (cp.time, frame.stream, frame.seq) > (
-                    best.time or 0.0,
-                    best.stream,
-                    best.seq,
-                ):
-                    best = found
         except SegmentError:
             continue
+
+
+def latest_checkpoint(paths: Iterable[Path]) -> CheckpointRef | None:
+    """The newest readable checkpoint frame in the segment files (by its signed time).
+
+    It is not verified here: verify the trail with the keyring before saving what this says.
+    Unreadable files and frames are skipped (verify reports them).
+    """
+    best: CheckpointRef | None = None
+    for frame, body in _readable_frames(paths):
+        found = _ref_of_checkpoint(frame, body)
+        if found is not None and (
+            best is None
+            or (found.time or 0.0, found.stream, found.seq)
+            > (best.time or 0.0, best.stream, best.seq)
+        ):
+            best = found
     return best
+
+
+def uncited_checkpoints(paths: Iterable[Path]) -> list[CheckpointRef]:
+    """The newest checkpoint of every stream in the files that no genesis there cites, and
+    the newest of all: what `refs_of_marks` gives from Redis, read from collected files.
+
+    A stream whose newest checkpoint a later genesis cites is pinned by that citation. Not
+    verified here (verify first); CheckpointRefError when there is none, or more than
+    MAX_REFS to name.
+    """
+    newest: dict[str, CheckpointRef] = {}
+    cited: set[tuple[object, object, object]] = set()
+    for frame, body in _readable_frames(paths):
+        if frame.seq == 0 and kind_of(body) == RecordKind.STREAM_START:
+            previous, others = body.get("previous"), body.get("cites")
+            for mark in [previous, *(others if isinstance(others, list) else [])]:
+                if isinstance(mark, dict):
+                    cited.add((mark.get("stream"), mark.get("seq"), mark.get("h")))
+            continue
+        found = _ref_of_checkpoint(frame, body)
+        held = newest.get(frame.stream)
+        if found is not None and (held is None or found.seq > held.seq):
+            newest[frame.stream] = found
+    latest = max(newest.values(), key=lambda r: (r.time or 0.0, r.stream, r.seq), default=None)
+    if latest is None:
+        raise CheckpointRefError("no checkpoint in these files")
+    refs = [
+        ref for ref in newest.values() if ref is latest or (ref.stream, ref.seq, ref.h) not in cited
+    ]
+    if len(refs) > MAX_REFS:
+        raise CheckpointRefError(
+            f"{len(refs)} streams end uncited, more than the {MAX_REFS} a saved file names"
+        )
+    return sorted(refs, key=lambda r: r.stream)
+
+
+def _ref_of_checkpoint(frame: Frame, body: dict[str, Any]) -> CheckpointRef | None:
+    if kind_of(body) != RecordKind.CHECKPOINT:
+        return None
+    try:
+        cp = read_checkpoint(body).checkpoint
+    except FrameError:
+        return None
+    return CheckpointRef(frame.stream, frame.seq, frame.h, cp.time)

@@ -1,8 +1,10 @@
 """The auditor's commands, runnable without a gateway: `python -m audit …` or `gateway audit …`.
 
     verify PATH... --keyring FILE [--strict]        exit 0 clean, 1 on any error finding
-           [--expect-checkpoint FILE|STREAM:SEQ:H]  the trail must still reach that checkpoint
-    checkpoint PATH... | --from-redis               the newest checkpoint, to save for the above
+           [--expect-checkpoint FILE|STREAM:SEQ:H]  the trail must still reach those checkpoints
+    checkpoint PATH... [--every-stream]             the newest checkpoint (of every uncited
+                                                    stream too), to save for the above
+    checkpoint --from-redis                         the newest of every marked stream, likewise
     replay PATH... [filters] [--bodies]             a timeline; --follow watches Redis
     export PATH... --format har|jsonl|ocsf [-o F]   with a progress bar on a terminal
     collect --redis-url URL --segment-dir DIR       Redis stream -> segment files
@@ -41,7 +43,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.exceptions import RedisError
 
-from audit.checkpoint import CheckpointRef, latest_checkpoint, ref_of_mark
+from audit.checkpoint import (
+    MAX_REFS,
+    MAX_REFS_FILE_CHARS,
+    CheckpointRef,
+    latest_checkpoint,
+    parse_refs,
+    refs_of_marks,
+    uncited_checkpoints,
+)
 from audit.collector import Collector
 from audit.errors import (
     AuditError,
@@ -69,7 +79,6 @@ from audit.verify import verify
 from audit.writer import FRAME_FIELD
 
 Handler = Callable[[argparse.Namespace], int]
-MAX_REF_FILE_CHARS = 4096  # a saved checkpoint file holds one short JSON line
 
 
 @dataclass(frozen=True)
@@ -171,16 +180,26 @@ def add_commands(
         action="append",
         default=[],
         metavar="FILE|STREAM:SEQ:H",
-        help="a checkpoint saved earlier (`checkpoint` prints it) the trail must still reach",
+        help="checkpoints saved earlier (`checkpoint` prints them, one per line) or one "
+        "checkpoint's value: the trail must still reach each",
     )
     handle(verify_p, _verify, "paths", "keyring")
 
-    checkpoint_p = command("checkpoint", "print the newest checkpoint, to save for verify")
+    checkpoint_p = command(
+        "checkpoint", "print the newest checkpoint (of every stream with --from-redis)"
+    )
     checkpoint_p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     checkpoint_p.add_argument(
         "--from-redis",
         action="store_true",
-        help="the newest checkpoint the gateway wrote, collected or not (from Redis)",
+        help="the newest checkpoint of every stream the gateway marked, collected or not "
+        "(from Redis), one line each",
+    )
+    checkpoint_p.add_argument(
+        "--every-stream",
+        action="store_true",
+        help="from files: also the newest checkpoint of every stream no genesis cites, "
+        "one line each (--from-redis always prints every marked stream)",
     )
     _redis_arguments(checkpoint_p)
     checkpoint_p.add_argument("--checkpoint-key", help="the Redis key of the writer's mark")
@@ -441,7 +460,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        expected = [_expected_checkpoint(text) for text in args.expect_checkpoint]
+        expected = [ref for text in args.expect_checkpoint for ref in _expected_checkpoints(text)]
     except CheckpointRefError as exc:
         print(f"verify: --expect-checkpoint: {exc}", file=sys.stderr)
         return 2
@@ -453,23 +472,24 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok(strict=args.strict) else 1
 
 
-def _expected_checkpoint(text: str) -> CheckpointRef:
-    """A saved checkpoint: the file `text` names (as `checkpoint` printed it), or the value."""
+def _expected_checkpoints(text: str) -> list[CheckpointRef]:
+    """Saved checkpoints: the file `text` names (as `checkpoint` printed it), or the value."""
     path = Path(text)
     try:
         is_file = path.is_file()
     except OSError:  # e.g. a name too long for a path: then it is a value, or nothing
         is_file = False
     if not is_file:
-        return CheckpointRef.parse(text)
+        return [CheckpointRef.parse(text)]
     try:
         with open(path, encoding="utf-8") as handle:
-            # One more character than a reference may hold, so that a longer file is refused.
-            content = handle.read(MAX_REF_FILE_CHARS + 1)
+            # One more character than a file may hold, so that a longer file is refused
+            # without reading it all.
+            content = handle.read(MAX_REFS_FILE_CHARS + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointRefError(f"{path}: cannot read: {exc}") from exc
     try:
-        return CheckpointRef.parse(content)
+        return parse_refs(content)
     except CheckpointRefError as exc:
         raise CheckpointRefError(f"{path}: {exc}") from exc
 
@@ -483,15 +503,22 @@ def _checkpoint(args: argparse.Namespace) -> int:
     if missing := _missing(args.paths):
         print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
+    then = (
+        "later: verify --expect-checkpoint FILE "
+        "(run verify now: this command does not check signatures)"
+    )
+    if args.every_stream:
+        try:
+            refs = uncited_checkpoints(args.paths)
+        except CheckpointRefError as exc:
+            print(f"checkpoint: {', '.join(map(str, args.paths))}: {exc}", file=sys.stderr)
+            return 1
+        return _print_checkpoints(refs, then)
     found = latest_checkpoint(args.paths)
     if found is None:
         print(f"checkpoint: no checkpoint in {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 1
-    return _print_checkpoint(
-        found,
-        "later: verify --expect-checkpoint FILE "
-        "(run verify now: this command does not check signatures)",
-    )
+    return _print_checkpoints([found], then)
 
 
 def _checkpoint_from_redis(args: argparse.Namespace) -> int:
@@ -499,26 +526,41 @@ def _checkpoint_from_redis(args: argparse.Namespace) -> int:
     if client is None:
         return 2
 
-    async def read() -> object:
+    # The writers' hash of marks by stream (audit.writer derives its name the same way).
+    by_stream_key = f"{args.checkpoint_key}:by-stream"
+
+    async def read() -> tuple[object, dict[object, object]]:
         try:
-            return await client.get(args.checkpoint_key)
+            # The count first, so that a hostile hash is refused before it is fetched.
+            if await client.hlen(by_stream_key) > MAX_REFS:
+                raise CheckpointRefError(
+                    f"{by_stream_key}: more than {MAX_REFS} streams are marked"
+                )
+            # One transaction, so that the newest mark and the hash are read at one instant.
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.get(args.checkpoint_key)
+                pipe.hgetall(by_stream_key)
+                newest, marks = await pipe.execute()
+            return newest, marks
         finally:
             await client.aclose()
 
     try:
-        found = ref_of_mark(asyncio.run(read()))
+        newest, marks = asyncio.run(read())
+        found = refs_of_marks(newest, marks)
     except (RedisError, OSError) as exc:
         print(f"checkpoint: the audit stream is unreachable: {exc}", file=sys.stderr)
         return 1
     except CheckpointRefError as exc:
         print(f"checkpoint: {args.checkpoint_key}: {exc}", file=sys.stderr)
         return 1
-    return _print_checkpoint(found, "once collected: verify --expect-checkpoint FILE")
+    return _print_checkpoints(found, "once collected: verify --expect-checkpoint FILE")
 
 
-def _print_checkpoint(found: CheckpointRef, then: str) -> int:
-    """Print `found` as the one line an auditor saves, and on stderr what to do with it."""
-    print(found.to_json())
+def _print_checkpoints(found: Sequence[CheckpointRef], then: str) -> int:
+    """Print `found` as the lines an auditor saves, and on stderr what to do with them."""
+    for ref in found:
+        print(ref.to_json())
     print(f"save this outside the trail; {then}", file=sys.stderr)
     return 0
 

@@ -45,7 +45,9 @@ Findings (code: meaning):
                         checkpoint
 
 `expect` lists checkpoints an auditor saved earlier (`checkpoint.CheckpointRef`, from
-`latest_checkpoint`): the trail must still reach each of them, frame for frame.
+`latest_checkpoint`, or one per stream from `refs_of_marks` with several gateway
+instances): the trail must still reach each of them, frame for frame, and each finding
+names the pinned stream.
 """
 
 from __future__ import annotations

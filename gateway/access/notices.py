@@ -14,6 +14,15 @@ Who hears what:
 - approved, denied, lapsed, expired, revoked: the requester;
 - expired, revoked: the approvers too, with a summary of the grant's use.
 Customer admins' own impersonations are audited, not mailed.
+
+Consumers: each gateway process reads as its own randomly named consumer of the group.
+A stopping instance removes its consumer (`leave`) when it holds no pending event, and
+every instance, once every PRUNE_EVERY_S, removes consumers idle for `prune_idle_ms` that
+hold none (`prune`: dead instances' names, whose events the others have claimed), so that
+the group does not grow with every restart. The check and the removal are one Lua script:
+XGROUP DELCONSUMER drops a consumer's pending entries with it, so a consumer that holds a
+pending event is never removed (it is claimed after STALE_MS and handled instead).
+
 "Every approver" never includes an account linked to the requester as one person (the
 directory's `person`): nobody is asked to decide their own request. A partial-approval
 mail skips every account of each person who approved already.
@@ -21,8 +30,10 @@ mail skips every account of each person who approved already.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +54,29 @@ log = logging.getLogger(__name__)
 
 GROUP = "notices"
 STALE_MS = 60_000  # an event another consumer held this long without acknowledging is retaken
+# A live instance reads at least every second; a consumer idle this long is a dead one's.
+PRUNE_IDLE_MS = 3_600_000
+PRUNE_EVERY_S = 300.0
+LEAVE_WITHIN_S = 1.0  # a stopping instance does not wait longer than this on Redis
+# Remove each named consumer of the group (KEYS[1] the stream, ARGV[1] the group, ARGV[2]
+# the minimum idle ms, then names) that holds no pending entry and is idle at least that
+# long; the names removed. Checked and removed in one step, so that no entry delivered
+# meanwhile is dropped with its consumer.
+PRUNE_SCRIPT = """
+local wanted = {}
+for i = 3, #ARGV do wanted[ARGV[i]] = true end
+local removed = {}
+for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  local name = fields['name']
+  if wanted[name] and fields['pending'] == 0 and fields['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    removed[#removed + 1] = name
+  end
+end
+return removed
+"""
 
 NOTICE_FAILURES = Counter(
     "gateway_access_notice_failures_total",
@@ -86,6 +120,7 @@ class Notices:
         console_url: str,
         audit: AuditAppend | None,
         consumer: str | None = None,
+        prune_idle_ms: int = PRUNE_IDLE_MS,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -93,6 +128,9 @@ class Notices:
         self.console_url = console_url.rstrip("/")
         self.audit = audit
         self.consumer = consumer or f"notices-{secrets.token_hex(4)}"
+        self.prune_idle_ms = prune_idle_ms
+        self._prune_script = redis.register_script(PRUNE_SCRIPT)
+        self._pruned_at: float | None = None  # monotonic time of the last prune
         self._group_ready = False
 
     async def _ensure_group(self) -> None:
@@ -105,10 +143,60 @@ class Notices:
                 raise
         self._group_ready = True
 
+    async def prune(self, idle_ms: int | None = None) -> list[str]:
+        """Remove the group's other consumers idle at least `idle_ms` (default
+        `prune_idle_ms`) that hold no pending event; the names removed."""
+        await self._ensure_group()
+        outbox = keys.access_outbox()
+        infos: Any = await self.redis.xinfo_consumers(outbox, GROUP)
+        names = [as_text(info["name"]) for info in infos]
+        others = [name for name in names if name != self.consumer]
+        if not others:
+            return []
+        limit = self.prune_idle_ms if idle_ms is None else idle_ms
+        removed: Any = await self._prune_script(keys=[outbox], args=[GROUP, limit, *others])
+        gone = [as_text(name) for name in removed]
+        if gone:
+            log.info("removed %d idle notices consumer(s) without pending events", len(gone))
+        return gone
+
+    async def leave(self, within_s: float = LEAVE_WITHIN_S) -> bool:
+        """Remove this instance's consumer if it holds no pending event (call it once the
+        loop has stopped); whether it was removed. Never raises: a consumer left behind is
+        pruned later, and its pending events are claimed by the other instances."""
+        try:
+            async with asyncio.timeout(within_s):
+                removed: Any = await self._prune_script(
+                    keys=[keys.access_outbox()], args=[GROUP, 0, self.consumer]
+                )
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return False  # no group, so no consumer either
+            log.warning("notices consumer %s not removed at stop: %s", self.consumer, exc)
+            return False
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            log.warning("notices consumer %s not removed at stop: %r", self.consumer, exc)
+            return False
+        if not removed:
+            log.info("notices consumer %s kept: it holds pending events", self.consumer)
+        return bool(removed)
+
+    async def _prune_now_and_then(self) -> None:
+        now = time.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        try:
+            await self.prune()
+        except redis.exceptions.RedisError as exc:
+            # Housekeeping only: the events are still handled; the next prune retries.
+            log.warning("pruning idle notices consumers failed: %s", exc)
+
     async def process_once(self, count: int = 100, block_ms: int | None = None) -> int:
         """Handle waiting events: this consumer's unacknowledged ones, stale ones of others,
         then new ones. Returns how many were handled completely."""
         await self._ensure_group()
+        await self._prune_now_and_then()
         outbox = keys.access_outbox()
         entries: list[tuple[Any, dict[Any, Any]]] = []
         mine: Any = await self.redis.xreadgroup(GROUP, self.consumer, {outbox: "0"}, count=count)

@@ -94,6 +94,7 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(w) for w in work]
     yield
     await stop(tasks)
+    await service.notices.leave()
     await _final_flush(service.watcher)
 
 

@@ -172,7 +172,7 @@ def test_verify_refuses_a_bad_expect_checkpoint(
     big = tmp_path / "big.json"
     big.write_text(" " * (MAX_REF_CHARS + 1) + f"s:1:{H}")
     assert main([*base, str(big)]) == 2
-    assert f"{big}: a checkpoint reference is at most" in capsys.readouterr().err
+    assert f"{big}: line 1: a checkpoint reference is at most" in capsys.readouterr().err
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\xff\xfe\x00")
     assert main([*base, str(binary)]) == 2
@@ -235,7 +235,7 @@ def test_checkpoint_from_redis_is_the_writers_mark(
             client.set(MARK_KEY, raw)
             assert main(args) == 1
             assert fault in capsys.readouterr().err
-        client.delete(MARK_KEY)
+        client.delete(MARK_KEY, f"{MARK_KEY}:by-stream")
         assert main(args) == 1
         assert "no checkpoint is marked" in capsys.readouterr().err
     finally:
