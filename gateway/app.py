@@ -11,7 +11,8 @@ through the pipeline (`gateway.pipeline`), which answers `/.gateway/auth` and
 `/.gateway/logout` itself and 404s every other `/.gateway/*` path.
 
 Resources (Redis through `gateway.redis_client`, or an embedded redis-server when
-neither `redis.url` nor `redis.sentinel` is configured; the policy store; the audit
+neither `redis.url` nor `redis.sentinel` is configured; the policy store; the comparison
+of the shared secret keys with the other instances', `gateway.key_agreement`; the audit
 writer; the one upstream client session with keep-alive) are opened in `cleanup_ctx`
 generators, in that order, and closed in reverse. aiohttp's header parser
 limits are set above `config.limits` so that the gateway itself answers 414/431.
@@ -69,6 +70,7 @@ from gateway.denials import (
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import RedisStartError
 from gateway.flow import Flow, InFlightFlows
+from gateway.key_agreement import key_agreement_ctx
 from gateway.pipeline import default_stages, run
 from gateway.policy_store import PolicyStore
 from gateway.proxy.headers import client_address
@@ -144,6 +146,7 @@ def create_app(
     app[STAGES] = default_stages(app)
     app.cleanup_ctx.append(_redis_ctx(redis_url))
     app.cleanup_ctx.append(_policies_ctx)
+    app.cleanup_ctx.append(key_agreement_ctx)  # before anything is written to Redis
     app.cleanup_ctx.append(_audit_ctx)
     app.cleanup_ctx.append(access_ctx)
     app.cleanup_ctx.append(session_ends_ctx)

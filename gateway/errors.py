@@ -6,6 +6,8 @@ GatewayError
  ├── RedisLoginError   the configured Redis refused the gateway's username or password
  ├── RedisSettingError the configured Redis may lose data: its maxmemory-policy evicts keys
  ├── KeyMaterialError  a key or certificate is missing, unreadable, invalid or not 0600
+ ├── KeyMismatch       this instance's secret keys differ from those of the others on its Redis
+ │                     (or could not be compared with them: Redis unreachable at start)
  └── AssertionRefused  no identity assertion may be signed for this grant (e.g. it has ended)
 """
 
@@ -39,6 +41,10 @@ class RedisSettingError(GatewayError):
 
 
 class KeyMaterialError(GatewayError):
+    pass
+
+
+class KeyMismatch(GatewayError):
     pass
 
 

@@ -171,3 +171,14 @@ def audit_checkpoints_by_stream() -> str:
     """Hash: each writer stream's last checkpoint mark not yet cited by a newer stream (the
     audit writer derives this name from `audit_last_checkpoint`; audit/ never imports us)."""
     return f"{audit_last_checkpoint()}:by-stream"
+
+
+# --- keys every instance shares -----------------------------------------------------------
+def key_fingerprints() -> str:
+    """Hash: shared secret key name -> its one-way fingerprint (gateway.key_agreement)."""
+    return f"{P}keys:fingerprints"
+
+
+def assertion_key_ids() -> str:
+    """Set: the kid of every assertion key an instance has published (gateway.key_agreement)."""
+    return f"{P}keys:assertion-kids"

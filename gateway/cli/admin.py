@@ -11,6 +11,7 @@ enrolment tokens are printed once.
     echo "new password" | gateway admin password reset member:acme:bob --password-stdin
     gateway admin totp reset staff:sam
     gateway admin disable member:acme:bob
+    gateway admin keys forget totp      # after changing the TOTP key on purpose
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import argparse
 import asyncio
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from gateway.clock import SystemClock
 from gateway.config import load_config
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import ConfigError, GatewayError
+from gateway.key_agreement import BREAKS, KEY_NAMES, forget
 from gateway.redis_client import redis_client
 
 _Action = Callable[[Accounts, argparse.Namespace], Awaitable[int]]
@@ -105,11 +107,28 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     listing = sub.add_parser("list", help="list orgs and accounts")
     listing.set_defaults(handler=_run(_list))
 
+    shared = sub.add_parser("keys", help="keys every instance shares").add_subparsers(
+        dest="what", required=True
+    )
+    forget_key = shared.add_parser(
+        "forget",
+        help="forget a key's recorded fingerprint after changing the key on purpose "
+        "(the next instance to start records its own)",
+    )
+    forget_key.add_argument("name", choices=KEY_NAMES)
+    forget_key.set_defaults(handler=_handled(_keys_forget))
+
 
 def _run(action: _Action) -> Callable[[argparse.Namespace], int]:
+    return _handled(lambda args: _with_accounts(args, action))
+
+
+def _handled(
+    main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         try:
-            return asyncio.run(_with_accounts(args, action))
+            return asyncio.run(main(args))
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -160,13 +179,32 @@ async def _redis(args: argparse.Namespace, data_dir: Path) -> AsyncIterator[aior
             embedded.stop()
 
 
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.redis_url is None or args.config.exists():
+        return load_config(args.config).data_dir
+    return Path("var")
+
+
 async def _with_accounts(args: argparse.Namespace, action: _Action) -> int:
-    if args.redis_url is None:
-        data_dir = load_config(args.config).data_dir
-    else:
-        data_dir = load_config(args.config).data_dir if args.config.exists() else Path("var")
+    data_dir = _data_dir(args)
     async with _redis(args, data_dir) as client:
         return await action(open_accounts(client, SystemClock(), data_dir), args)
+
+
+async def _keys_forget(args: argparse.Namespace) -> int:
+    async with _redis(args, _data_dir(args)) as client:
+        forgotten = await forget(client, args.name)
+    if not forgotten:
+        print(f"no fingerprint of the {args.name} key was recorded; nothing changed")
+        return 0
+    print(f"forgot the recorded fingerprint of the {args.name} key")
+    print(
+        "the next instance to start records its key; instances still running keep theirs: "
+        "restart every instance with the same new key",
+        file=sys.stderr,
+    )
+    print(f"warning: {BREAKS[args.name]}", file=sys.stderr)
+    return 0
 
 
 def _new_password(args: argparse.Namespace) -> tuple[str, bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import shutil
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -348,11 +349,22 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
+def share_keys(source: Path, target: Path) -> None:
+    """Give data dir `target` the keys every instance on one Redis shares, from `source`
+    (once its first gateway made them): see gateway.key_agreement."""
+    if source == target or not (source / "keys").exists():
+        return
+    shutil.copytree(source / "keys", target / "keys")
+    (target / "audit-keys").mkdir(mode=0o700, parents=True)
+    shutil.copy2(source / "audit-keys" / "redaction.key", target / "audit-keys")
+
+
 @pytest.fixture
 async def gateway_factory(
     tmp_path: Path, redis: aioredis.Redis, redis_url: str, clock: ManualClock
 ) -> AsyncIterator[GatewayFactory]:
     started: list[TestServer] = []
+    homes: list[Path] = []
 
     async def make(
         *,
@@ -374,6 +386,9 @@ async def gateway_factory(
         upstream.port = upstream_server.port
         home = tmp_path / f"gateway-{len(started)}"  # each gateway its own files
         home.mkdir()
+        homes.append(home)
+        # ... but the keys of the first: instances on one Redis must share them.
+        share_keys(homes[0] / "data", home / "data")
         config = gateway_config(
             home,
             policy_yaml(

@@ -199,7 +199,7 @@ def test_gateway_run_refuses_to_start_on_bad_material(
         "missing-cert": "no such file",
         "open-key": "o+r",
         "bad-policy": "policy.yaml:6: routes[0].default: allow or deny (got 'maybe')",
-        "redis-down": "audit stream unreachable",
+        "redis-down": "Redis unreachable",
     }
     assert expected[problem] in result.stderr
     assert "Traceback" not in result.stderr  # a clear refusal, not a crash

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -108,7 +109,11 @@ async def upstream_port() -> AsyncIterator[int]:
 
 @pytest.fixture
 def gateway_process(
-    tmp_path: Path, redis_url: str, upstream_port: int, project_root: Path
+    tmp_path: Path,
+    redis: aioredis.Redis,  # flushed: no earlier test's gateway keys recorded on it
+    redis_url: str,
+    upstream_port: int,
+    project_root: Path,
 ) -> Iterator[GatewayProcess]:
     log = tmp_path / "gateway.log"
     with log.open("wb") as errors:  # a file, not a pipe: an unread pipe would stall the gateway
