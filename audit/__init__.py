@@ -2,6 +2,7 @@
 
 Modules: `record` (ECS-shaped bodies), `redact` (keyed-hash redaction), `frame` (frame
 codec, versions, hash chain), `keys` (Ed25519 signing keys, keyring, rotation),
+`dirlock` (one key change at a time in a key directory, across processes),
 `checkpoint` (signed chain heads), `writer` (group-committed appends to a Redis stream),
 `segment` (append-only segment files), `collector` (Redis stream -> segments), `verify`,
 `replay`, `export` (HAR, JSON Lines, OCSF), `cli` (the `gateway audit …` commands).

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import fcntl
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from audit.dirlock import locked_directory
 from audit.errors import SigningKeyError
 
 ENV_SIGNING_KEY = "GATEWAY_AUDIT_SIGNING_KEY"
@@ -303,7 +302,7 @@ class KeyDirectory:
             return from_env
         if self.active_path.exists():
             return self.follow(self.active())
-        with self._locked():
+        with locked_directory(self.path):
             # Another instance may have created the first key while we waited for the lock.
             if self.active_path.exists():
                 return self.follow(self.active())
@@ -311,23 +310,8 @@ class KeyDirectory:
 
     def rotate(self, now: float, *, keep_old_private: bool = False) -> SigningKey:
         """Make a new active key valid from `now`; the previous key's window ends at `now`."""
-        with self._locked():
+        with locked_directory(self.path):
             return self._rotate(now, keep_old_private=keep_old_private)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the directory's lock: one key change at a time, across processes."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path, 0o700)  # SECURITY: private keys live only in a 0700 directory
-        # The directory itself is locked: no lock file joins the keys in it.
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            # SECURITY: two instances creating keys at once would each sign with a key of
-            # their own while the keyring kept only one: checkpoints nobody could verify.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def _rotate(self, now: float, *, keep_old_private: bool) -> SigningKey:
         self.private_dir.mkdir(exist_ok=True)

@@ -33,8 +33,6 @@ is handed out for a grant that did not pass. Entries are dropped once expired.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -43,7 +41,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +52,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from audit.dirlock import locked_directory
 from gateway.errors import AssertionRefused, KeyMaterialError
 from gateway.identity import ActingGrant
 
@@ -328,26 +327,12 @@ def load_signer(
     if not keys:
         if not create:
             raise KeyMaterialError(f"{directory}: no assertion signing key")
-        with _locked(directory):
+        with locked_directory(directory):
             # SECURITY-adjacent: instances starting at once would each make a key of their
             # own and publish only it: an upstream holding one instance's key set would
             # refuse the others' assertions. The one that got the lock first makes it.
             keys = _read_directory(directory) or [_write_new_key(directory, time.time())]
     return AssertionSigner(keys, issuer=issuer)
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold the key directory's lock: one key change at a time, across processes."""
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)  # SECURITY: only the gateway's user lists or reads its keys
-    # The directory itself is locked: no lock file joins the keys in it.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def rotate(directory: Path, *, keep: int = KEEP_KEYS, now: float | None = None) -> SigningKey:
@@ -359,7 +344,7 @@ def rotate(directory: Path, *, keep: int = KEEP_KEYS, now: float | None = None) 
         # SECURITY-adjacent: keeping only the new key would break tokens signed moments ago.
         raise ValueError(f"keep={keep}: keep at least the new key and the previous one")
     created = time.time() if now is None else now
-    with _locked(directory):
+    with locked_directory(directory):
         for name, _ in _stored_keys(directory)[-1:]:
             newest = int(name.split("-", 1)[0])
             created = max(created, newest + 1)  # file names order keys; never tie or go back

@@ -4,11 +4,11 @@ with one key and publish the same key set, so an upstream holding any instance's
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 from gateway.assertion import load_signer, rotate
+from tests.gateway.accounts.test_keyfile_instances import race
 
 STARTERS = 6
 TRIALS = 5
@@ -16,24 +16,13 @@ TRIALS = 5
 
 def start_together(directory: Path) -> list[tuple[str, ...] | Exception]:
     """What each of STARTERS signers loaded at the same moment publishes (its key ids)."""
-    start = threading.Barrier(STARTERS)
-    published: list[tuple[str, ...] | Exception] = []
 
-    def starter() -> None:
-        start.wait()
-        try:
-            signer = load_signer(directory, issuer="https://gateway.example", environ={})
-            jwks: dict[str, Any] = signer.jwks()
-            published.append(tuple(key["kid"] for key in jwks["keys"]))
-        except Exception as exc:  # collected: the assertion below names it
-            published.append(exc)
+    def published() -> tuple[str, ...]:
+        signer = load_signer(directory, issuer="https://gateway.example", environ={})
+        jwks: dict[str, Any] = signer.jwks()
+        return tuple(key["kid"] for key in jwks["keys"])
 
-    threads = [threading.Thread(target=starter) for _ in range(STARTERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return published
+    return race(published, STARTERS)
 
 
 def test_instances_starting_at_once_publish_one_first_key(tmp_path: Path) -> None:

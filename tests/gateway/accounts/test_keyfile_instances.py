@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -19,13 +20,14 @@ from gateway.accounts.keyfile import secret_key
 from gateway.app import REDACTION_KEY_ENV, redaction_key
 
 STARTERS = 8
+T = TypeVar("T")
 TRIALS = 30
 
 
-def race(read_key: Callable[[], bytes]) -> list[bytes | Exception]:
-    """What each of STARTERS threads released at once read."""
-    start = threading.Barrier(STARTERS)
-    read: list[bytes | Exception] = []
+def race(read_key: Callable[[], T], starters: int = STARTERS) -> list[T | Exception]:
+    """What each of `starters` threads released at once read (or the error it met)."""
+    start = threading.Barrier(starters)
+    read: list[T | Exception] = []
 
     def starter() -> None:
         start.wait()
@@ -34,7 +36,7 @@ def race(read_key: Callable[[], bytes]) -> list[bytes | Exception]:
         except Exception as exc:  # collected: the assertions name it
             read.append(exc)
 
-    threads = [threading.Thread(target=starter) for _ in range(STARTERS)]
+    threads = [threading.Thread(target=starter) for _ in range(starters)]
     for thread in threads:
         thread.start()
     for thread in threads:
