@@ -53,15 +53,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from audit.checkpoint import NO_CHECKPOINT, Checkpoint, genesis_body
 from audit.errors import AuditUnavailable, RecordError
@@ -92,26 +93,14 @@ for i = 4, first - 1, 2 do
 end
 return #ARGV - first + 1
 """
+# Sent by its digest (EVALSHA) as Redis itself names it; the source only when Redis lost it.
+APPEND_SCRIPT_SHA = hashlib.sha1(APPEND_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 # A genesis cites at most this many other streams' marks (the rest wait for the next one).
 MAX_CITED = 256
 
 
 def new_stream_id(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(8)
-
-
-class _Pending:
-    """One frame waiting for the group commit; `mark` is set on checkpoint frames."""
-
-    __slots__ = ("data", "done", "mark", "seq")
-
-    def __init__(
-        self, data: bytes, done: asyncio.Future[int], mark: dict[str, Any] | None, seq: int
-    ) -> None:
-        self.data = data
-        self.done = done
-        self.mark = mark
-        self.seq = seq
 
 
 class AuditWriter:
@@ -133,11 +122,14 @@ class AuditWriter:
         if checkpoint_every_s <= 0:
             raise ValueError(f"checkpoint_every_s must be > 0, got {checkpoint_every_s}")
         self._redis = redis
-        self._append_script = redis.register_script(APPEND_SCRIPT)
+        # redis-py leaves its command call untyped: typed here, once.
+        self._command: Callable[..., Awaitable[Any]] = redis.execute_command
         self._signer = signer
         self._key = stream
         self._checkpoint_key = last_checkpoint_key or f"{stream}:last-checkpoint"
         self._marks_key = f"{self._checkpoint_key}:by-stream"
+        # The append script's KEYS, as its command names them after the script.
+        self._script_keys = (3, self._key, self._checkpoint_key, self._marks_key)
         # Marks read at open() for the first genesis to cite, and the (stream, raw mark)
         # pairs its batch removes from the marks by stream once Redis accepted it.
         self._to_cite: list[dict[str, Any]] = []
@@ -157,7 +149,13 @@ class AuditWriter:
         self._last_cp_at = 0.0
         self._frames_since_cp = 0
         self._accepted_cp: dict[str, Any] | None = None  # last checkpoint Redis accepted
-        self._queue: list[_Pending] = []
+        # The group commit's queue: the frames' bytes and their futures, in seq order from
+        # `_first_seq` (a batch's seqs follow each other: a refused batch empties the queue
+        # before the next stream begins), and the newest checkpoint mark among them.
+        self._frames: list[bytes] = []
+        self._waiters: list[asyncio.Future[int]] = []
+        self._first_seq = 0
+        self._mark: dict[str, Any] | None = None
         self._flushing = False
         self._broken = True  # no stream until open()
         self._opened = False
@@ -279,14 +277,14 @@ class AuditWriter:
         seq = self._seq
         h, encoded = self._sealer.seal(seq, self._head, data)
         self._head = h
-        self._seq += 1
+        self._seq = seq + 1
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        # Genesis and checkpoint futures may have no awaiter: retrieve their failure here
-        # so that it is not reported as "never retrieved" (awaiters still get it raised).
-        done.add_done_callback(_retrieve)
+        if not self._frames:
+            self._first_seq = seq
+        self._frames.append(encoded)
+        self._waiters.append(done)
         if mark is not None:
-            mark = {**mark, "seq": seq, "h": h}
-        self._queue.append(_Pending(encoded, done, mark, seq))
+            self._mark = {**mark, "seq": seq, "h": h}
         if not self._flushing:
             self._flushing = True
             # Group commit: everything queued during this tick goes out in one batch.
@@ -317,67 +315,82 @@ class AuditWriter:
         self._flush_task = asyncio.create_task(self._flush(), name="audit-flush")
 
     async def _flush(self) -> None:
-        batch: list[_Pending] = []
+        waiters: list[asyncio.Future[int]] = []
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                marks = [item.mark for item in batch if item.mark is not None]
+            while self._frames:
+                frames, waiters, first, mark = (
+                    self._frames,
+                    self._waiters,
+                    self._first_seq,
+                    self._mark,
+                )
+                self._frames, self._waiters, self._mark = [], [], None
                 # The marks the genesis cites go with its batch, and only with that one: if
                 # it is refused they stay in Redis for another stream to cite.
                 uncite, self._uncite = self._uncite, []
                 try:
-                    accepted = await self._send(batch, marks[-1] if marks else None, uncite)
+                    await self._send(frames, mark, uncite)
                 except Exception as exc:  # SECURITY: whatever failed, Redis did not accept
-                    self._refuse(batch, exc)
+                    self._refuse(waiters, exc)
                     continue
                 self.pipelines += 1
-                self.frames += accepted
-                if marks:
-                    self._accepted_cp = marks[-1]
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_result(item.seq)
+                self.frames += len(frames)
+                if mark is not None:
+                    self._accepted_cp = mark
+                for seq, done in enumerate(waiters, first):
+                    if not done.done():  # an awaiter that left cancelled its future
+                        done.set_result(seq)
         except BaseException as exc:  # cancelled: nobody may wait for a reply that never comes
-            self._refuse(batch, exc)
+            self._refuse(waiters, exc)
             raise
         finally:
             self._flushing = False
 
     async def _send(
         self,
-        batch: list[_Pending],
+        frames: list[bytes],
         mark: dict[str, Any] | None,
         uncite: list[tuple[bytes, bytes]],
-    ) -> int:
-        """One command for the whole batch; the number of frames Redis appended."""
+    ) -> None:
+        """One command for the whole batch; returns once Redis appended every frame."""
+        args: list[Any] = [
+            *self._script_keys,
+            msgpack.packb(mark, use_bin_type=True) if mark else b"",
+            mark["stream"] if mark else "",
+            len(uncite),
+        ]
+        for pair in uncite:
+            args += pair
+        args += frames
+        command = self._command
         async with asyncio.timeout(self._timeout_s):
             # The script appends every frame in order (and stores the checkpoint mark)
-            # before Redis replies.
-            reply = await self._append_script(
-                keys=[self._key, self._checkpoint_key, self._marks_key],
-                args=[
-                    msgpack.packb(mark, use_bin_type=True) if mark else b"",
-                    mark["stream"] if mark else "",
-                    len(uncite),
-                    *(part for pair in uncite for part in pair),
-                    *(item.data for item in batch),
-                ],
-            )
-        if reply != len(batch):
+            # before Redis replies. Called by digest through the client's own command
+            # call: redis-py's Script object would add its own checks to every batch.
+            try:
+                reply = await command("EVALSHA", APPEND_SCRIPT_SHA, *args)
+            except NoScriptError:
+                # Redis lost its script cache (restart, failover, SCRIPT FLUSH): the script
+                # did not run, so nothing was appended; EVAL runs it and caches it again.
+                reply = await command("EVAL", APPEND_SCRIPT, *args)
+        if reply != len(frames):
             # SECURITY: success only when Redis says it appended every frame of the batch.
-            raise AuditUnavailable(f"appended {reply!r} of {len(batch)} frames")
-        return len(batch)
+            raise AuditUnavailable(f"appended {reply!r} of {len(frames)} frames")
 
-    def _refuse(self, batch: list[_Pending], failure: BaseException) -> None:
+    def _refuse(self, waiters: list[asyncio.Future[int]], failure: BaseException) -> None:
         # SECURITY: fail closed. Frames queued behind a refused batch chain onto frames
         # Redis may not hold, so they are refused too and the stream ends here.
         self._broken = True
-        refused = [*batch, *self._queue]
-        self._queue = []
+        refused = [*waiters, *self._waiters]
+        self._frames, self._waiters, self._mark = [], [], None
         error = AuditUnavailable(f"the audit stream did not accept the frames: {failure}")
-        for item in refused:
-            if not item.done.done():
-                item.done.set_exception(error)
+        for done in refused:
+            if not done.done():
+                done.set_exception(error)
+                # Genesis and checkpoint futures may have no awaiter: their failure counts
+                # as retrieved here, so it is not reported as "never retrieved" (awaiters
+                # still get it raised). No callback per frame on the path that succeeds.
+                done.exception()
 
     async def _tick(self) -> None:
         while True:
@@ -386,11 +399,6 @@ class AuditWriter:
                 continue
             with contextlib.suppress(AuditUnavailable):
                 await self._queue_checkpoint(final=False)
-
-
-def _retrieve(done: asyncio.Future[int]) -> None:
-    if not done.cancelled():
-        done.exception()
 
 
 def _read_cited(raw: object) -> dict[str, Any] | None:

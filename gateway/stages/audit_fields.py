@@ -7,6 +7,8 @@ the exchange (the `http_record` arguments both phases share) and keeps it on the
 
 from __future__ import annotations
 
+from itertools import chain
+
 from audit.exchange import HttpExchange
 from audit.record import MAX_TEXT, BodyCapture, Person
 from gateway.flow import Flow
@@ -109,7 +111,7 @@ def _own_endpoint(flow: Flow) -> bool:
 
 def headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers as a record may hold them: every name and value within the record's limit."""
-    joined = "".join([text for pair in pairs for text in pair])
+    joined = "".join(chain.from_iterable(pairs))  # no list built on the request path
     if joined.isascii() and len(joined) <= MAX_TEXT:
         return pairs  # the common case: no text to replace or cut (each is part of `joined`)
     return [(text(name), text(value)) for name, value in pairs]

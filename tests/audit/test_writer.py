@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import signal
@@ -20,7 +21,7 @@ from audit.keys import KeyDirectory, SigningKey
 from audit.record import http_record
 from audit.redact import Redactor
 from audit.verify import verify
-from audit.writer import AuditWriter
+from audit.writer import APPEND_SCRIPT_SHA, AuditWriter
 from gateway.clock import ManualClock
 from gateway.embedded_redis import EmbeddedRedis
 from tests.audit.chains import read_frames
@@ -310,3 +311,51 @@ async def test_exchange_records_are_stored_as_the_redactors_own_path_stores_them
         redactor.scrub_encoded(http_record(r.phase, **r.arguments()), encode_body) for r in records
     ]
     assert "abcdefgh12345" not in str([msgpack.unpackb(b) for b in stored])
+
+
+async def test_redis_losing_the_append_script_costs_no_frame(
+    redis: aioredis.Redis, make_writer: WriterFactory, clock: ManualClock
+) -> None:
+    writer = await make_writer()
+    assert await writer.append(request_pair(0, clock.now())[0]) == 1
+    assert await redis.script_exists(APPEND_SCRIPT_SHA) == [True]  # the digest Redis uses
+    await redis.script_flush()  # as after a restart or a failover: the script is gone
+    seqs = await asyncio.gather(
+        *(writer.append(request_pair(n, clock.now())[0]) for n in range(1, 6))
+    )
+    assert sorted(seqs) == [2, 3, 4, 5, 6]
+    assert await redis.script_exists(APPEND_SCRIPT_SHA) == [True]  # loaded again
+    assert await writer.append(request_pair(6, clock.now())[0]) == 7
+    frames = await frames_in(redis)
+    assert [f.seq for f in frames] == list(range(8))
+    assert all(f.prev == before.h for before, f in itertools.pairwise(frames))
+
+
+async def test_refused_frames_nobody_awaits_are_not_reported_unretrieved(
+    tmp_path: Path, signer: SigningKey, clock: ManualClock
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    server = EmbeddedRedis(tmp_path / "r", persistent=False)
+    server.start()
+    client: aioredis.Redis = aioredis.Redis.from_url(server.url)
+    writer = AuditWriter(client, signer, stream=STREAM, now=clock.now, timeout_s=1.0)
+    try:
+        await writer.open()
+        server.stop()
+        with pytest.raises(AuditUnavailable):
+            await writer.append(request_pair(0, clock.now())[0])
+        # A new stream: its genesis and this checkpoint have no awaiter, and are refused.
+        done = writer.submit(request_pair(1, clock.now())[0])
+        writer._queue_checkpoint(final=False)
+        with pytest.raises(AuditUnavailable):
+            await done
+        gc.collect()
+        await asyncio.sleep(0)
+        assert [c for c in reported if "never retrieved" in str(c.get("message"))] == []
+    finally:
+        loop.set_exception_handler(None)
+        await writer.close()
+        await client.aclose()
+        server.stop()

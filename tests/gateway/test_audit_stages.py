@@ -84,3 +84,19 @@ def test_a_hostile_content_type_never_costs_the_outcome_record(content_type: str
     stored = Redactor(b"r" * 32).scrub_encoded({"http": {"request": {"body": body}}}, encode_body)
     assert b"hunter2" not in stored
     assert len(body["mime_type"]) <= MAX_TEXT
+
+
+def test_exchanged_headers_are_kept_as_given_only_when_a_record_can_hold_them() -> None:
+    plain = [("Host", "acme.localhost"), ("X-Gateway-Assertion", "e" * 600)]
+    assert audit_fields.headers(plain) is plain  # the common case: nothing copied
+    assert audit_fields.headers([]) == []
+    hostile = [("X-Bytes", "caf\udce9"), ("X-Long", "a" * (MAX_TEXT + 5)), ("Ok", "1")]
+    held = audit_fields.headers(hostile)
+    assert held[0] == ("X-Bytes", "caf\ufffd")  # undecodable bytes replaced, not a failure
+    assert held[1] == ("X-Long", "a" * MAX_TEXT)  # cut to the record's limit
+    assert held[2] == ("Ok", "1")
+    # Each within the limit but together over it: checked one by one, kept whole.
+    many = [(f"X-{n}", "v" * 4000) for n in range(4)]
+    assert audit_fields.headers(many) == many
+    for name, value in audit_fields.headers(hostile) + audit_fields.headers(many):
+        assert encode_body({"name": name, "value": value})  # storable as a record holds it
