@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from policies.decide import decide
@@ -144,10 +144,20 @@ def _outcome(route: Route, raw: str) -> bool | None:
 
 @FUZZ
 @given(HOSTILE_PATHS)
+# An encoded slash stays inside its segment, so `..` removes the whole `admin%2fadmin`:
+# the upstream is sent `/`, while a reading of the raw text would have landed in /admin.
+@example("/admin%2fadmin/..")
 def test_no_spelling_of_a_denied_path_is_allowed(raw: str) -> None:
+    # The upstream reads the path the gateway forwards, never the client's raw text: no
+    # lenient reading of what is forwarded may land under /admin when the gateway allowed it.
     for route in ROUTES:
-        if _oracle_under_admin(raw, fold=route.case_insensitive):
-            assert _outcome(route, raw) is not True, (route.name, raw)
+        if _outcome(route, raw) is True:
+            forwarded = route.normalise(raw).forwarded
+            assert not _oracle_under_admin(forwarded, fold=route.case_insensitive), (
+                route.name,
+                raw,
+                forwarded,
+            )
 
 
 @FUZZ
