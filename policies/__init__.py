@@ -11,12 +11,13 @@ Pure: no I/O after load, no aiohttp, never imports `gateway`.
 from policies.decide import decide
 from policies.errors import PathRejected, PolicyError, PolicyLanguageError
 from policies.load import load_policy_files, parse_policy
-from policies.model import Decision, Effect, PolicySet, Route, Rule, Scope
+from policies.model import Decision, Effect, MethodOverride, PolicySet, Route, Rule, Scope
 from policies.paths import NormalisedPath, normalise
 
 __all__ = [
     "Decision",
     "Effect",
+    "MethodOverride",
     "NormalisedPath",
     "PathRejected",
     "PolicyError",

@@ -34,6 +34,7 @@ from policies.model import (
     Capture,
     Effect,
     HeaderEdits,
+    MethodOverride,
     PathMatch,
     PolicySet,
     Route,
@@ -71,6 +72,7 @@ _ROUTE_KEYS = (
     "allow_encoded_slashes",
     "case_insensitive",
     "verify_upstream_tls",
+    "method_override",
 )
 _REQUIRED_ROUTE_KEYS = ("hosts", "upstream", "org", "default", "rules")
 
@@ -244,6 +246,7 @@ def _route(doc: object, where: str, line: int, problems: Problems) -> Route | No
     capture = read("capture", _capture)
     allow_encoded_slashes = read("allow_encoded_slashes", _boolean)
     verify_tls = read("verify_upstream_tls", _boolean)
+    method_override = read("method_override", _method_override)
     if len(problems.items) > before:
         return None
     scheme, host, port, base_path = upstream_url
@@ -269,6 +272,7 @@ def _route(doc: object, where: str, line: int, problems: Problems) -> Route | No
         capture=capture or Capture(),
         allow_encoded_slashes=bool(allow_encoded_slashes),
         case_insensitive=bool(case_insensitive),
+        method_override=method_override or MethodOverride.QUERY,
         source=f"{problems.file}:{mapping.line}",
     )
 
@@ -299,6 +303,20 @@ def _effect(value: object, line: int, key: str, problems: Problems) -> Effect | 
         problems.add(line, key, _kind(value), "allow or deny")
         return None
     return Effect(value)
+
+
+def _method_override(
+    value: object, line: int, key: str, problems: Problems
+) -> MethodOverride | None:
+    if value not in ("query", "body"):
+        problems.add(
+            line,
+            key,
+            _kind(value),
+            "query or body (body: the application takes _method from form bodies too)",
+        )
+        return None
+    return MethodOverride(value)
 
 
 def _hosts(value: object, line: int, key: str, problems: Problems) -> tuple[str, ...] | None:

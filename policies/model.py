@@ -29,6 +29,18 @@ class PathMatch(StrEnum):
     GLOB = "glob"
 
 
+class MethodOverride(StrEnum):
+    """Where the route's application takes a POST's `_method` from (each is judged).
+
+    `query`: the query only (what every application may do; always judged). `body`: the
+    query and a form body too (Rails' Rack::MethodOverride, Laravel, Symfony), so the
+    gateway reads such a body ahead, within a bound, before judging.
+    """
+
+    QUERY = "query"
+    BODY = "body"
+
+
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -208,6 +220,7 @@ class Route:
     capture: Capture = Capture()
     allow_encoded_slashes: bool = False
     case_insensitive: bool = False
+    method_override: MethodOverride = MethodOverride.QUERY
     source: str = ""  # "file:line" of the route
 
     def normalise(self, raw_path: str) -> NormalisedPath:

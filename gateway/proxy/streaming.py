@@ -3,7 +3,9 @@
 The request body is handed to the upstream chunk by chunk as the client sends it, with
 the client's framing (Content-Length kept, else chunked); the response body is written
 to the client as each chunk arrives (server-sent events pass event by event). Nothing
-is decompressed. Only the first `capture.max_bytes` of each body is kept for the audit.
+is decompressed. (One exception: a small form body a route judges for `_method` fields
+is read ahead by the policy stage and sent first, unchanged; see `form_override`.)
+Only the first `capture.max_bytes` of each body is kept for the audit.
 
 The upstream client session (`upstream_session()`, one per process) sends only the
 headers the gateway chose: its request class (`UpstreamRequest`) adds none of aiohttp's
@@ -29,6 +31,7 @@ from yarl import URL
 
 from gateway.denials import Denial
 from gateway.flow import Flow
+from gateway.proxy.expect import send_continue
 from gateway.proxy.headers import downstream_response_headers
 from gateway.stages.route import split_host
 from policies.model import Upstream
@@ -167,6 +170,13 @@ def _capture(limit: int | None) -> _Capture:
 
 
 async def _request_body(flow: Flow, capture: _Capture) -> AsyncIterator[bytes]:
+    ahead = flow.request_body_ahead
+    if ahead:
+        # Read ahead by the policy stage (a form judged for `_method`): the same bytes, in
+        # the same framing, counted and captured as if streamed now.
+        flow.request_bytes += len(ahead)
+        capture.feed(ahead)
+        yield ahead
     async for chunk in flow.request.content.iter_chunked(CHUNK_LIMIT):
         flow.request_bytes += len(chunk)
         capture.feed(chunk)
@@ -192,12 +202,6 @@ def upstream_failure(exc: BaseException) -> Denial:
     return Denial(502, "upstream_unavailable", "The application could not be reached.")
 
 
-async def send_continue(request: web.BaseRequest) -> None:
-    """Answer `Expect: 100-continue` only once the flow is authorised and about to read."""
-    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-
 async def exchange(
     flow: Flow,
     client: aiohttp.ClientSession,
@@ -215,7 +219,8 @@ async def exchange(
     timeout = upstream_timeout(route.timeouts.connect_s, route.timeouts.read_s)
     data = None
     if _has_body(request):
-        await send_continue(request)
+        if flow.request_body_ahead is None:
+            await send_continue(request)  # else answered when the body was read ahead
         data = _request_body(flow, request_capture)
     flow.forwarded = True
     try:

@@ -4,8 +4,11 @@ No grant means no forwarding (`no_grant`): until the session and grant stages ha
 authorised a flow, every proxied request is denied here. The path judged is the
 normalised path the forwarder sends; every reading an upstream might give it must be
 allowed (deny overrides allow). Likewise every method: a POST whose query carries
-`_method=DELETE` is judged as a DELETE as well. A `read` grant never opens a websocket:
-its messages could write whatever the upgrade's GET was allowed to read.
+`_method=DELETE` is judged as a DELETE as well, and so, on a route with
+`method_override: body`, is one whose form body carries it (read ahead, within a bound, by
+`gateway.proxy.form_override`; with the setting off no body is read). A `read` grant
+never opens a websocket: its messages could write whatever the upgrade's GET was allowed
+to read.
 
 Decisions are remembered per (route object, method, readings, scope): see
 `RememberedDecisions`.
@@ -20,8 +23,15 @@ from aiohttp import web
 
 from gateway.denials import Denial
 from gateway.flow import Flow
+from gateway.proxy.form_override import (
+    FormUnparseable,
+    form_kind,
+    is_override_name,
+    read_form,
+    unparseable,
+)
 from policies.decide import decide
-from policies.model import Decision, Route, Scope
+from policies.model import Decision, MethodOverride, Route, Scope
 
 REMEMBERED_DECISIONS = 2048
 REMEMBERED_KEY_CHARS = 2048
@@ -83,15 +93,35 @@ def method_overrides(method: str, query: str) -> tuple[str, ...]:
 
     Symfony reads `_method` from the query as well as the form body, and method-override
     middleware can be set to; the headers that do the same are dropped by the inject
-    stage, but the query passes as received. (A form body is never read: see the docs.)
+    stage, but the query passes as received. (Form bodies: `form_body_overrides`.)
     """
     if method != "POST" or not query:
         return ()  # nearly every request: nothing to parse
     found: list[str] = []
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.strip().lower() == "_method" and value.strip():
+        if is_override_name(name) and value.strip():
             found.append(value.strip().upper()[:MAX_OVERRIDE_CHARS])
     return tuple(dict.fromkeys(found))
+
+
+async def form_body_overrides(flow: Flow, route: Route) -> tuple[str, ...] | Denial:
+    """The `_method` values of a POST's form body, read ahead whole into the flow (the
+    forwarder sends those bytes); a Denial when the body cannot be read or judged.
+
+    Only for routes with `method_override: body`; a body no application reads as a form
+    (JSON, a file of another type) is not read.
+    """
+    try:
+        kind = form_kind(flow.request)
+    except FormUnparseable as exc:
+        return unparseable(str(exc))
+    if kind is None:
+        return ()
+    read = await read_form(flow.request, kind, route.timeouts.read_s)
+    if isinstance(read, Denial):
+        return read
+    flow.request_body_ahead = read.body
+    return read.overrides
 
 
 def asks_for_websocket(request: web.BaseRequest) -> bool:
@@ -139,19 +169,30 @@ class PolicyCheck:
             return
         keys = flow.match_paths or (flow.match_path or flow.path,)
         decision = self.decisions.decision(route, flow.method, keys, grant.scope)
-        overrides = method_overrides(flow.method, flow.query)
-        if len(overrides) > MAX_OVERRIDES:
+        # (method, where it was asked for), for the reason given
+        overrides = [(m, f"?_method={m}") for m in method_overrides(flow.method, flow.query)]
+        # Symfony upper-cases the method before asking whether it is a POST: so does this.
+        reads_form = route.method_override is MethodOverride.BODY and flow.method.upper() == "POST"
+        if reads_form and decision.allowed:
+            from_body = await form_body_overrides(flow, route)
+            if isinstance(from_body, Denial):
+                # SECURITY: a form body that cannot be judged is never forwarded unjudged.
+                flow.decision = Decision(False, None, from_body.reason)
+                flow.deny(from_body)
+                return
+            overrides += [(m, f"_method={m} in the form body") for m in from_body]
+        if overrides and len({m for m, _where in overrides}) > MAX_OVERRIDES:
             # No application asks for several: judging thousands would only cost time.
-            decision = Decision(False, None, "too many _method overrides in the query")
-            overrides = ()
-        for method in overrides:
+            decision = Decision(False, None, "too many _method overrides")
+            overrides = []
+        for method, where in overrides:
             # SECURITY: each method an upstream may take the request for is judged too.
             overridden = self.decisions.decision(route, method, keys, grant.scope)
             if not overridden.allowed:
                 decision = Decision(
                     False,
                     overridden.rule,
-                    f"{overridden.reason} (?_method={method} makes this POST a {method})",
+                    f"{overridden.reason} ({where} makes this POST a {method})",
                 )
                 break
         flow.decision = decision

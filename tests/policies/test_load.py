@@ -10,7 +10,7 @@ import pytest
 
 from policies.errors import PolicyError
 from policies.load import MAX_ROUTES, MAX_RULES, load_policy_files, parse_policy
-from policies.model import Effect, PathMatch
+from policies.model import Effect, MethodOverride, PathMatch
 
 BASE_KEYS = {
     "name": "r",
@@ -113,6 +113,14 @@ def test_defaults_when_options_are_omitted() -> None:
     assert not route.allow_encoded_slashes
     assert not route.case_insensitive
     assert not route.capture.bodies
+    assert route.method_override is MethodOverride.QUERY
+
+
+def test_method_override_names_where_the_application_takes_method_from() -> None:
+    body = parse_policy(doc("    method_override: body\n"), "p.yaml").routes[0]
+    assert body.method_override is MethodOverride.BODY
+    query = parse_policy(doc("    method_override: query\n"), "p.yaml").routes[0]
+    assert query.method_override is MethodOverride.QUERY
 
 
 LOADER_ERRORS: list[tuple[str, str]] = [
@@ -198,6 +206,26 @@ LOADER_ERRORS: list[tuple[str, str]] = [
     (
         doc("    verify_upstream_tls: no-thanks\n"),
         "p.yaml:8: routes[0].verify_upstream_tls: true or false",
+    ),
+    (
+        doc("    method_override: BODY\n"),
+        "p.yaml:8: routes[0].method_override: query or body (body: the application takes _method from form bodies too) (got 'BODY')",
+    ),
+    (
+        doc("    method_override: true\n"),
+        "p.yaml:8: routes[0].method_override: query or body (body: the application takes _method from form bodies too) (got True)",
+    ),
+    (
+        doc("    method_override: [body]\n"),
+        "p.yaml:8: routes[0].method_override: query or body (body: the application takes _method from form bodies too) (got a list)",
+    ),
+    (
+        doc("    method_override: {body: true}\n"),
+        "p.yaml:8: routes[0].method_override: query or body (body: the application takes _method from form bodies too) (got a mapping)",
+    ),
+    (
+        doc("    method_override:\n"),
+        "p.yaml:8: routes[0].method_override: query or body (body: the application takes _method from form bodies too)",
     ),
     (doc("    timeouts: 5\n"), "p.yaml:8: routes[0].timeouts: a mapping (got 5)"),
     (
