@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -45,6 +46,11 @@ def _ref(n: int, seq: int = 3) -> CheckpointRef:
     return CheckpointRef(f"20261129T040000Z-{n:016x}", seq, bytes([n % 256]) * 32)
 
 
+def _from_redis(redis_url: str) -> list[str]:
+    """The arguments of `checkpoint --from-redis` for this Redis and these tests' marks."""
+    return ["checkpoint", "--from-redis", "--redis-url", redis_url, "--checkpoint-key", MARK_KEY]
+
+
 def _rewrite(seg: Path, keep: Callable[[Frame], bool]) -> None:
     """Rewrite every segment file in place with only the frames `keep` accepts: a forger
     with write access to the segment directory."""
@@ -60,11 +66,66 @@ async def _requests(writer: AuditWriter, clock: ManualClock, first: int, count: 
         await writer.append(outcome)
 
 
+@dataclass
+class Trail:
+    """Two live instances on one Redis (A checkpoints, then B, so B's is the newest mark),
+    and what an auditor does with their trail."""
+
+    a: AuditWriter
+    b: AuditWriter
+    redis: aioredis.Redis
+    redis_url: str
+    clock: ManualClock
+    keyring: Keyring
+    keyring_file: Path
+    tmp_path: Path
+    capsys: pytest.CaptureFixture[str]
+    make_writer: WriterFactory
+
+    @property
+    def seg(self) -> Path:
+        return self.tmp_path / "seg"
+
+    async def requests(self, writer: AuditWriter, first: int, count: int) -> None:
+        await _requests(writer, self.clock, first, count)
+
+    async def collect(self) -> Path:
+        """Move what the instances wrote into the segment files."""
+        await collect(self.redis, self.seg)
+        return self.seg
+
+    async def pin(self) -> Path:
+        """What an auditor does: save `checkpoint --from-redis` outside the trail (the
+        command runs its own event loop, so in a thread here)."""
+        args = _from_redis(self.redis_url)
+        assert await asyncio.to_thread(main, args) == 0
+        out = self.capsys.readouterr()
+        assert "verify --expect-checkpoint" in out.err
+        path = self.tmp_path / "pins.jsonl"
+        path.write_text(out.out)
+        return path
+
+    def verify(self, pins: Path) -> int:
+        """`verify --expect-checkpoint pins` over the segment files: its exit code."""
+        args = ["verify", str(self.seg), "--keyring", str(self.keyring_file)]
+        return main([*args, "--expect-checkpoint", str(pins)])
+
+    def out(self) -> str:
+        """What the commands printed to stdout since last asked."""
+        return self.capsys.readouterr().out
+
+
 @pytest.fixture
-async def instances(
-    make_writer: WriterFactory, clock: ManualClock
-) -> tuple[AuditWriter, AuditWriter]:
-    """Two live instances on one Redis: A checkpoints, then B (so B's is the newest mark)."""
+async def trail(
+    make_writer: WriterFactory,
+    redis: aioredis.Redis,
+    redis_url: str,
+    clock: ManualClock,
+    keyring: Keyring,
+    keyring_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> Trail:
     a = await make_writer(last_checkpoint_key=MARK_KEY)
     b = await make_writer(last_checkpoint_key=MARK_KEY)
     await _requests(a, clock, 0, 2)
@@ -72,42 +133,17 @@ async def instances(
     await _requests(b, clock, 10, 2)
     await b.checkpoint()
     assert a.stream_id != b.stream_id
-    return a, b
-
-
-async def _pin(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """What an auditor does: save `checkpoint --from-redis` outside the trail (the command
-    runs its own event loop, so in a thread here)."""
-    args = ["checkpoint", "--from-redis", "--redis-url", redis_url, "--checkpoint-key", MARK_KEY]
-    assert await asyncio.to_thread(main, args) == 0
-    out = capsys.readouterr()
-    assert "verify --expect-checkpoint" in out.err
-    path = tmp_path / "pins.jsonl"
-    path.write_text(out.out)
-    return path
-
-
-def _verify(seg: Path, keyring_file: Path, pins: Path) -> int:
-    return main(
-        ["verify", str(seg), "--keyring", str(keyring_file), "--expect-checkpoint", str(pins)]
+    return Trail(
+        a, b, redis, redis_url, clock, keyring, keyring_file, tmp_path, capsys, make_writer
     )
 
 
-async def test_every_live_stream_is_pinned_and_an_intact_trail_passes(
-    instances: tuple[AuditWriter, AuditWriter],
-    redis: aioredis.Redis,
-    redis_url: str,
-    clock: ManualClock,
-    tmp_path: Path,
-    keyring_file: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    a, b = instances
-    pins = await _pin(redis_url, tmp_path, capsys)
+async def test_every_live_stream_is_pinned_and_an_intact_trail_passes(trail: Trail) -> None:
+    a, b = trail.a, trail.b
+    pins = await trail.pin()
     refs = parse_refs(pins.read_text())
     assert [r.stream for r in refs] == sorted([a.stream_id, b.stream_id])
-    seg = tmp_path / "seg"
-    await collect(redis, seg)
+    seg = await trail.collect()
     frames = {(f.stream, f.seq): f for f in read_frames(seg)}
     for ref in refs:
         pinned = frames[(ref.stream, ref.seq)]
@@ -115,81 +151,54 @@ async def test_every_live_stream_is_pinned_and_an_intact_trail_passes(
         assert kind_of(pinned.decode_body()) == RecordKind.CHECKPOINT
         assert json.loads(ref.to_json())["stream"] == ref.stream
     # Both go on writing; the trail still reaches every pin.
-    await _requests(a, clock, 20, 2)
+    await trail.requests(a, 20, 2)
     await a.checkpoint()
-    await _requests(b, clock, 30, 1)
-    await collect(redis, seg)
-    assert _verify(seg, keyring_file, pins) == 0
-    assert "0 error(s)" in capsys.readouterr().out
+    await trail.requests(b, 30, 1)
+    await trail.collect()
+    assert trail.verify(pins) == 0
+    assert "0 error(s)" in trail.out()
 
 
-async def test_deleting_another_instances_live_stream_whole_is_caught(
-    instances: tuple[AuditWriter, AuditWriter],
-    redis: aioredis.Redis,
-    redis_url: str,
-    clock: ManualClock,
-    tmp_path: Path,
-    keyring: Keyring,
-    keyring_file: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    a, b = instances
-    pins = await _pin(redis_url, tmp_path, capsys)
-    newest = ref_of_mark(await redis.get(MARK_KEY))  # what the one-line form pins
+async def test_deleting_another_instances_live_stream_whole_is_caught(trail: Trail) -> None:
+    a, b = trail.a, trail.b
+    pins = await trail.pin()
+    newest = ref_of_mark(await trail.redis.get(MARK_KEY))  # what the one-line form pins
     assert newest.stream == b.stream_id
-    await _requests(b, clock, 40, 1)
-    seg = tmp_path / "seg"
-    await collect(redis, seg)
+    await trail.requests(b, 40, 1)
+    seg = await trail.collect()
     # A is not the newest mark, and no stream cites it yet: remove it whole.
     _rewrite(seg, lambda f: f.stream != a.stream_id)
     assert a.stream_id not in {f.stream for f in read_frames(seg)}
     # Without pins, or with the newest checkpoint alone (the one-line form), it looks whole.
-    assert verify([seg], keyring).ok()
-    assert verify([seg], keyring, expect=[newest]).ok()
-    assert _verify(seg, keyring_file, pins) == 1
-    out = capsys.readouterr().out
+    assert verify([seg], trail.keyring).ok()
+    assert verify([seg], trail.keyring, expect=[newest]).ok()
+    assert trail.verify(pins) == 1
+    out = trail.out()
     assert f"error: checkpoint_missing: stream {a.stream_id} seq" in out
     assert "the stream is absent" in out
     assert "1 error(s)" in out
 
 
-async def test_an_instance_stream_cut_back_before_its_pin_is_caught(
-    instances: tuple[AuditWriter, AuditWriter],
-    redis: aioredis.Redis,
-    redis_url: str,
-    tmp_path: Path,
-    keyring: Keyring,
-    keyring_file: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    a, _b = instances
-    pins = await _pin(redis_url, tmp_path, capsys)
+async def test_an_instance_stream_cut_back_before_its_pin_is_caught(trail: Trail) -> None:
+    a = trail.a
+    pins = await trail.pin()
     a_pin = next(r for r in parse_refs(pins.read_text()) if r.stream == a.stream_id)
-    seg = tmp_path / "seg"
-    await collect(redis, seg)
+    seg = await trail.collect()
     _rewrite(seg, lambda f: f.stream != a.stream_id or f.seq < a_pin.seq)
     # A cut back leaves an unsealed tail: only a warning without the pin.
-    assert verify([seg], keyring).ok()
-    assert _verify(seg, keyring_file, pins) == 1
-    out = capsys.readouterr().out
+    assert verify([seg], trail.keyring).ok()
+    assert trail.verify(pins) == 1
+    out = trail.out()
     assert f"error: checkpoint_missing: stream {a.stream_id} seq {a_pin.seq}" in out
     assert f"its frames here end at seq {a_pin.seq - 1}" in out
 
 
-async def test_a_pin_that_does_not_match_the_frame_is_checkpoint_differs(
-    instances: tuple[AuditWriter, AuditWriter],
-    redis: aioredis.Redis,
-    redis_url: str,
-    tmp_path: Path,
-    keyring_file: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    a, _b = instances
-    pins = await _pin(redis_url, tmp_path, capsys)
-    seg = tmp_path / "seg"
-    await collect(redis, seg)
+async def test_a_pin_that_does_not_match_the_frame_is_checkpoint_differs(trail: Trail) -> None:
+    a = trail.a
+    pins = await trail.pin()
+    await trail.collect()
     refs = parse_refs(pins.read_text())
-    forged = tmp_path / "forged.jsonl"
+    forged = trail.tmp_path / "forged.jsonl"
     forged.write_text(
         "\n".join(
             str(CheckpointRef(r.stream, r.seq, bytes(32))) if r.stream == a.stream_id else str(r)
@@ -197,52 +206,39 @@ async def test_a_pin_that_does_not_match_the_frame_is_checkpoint_differs(
         )
         + "\n"
     )
-    assert _verify(seg, keyring_file, forged) == 1
-    out = capsys.readouterr().out
+    assert trail.verify(forged) == 1
+    out = trail.out()
     assert f"error: checkpoint_differs: stream {a.stream_id} seq" in out
     assert "1 error(s)" in out
 
 
 async def test_a_stream_cited_by_a_newer_one_leaves_the_marks_and_stays_pinned(
-    instances: tuple[AuditWriter, AuditWriter],
-    make_writer: WriterFactory,
-    redis: aioredis.Redis,
-    redis_url: str,
-    clock: ManualClock,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    trail: Trail,
 ) -> None:
     """A third instance's genesis cites A and B and removes their marks; their next
     checkpoints mark them again, so the pins follow every live stream."""
-    a, b = instances
-    c = await make_writer(last_checkpoint_key=MARK_KEY)
-    assert await redis.hkeys(BY_STREAM) == []
-    await _requests(a, clock, 50, 1)
+    a, b = trail.a, trail.b
+    c = await trail.make_writer(last_checkpoint_key=MARK_KEY)
+    assert await trail.redis.hkeys(BY_STREAM) == []
+    await trail.requests(a, 50, 1)
     await a.checkpoint()
-    await _requests(c, clock, 60, 1)
+    await trail.requests(c, 60, 1)
     await c.checkpoint()
-    refs = parse_refs((await _pin(redis_url, tmp_path, capsys)).read_text())
+    refs = parse_refs((await trail.pin()).read_text())
     assert {r.stream for r in refs} == {a.stream_id, c.stream_id}
     assert b.stream_id not in {r.stream for r in refs}  # cited by C's genesis meanwhile
 
 
-async def test_checkpoint_from_redis_reads_consistently_while_instances_write(
-    instances: tuple[AuditWriter, AuditWriter],
-    redis: aioredis.Redis,
-    redis_url: str,
-    clock: ManualClock,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    a, b = instances
-    args = ["checkpoint", "--from-redis", "--redis-url", redis_url, "--checkpoint-key", MARK_KEY]
+async def test_checkpoint_from_redis_reads_consistently_while_instances_write(trail: Trail) -> None:
+    a, b = trail.a, trail.b
+    args = _from_redis(trail.redis_url)
     stop = asyncio.Event()
 
     async def write() -> None:
         n = 100
         while not stop.is_set():
             for writer in (a, b):
-                await _requests(writer, clock, n, 1)
+                await _requests(writer, trail.clock, n, 1)
                 await writer.checkpoint()
                 n += 1
 
@@ -255,9 +251,8 @@ async def test_checkpoint_from_redis_reads_consistently_while_instances_write(
         stop.set()
         await writing
     assert codes == [0] * 5
-    outputs = capsys.readouterr().out.splitlines()
-    seg = tmp_path / "seg"
-    await collect(redis, seg)
+    outputs = trail.capsys.readouterr().out.splitlines()
+    seg = await trail.collect()
     frames = {(f.stream, f.seq): f for f in read_frames(seg)}
     for line in outputs:
         ref = CheckpointRef.parse(line)
@@ -269,7 +264,7 @@ async def test_checkpoint_from_redis_reads_consistently_while_instances_write(
 def test_hostile_marks_in_redis_are_refused_and_nothing_is_printed(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["checkpoint", "--from-redis", "--redis-url", redis_url, "--checkpoint-key", MARK_KEY]
+    args = _from_redis(redis_url)
     good = _ref(1)
     mark = msgpack.packb({"stream": good.stream, "seq": good.seq, "h": good.h})
     client = sync_redis.Redis.from_url(redis_url)
@@ -356,67 +351,51 @@ def test_a_hostile_saved_file_is_refused_clearly(text: str, fault: str) -> None:
         parse_refs(text)
 
 
-async def test_verify_refuses_a_hostile_pin_file_and_checks_nothing(
-    instances: tuple[AuditWriter, AuditWriter],
-    redis: aioredis.Redis,
-    tmp_path: Path,
-    keyring_file: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    seg = tmp_path / "seg"
-    await collect(redis, seg)
-    many = tmp_path / "many.jsonl"
+async def test_verify_refuses_a_hostile_pin_file_and_checks_nothing(trail: Trail) -> None:
+    await trail.collect()
+    many = trail.tmp_path / "many.jsonl"
     many.write_text("\n".join(str(_ref(n)) for n in range(2000)))
-    assert _verify(seg, keyring_file, many) == 2
-    err = capsys.readouterr()
+    assert trail.verify(many) == 2
+    err = trail.capsys.readouterr()
     assert f"{many}: line {MAX_REFS + 1}: more than {MAX_REFS}" in err.err
     assert err.out == ""
-    huge = tmp_path / "huge.jsonl"
+    huge = trail.tmp_path / "huge.jsonl"
     huge.write_text(" " * (8 * MAX_REFS_FILE_CHARS))
-    assert _verify(seg, keyring_file, huge) == 2
-    assert f"{huge}: a saved checkpoint file is at most" in capsys.readouterr().err
-    twice = tmp_path / "twice.jsonl"
+    assert trail.verify(huge) == 2
+    assert f"{huge}: a saved checkpoint file is at most" in trail.capsys.readouterr().err
+    twice = trail.tmp_path / "twice.jsonl"
     twice.write_text(f"{_ref(1)}\n{_ref(1)}\n")
-    assert _verify(seg, keyring_file, twice) == 2
-    assert "line 2: stream" in capsys.readouterr().err
+    assert trail.verify(twice) == 2
+    assert "line 2: stream" in trail.capsys.readouterr().err
 
 
-async def test_every_stream_from_the_files_pins_what_no_genesis_cites(
-    instances: tuple[AuditWriter, AuditWriter],
-    make_writer: WriterFactory,
-    redis: aioredis.Redis,
-    clock: ManualClock,
-    tmp_path: Path,
-    keyring_file: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    a, b = instances
-    seg = tmp_path / "seg"
-    await collect(redis, seg)
+async def test_every_stream_from_the_files_pins_what_no_genesis_cites(trail: Trail) -> None:
+    a, b = trail.a, trail.b
+    seg = await trail.collect()
     args = ["checkpoint", str(seg), "--every-stream"]
     assert main(args) == 0
-    out = capsys.readouterr()
+    out = trail.capsys.readouterr()
     assert "verify --expect-checkpoint" in out.err
     refs = parse_refs(out.out)
     assert [r.stream for r in refs] == sorted([a.stream_id, b.stream_id])
-    assert ref_of_mark(await redis.get(MARK_KEY)) in refs  # B's, the newest of all
+    assert ref_of_mark(await trail.redis.get(MARK_KEY)) in refs  # B's, the newest of all
     # C's genesis cites A's and B's newest checkpoints: they are pinned by it, not listed,
     # until A checkpoints again.
-    c = await make_writer(last_checkpoint_key=MARK_KEY)
-    await _requests(c, clock, 70, 1)
+    c = await trail.make_writer(last_checkpoint_key=MARK_KEY)
+    await trail.requests(c, 70, 1)
     await c.checkpoint()
-    await _requests(a, clock, 80, 1)
+    await trail.requests(a, 80, 1)
     await a.checkpoint()
-    await collect(redis, seg)
+    await trail.collect()
     assert main(args) == 0
-    pins = tmp_path / "pins.jsonl"
-    pins.write_text(capsys.readouterr().out)
+    pins = trail.tmp_path / "pins.jsonl"
+    pins.write_text(trail.capsys.readouterr().out)
     assert {r.stream for r in parse_refs(pins.read_text())} == {a.stream_id, c.stream_id}
-    assert _verify(seg, keyring_file, pins) == 0
-    capsys.readouterr()
+    assert trail.verify(pins) == 0
+    trail.capsys.readouterr()
     _rewrite(seg, lambda f: f.stream != a.stream_id)
-    assert _verify(seg, keyring_file, pins) == 1
-    assert f"error: checkpoint_missing: stream {a.stream_id}" in capsys.readouterr().out
+    assert trail.verify(pins) == 1
+    assert f"error: checkpoint_missing: stream {a.stream_id}" in trail.out()
 
 
 def test_every_stream_without_a_checkpoint(

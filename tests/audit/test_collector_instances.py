@@ -12,6 +12,8 @@ import asyncio
 import os
 import struct
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from audit.errors import SegmentError
 from audit.keys import Keyring
 from audit.segment import segment_paths
 from audit.verify import verify
+from audit.writer import AuditWriter
 from gateway.clock import ManualClock
 from tests.audit.conftest import STREAM, WriterFactory, collect, stream_frames, write_session
 from tests.audit.test_collector import run_collector
@@ -32,6 +35,34 @@ WAIT_S = 30.0  # generous: a loaded machine
 def append(path: Path, data: bytes) -> None:
     with open(path, "ab") as out:
         out.write(data)
+
+
+@asynccontextmanager
+async def running(collector: Collector) -> AsyncIterator[Collector]:
+    """Run `collector` in the background until the block is left, then wait for its end."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        yield collector
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], failure: str) -> None:
+    """Wait for `condition`, at most WAIT_S; `failure` says what did not happen."""
+    deadline = time.monotonic() + WAIT_S
+    while not await condition():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def written(make_writer: WriterFactory, clock: ManualClock) -> AuditWriter:
+    """A writer, still open, that has written a session of two requests."""
+    writer = await make_writer()
+    await write_session(writer, clock, 2)
+    return writer
 
 
 def collector_on(redis: aioredis.Redis, segment_dir: Path, consumer: str) -> Collector:
@@ -47,23 +78,15 @@ def collector_on(redis: aioredis.Redis, segment_dir: Path, consumer: str) -> Col
 
 
 async def test_a_second_collector_on_a_live_directory_is_refused_and_cuts_nothing(
-    redis: aioredis.Redis,
-    make_writer: WriterFactory,
-    clock: ManualClock,
-    tmp_path: Path,
-    keyring: Keyring,
+    redis: aioredis.Redis, written: AuditWriter, tmp_path: Path, keyring: Keyring
 ) -> None:
-    writer = await make_writer()
-    await write_session(writer, clock, 2)
     seg = tmp_path / "seg"
-    first = collector_on(redis, seg, "c1")
-    stop = asyncio.Event()
-    running = asyncio.create_task(first.run(stop))
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while first.acked < len(await stream_frames(redis)):
-            assert time.monotonic() < deadline, "the first collector stored nothing"
-            await asyncio.sleep(0.02)
+    async with running(collector_on(redis, seg, "c1")) as first:
+
+        async def stored_all() -> bool:
+            return first.acked >= len(await stream_frames(redis))
+
+        await until(stored_all, "the first collector stored nothing")
         # The first collector's next batch, caught half-written by the second one's start.
         [live] = segment_paths([seg])
         in_flight = struct.pack(">I", 200) + b"\x92" * 50
@@ -73,12 +96,9 @@ async def test_a_second_collector_on_a_live_directory_is_refused_and_cuts_nothin
         with pytest.raises(SegmentError, match="another collector"):
             await second.run_once()
         assert live.stat().st_size == size  # nothing of the batch in flight was cut
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, WAIT_S)
     os.truncate(live, size - len(in_flight))  # the batch "fails": its writer undoes it
     # Once the first collector stopped, the directory is free again.
-    await writer.close()
+    await written.close()
     assert await collect(redis, seg, "c2") > 0
     assert verify([seg], keyring).ok(strict=True)
 
@@ -87,19 +107,14 @@ async def test_the_collect_command_on_a_held_directory_says_so_and_exits_1(
     redis: aioredis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     seg = tmp_path / "seg"
-    first = collector_on(redis, seg, "c1")
-    stop = asyncio.Event()
-    running = asyncio.create_task(first.run(stop))
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not (seg / LOCK_NAME).exists():
-            assert time.monotonic() < deadline, "the first collector never started"
-            await asyncio.sleep(0.02)
+    async with running(collector_on(redis, seg, "c1")):
+
+        async def started() -> bool:
+            return (seg / LOCK_NAME).exists()
+
+        await until(started, "the first collector never started")
         second = run_collector(redis_url, seg, "c2")
         _, err = await asyncio.to_thread(second.communicate, timeout=WAIT_S)
         assert second.returncode == 1
         assert b"in use by another collector" in err
         assert b"Traceback" not in err
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, WAIT_S)

@@ -25,6 +25,7 @@ from tests.audit.conftest import STREAM, collect, request_pair, stream_frames
 STREAM_B = "20261129T040000Z-00000000000000b1"
 STREAM_C = "20261129T040001Z-00000000000000c1"
 STREAM_D = "20261129T040002Z-00000000000000d1"
+MARKS_KEY = f"{STREAM}:last-checkpoint:by-stream"  # kept by the writers of `writer_on`
 
 
 def writer_on(redis: aioredis.Redis, signer: SigningKey, clock: ManualClock) -> AuditWriter:
@@ -38,6 +39,24 @@ def writer_on(redis: aioredis.Redis, signer: SigningKey, clock: ManualClock) -> 
         checkpoint_every_s=3600.0,
         last_checkpoint_key=f"{STREAM}:last-checkpoint",
     )
+
+
+async def started(writer: AuditWriter, clock: ManualClock) -> AuditWriter:
+    """Open `writer` and append one record after its genesis."""
+    await writer.open()
+    await writer.append(request_pair(0, clock.now())[0])
+    return writer
+
+
+async def started_over(
+    redis: aioredis.Redis, signer: SigningKey, clock: ManualClock, marks: dict[Any, Any]
+) -> tuple[AuditWriter, dict[str, Any]]:
+    """A first instance starting over these marks in Redis: its open writer and its
+    genesis's body."""
+    await redis.hset(MARKS_KEY, mapping=marks)
+    writer = await started(writer_on(redis, signer, clock), clock)
+    [genesis, _] = await stream_frames(redis)
+    return writer, genesis.decode_body()
 
 
 async def two_instances_and_a_restart(
@@ -135,15 +154,16 @@ def test_every_cited_stream_is_checked(
 async def test_the_gateway_key_schema_names_the_marks_by_stream(
     redis: aioredis.Redis, signer: SigningKey, clock: ManualClock
 ) -> None:
-    writer = AuditWriter(
-        redis,
-        signer,
-        stream=keys.audit_stream(),
-        now=clock.now,
-        last_checkpoint_key=keys.audit_last_checkpoint(),
+    writer = await started(
+        AuditWriter(
+            redis,
+            signer,
+            stream=keys.audit_stream(),
+            now=clock.now,
+            last_checkpoint_key=keys.audit_last_checkpoint(),
+        ),
+        clock,
     )
-    await writer.open()
-    await writer.append(request_pair(0, clock.now())[0])
     await writer.checkpoint()
     marks = await redis.hgetall(keys.audit_checkpoints_by_stream())
     assert list(marks) == [writer.stream_id.encode()]
@@ -154,12 +174,9 @@ async def test_the_gateway_key_schema_names_the_marks_by_stream(
 async def test_two_instances_starting_at_once_both_cite_the_waiting_marks(
     redis: aioredis.Redis, redis_url: str, signer: SigningKey, clock: ManualClock
 ) -> None:
-    old = writer_on(redis, signer, clock)
-    await old.open()
-    await old.append(request_pair(0, clock.now())[0])
+    old = await started(writer_on(redis, signer, clock), clock)
     await old.close()
-    marks_key = f"{STREAM}:last-checkpoint:by-stream"
-    assert await redis.hlen(marks_key) == 1
+    assert await redis.hlen(MARKS_KEY) == 1
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
     try:
         starting = [writer_on(client, signer, clock) for client in clients]
@@ -169,9 +186,9 @@ async def test_two_instances_starting_at_once_both_cite_the_waiting_marks(
             [genesis] = [f for f in frames if f.stream == writer.stream_id and f.seq == 0]
             assert genesis.decode_body()["previous"]["stream"] == old.stream_id
         # Cited by both: the mark is gone, and nothing else was taken.
-        assert await redis.hlen(marks_key) == 0
+        assert await redis.hlen(MARKS_KEY) == 0
         await asyncio.gather(*(w.close() for w in starting))
-        assert sorted(await redis.hkeys(marks_key)) == sorted(
+        assert sorted(await redis.hkeys(MARKS_KEY)) == sorted(
             w.stream_id.encode() for w in starting
         )
     finally:
@@ -182,38 +199,28 @@ async def test_two_instances_starting_at_once_both_cite_the_waiting_marks(
 async def test_unreadable_marks_in_redis_are_not_cited_and_change_nothing(
     redis: aioredis.Redis, signer: SigningKey, clock: ManualClock
 ) -> None:
-    marks_key = f"{STREAM}:last-checkpoint:by-stream"
     hostile: dict[Any, Any] = {
         "not-msgpack": b"\xc1\xc1",
         "not-a-map": msgpack.packb([1, 2, 3]),
         "short-h": msgpack.packb({"stream": "s", "seq": 1, "h": b"x"}),
         "huge": b"\x00" * 100_000,
     }
-    await redis.hset(marks_key, mapping=hostile)
-    writer = writer_on(redis, signer, clock)
-    await writer.open()
-    await writer.append(request_pair(0, clock.now())[0])
-    [genesis, _] = await stream_frames(redis)
-    assert "cites" not in genesis.decode_body()
-    assert set(await redis.hkeys(marks_key)) == {k.encode() for k in hostile}
+    writer, genesis = await started_over(redis, signer, clock, hostile)
+    assert "cites" not in genesis
+    assert set(await redis.hkeys(MARKS_KEY)) == {k.encode() for k in hostile}
     await writer.close()
 
 
 async def test_a_genesis_cites_at_most_max_cited_marks_and_leaves_the_rest(
     redis: aioredis.Redis, signer: SigningKey, clock: ManualClock
 ) -> None:
-    marks_key = f"{STREAM}:last-checkpoint:by-stream"
     waiting: dict[Any, Any] = {
         f"20261129T040000Z-{n:016x}": msgpack.packb(
             {"stream": f"20261129T040000Z-{n:016x}", "seq": 1, "h": bytes(32)}
         )
         for n in range(MAX_CITED + 10)
     }
-    await redis.hset(marks_key, mapping=waiting)
-    writer = writer_on(redis, signer, clock)
-    await writer.open()
-    await writer.append(request_pair(0, clock.now())[0])
-    [genesis, _] = await stream_frames(redis)
-    assert len(genesis.decode_body()["cites"]) == MAX_CITED
-    assert await redis.hlen(marks_key) == 10
+    writer, genesis = await started_over(redis, signer, clock, waiting)
+    assert len(genesis["cites"]) == MAX_CITED
+    assert await redis.hlen(MARKS_KEY) == 10
     await writer.close()

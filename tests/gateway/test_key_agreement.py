@@ -89,6 +89,24 @@ def config_for(tmp_path: Path, data_dir: Path) -> GatewayConfig:
     return parse_config(path.read_text(), str(path))
 
 
+@pytest.fixture
+def config_a(tmp_path: Path, shared_env: dict[str, str]) -> GatewayConfig:
+    """One instance's config (data directory `a`), the shared keys in its environment."""
+    return config_for(tmp_path, tmp_path / "a")
+
+
+def run_gateway(project_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`gateway ARGS…` as a process of its own (bounded: a hung start fails the test)."""
+    return subprocess.run(
+        [GATEWAY, *args],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @contextlib.asynccontextmanager
 async def started(config: GatewayConfig, redis_url: str) -> AsyncIterator[GatewayTestServer]:
     server = GatewayTestServer(create_app(config, redis_url=redis_url), host="127.0.0.1")
@@ -277,31 +295,26 @@ async def test_concurrent_agreements_record_one_key_each(redis: aioredis.Redis) 
 
 
 async def test_a_rotated_assertion_key_set_starts_a_foreign_one_is_refused(
-    redis: aioredis.Redis,
-    redis_url: str,
-    tmp_path: Path,
-    shared_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
+    redis: aioredis.Redis, redis_url: str, config_a: GatewayConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old, new, foreign = _pem(), _pem(), _pem()
-    config = config_for(tmp_path, tmp_path / "a")
     monkeypatch.setenv(ENV_KEYS, old)
-    async with started(config, redis_url):
+    async with started(config_a, redis_url):
         pass
     monkeypatch.setenv(ENV_KEYS, old + new)  # rotated: the old key still published
-    async with started(config, redis_url):
+    async with started(config_a, redis_url):
         pass
     monkeypatch.setenv(ENV_KEYS, new)  # the oldest pruned later: still shares `new`
-    async with started(config, redis_url):
+    async with started(config_a, redis_url):
         pass
     before = await snapshot(redis)
     monkeypatch.setenv(ENV_KEYS, foreign)
-    message = await refused(config, redis_url)
+    message = await refused(config_a, redis_url)
     assert f"the assertion signing keys (environment variable {ENV_KEYS})" in message
     assert "gateway admin keys forget assertion" in message
     assert await snapshot(redis) == before
     assert await forget(redis, "assertion") is True
-    async with started(config, redis_url):
+    async with started(config_a, redis_url):
         pass
     assert await redis.scard(keys.assertion_key_ids()) == 1
 
@@ -370,15 +383,7 @@ async def test_gateway_run_refuses_another_key_plainly_and_forget_lets_it_start(
     # Another instance's TOTP key: a fingerprint this instance's key cannot have.
     await redis.hset(keys.key_fingerprints(), "totp", "0" * 32)
     before = await snapshot(redis)
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [GATEWAY, "run", "--config", str(config)],
-        cwd=project_root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = await asyncio.to_thread(run_gateway, project_root, "run", "--config", str(config))
     assert result.returncode == 1
     totp_file = tmp_path / "data" / "keys" / "totp.key"
     assert f"gateway: the TOTP encryption key (file {totp_file})" in result.stderr
@@ -387,13 +392,7 @@ async def test_gateway_run_refuses_another_key_plainly_and_forget_lets_it_start(
     assert await snapshot(redis) == before
 
     forgotten = await asyncio.to_thread(
-        subprocess.run,
-        [GATEWAY, "admin", "--config", str(config), "keys", "forget", "totp"],
-        cwd=project_root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        run_gateway, project_root, "admin", "--config", str(config), "keys", "forget", "totp"
     )
     assert forgotten.returncode == 0, forgotten.stderr
     assert "re-enrol" in forgotten.stderr or "enrol again" in forgotten.stderr

@@ -7,17 +7,23 @@ tests read exactly what production reads.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from gateway import keys
 from gateway.access import AccessStore
+from gateway.appkeys import CLOCK, CONFIG, IN_FLIGHT, REDIS
 from gateway.clock import ManualClock
+from gateway.config import GatewayConfig
 from gateway.embedded_redis import EmbeddedRedis
+from gateway.flow import InFlightFlows
 from gateway.identity import Principal, PrincipalKind
 from tests.gateway.access.relay import Relay
+from tests.gateway.access.smtp import Inbox, free_port, start_smtp
 
 ORG = "acme"
 OTHER_ORG = "globex"
@@ -121,8 +127,40 @@ async def second_redis(second_redis_server: EmbeddedRedis) -> AsyncIterator[aior
 
 
 @pytest.fixture
+def smtp_inbox() -> Iterator[tuple[Inbox, int]]:
+    """A plain SMTP server on loopback catching every mail: its inbox and its port."""
+    found, port = Inbox(), free_port()
+    controller = start_smtp(found, port)
+    yield found, port
+    controller.stop()
+
+
+@pytest.fixture
 async def store(directory: aioredis.Redis, clock: ManualClock) -> AccessStore:
     return AccessStore(directory, clock)
+
+
+@pytest.fixture
+async def stores(
+    directory: aioredis.Redis, redis_url: str, clock: ManualClock
+) -> AsyncIterator[list[AccessStore]]:
+    """Five access stores, each on its own Redis connection: for moves made at once."""
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(5)]
+    yield [AccessStore(client, clock) for client in clients]
+    for client in clients:
+        await client.aclose()
+
+
+def service_app(redis: aioredis.Redis, clock: ManualClock, data_dir: Path) -> web.Application:
+    """An app holding only what the access service reads at start (for `access_ctx`)."""
+    app = web.Application()
+    app[CONFIG] = GatewayConfig(
+        console_url="https://gateway.localhost:8443", data_dir=data_dir, listeners=()
+    )
+    app[CLOCK] = clock
+    app[REDIS] = redis
+    app[IN_FLIGHT] = InFlightFlows()
+    return app
 
 
 async def approved(

@@ -30,6 +30,7 @@ from gateway.flow import Flow
 from gateway.identity import Principal
 from gateway.pipeline import Stage
 from tests.gateway.access.conftest import ALICE, ORG, SAM, approved
+from tests.gateway.held import held_after
 from tests.gateway.proxyharness import (
     HOST,
     GatewayTestServer,
@@ -164,27 +165,11 @@ async def test_revocation_ends_an_in_flight_response(running: Running, store: Ac
         assert loop.time() - revoked_at < 1.0
 
 
-class HeldAfterGrant:
-    """A test stage right after the grant stage: holds each flow until released."""
-
-    name = "held"
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, flow: Flow) -> None:
-        self.entered.set()
-        await self.release.wait()
-
-
 async def test_revocation_between_check_and_forward_forwards_nothing(
     running: Running, store: AccessStore
 ) -> None:
     rid = await approved(store)
-    held = HeldAfterGrant()
-    at = next(i for i, s in enumerate(running.stages) if s.name == "grant")
-    running.stages.insert(at + 1, held)
+    held = held_after(running.stages, "grant")
     request = asyncio.ensure_future(running.get())
     await asyncio.wait_for(held.entered.wait(), 3)
     await store.revoke(rid, ALICE)

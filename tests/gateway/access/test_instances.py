@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -22,7 +22,7 @@ from gateway.clock import ManualClock
 from gateway.config import Smtp
 from gateway.identity import Principal
 from tests.gateway.access.conftest import ALICE, ORG, SAM, SUE
-from tests.gateway.access.smtp import Inbox, free_port, start_smtp
+from tests.gateway.access.smtp import Inbox
 
 CONSOLE = "https://gateway.localhost:8443"
 
@@ -41,16 +41,8 @@ class Instance:
 
 
 @pytest.fixture
-def inbox() -> Iterator[tuple[Inbox, int]]:
-    found, port = Inbox(), free_port()
-    controller = start_smtp(found, port)
-    yield found, port
-    controller.stop()
-
-
-@pytest.fixture
 async def instances(
-    directory: aioredis.Redis, redis_url: str, clock: ManualClock, inbox: tuple[Inbox, int]
+    directory: aioredis.Redis, redis_url: str, clock: ManualClock, smtp_inbox: tuple[Inbox, int]
 ) -> AsyncIterator[list[Instance]]:
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
     made = []
@@ -62,7 +54,7 @@ async def instances(
                 store,
                 Sweeper(store),
                 Notices(client, store, queue, console_url=CONSOLE, audit=None),
-                MailSender(queue, Smtp(port=inbox[1], security="plain")),
+                MailSender(queue, Smtp(port=smtp_inbox[1], security="plain")),
             )
         )
     yield made
@@ -83,9 +75,12 @@ async def file(store: AccessStore, who: Principal, duration_s: int) -> str:
 
 
 async def test_lapse_and_expiry_mail_once_with_two_instances_sweeping(
-    instances: list[Instance], inbox: tuple[Inbox, int], clock: ManualClock, redis: aioredis.Redis
+    instances: list[Instance],
+    smtp_inbox: tuple[Inbox, int],
+    clock: ManualClock,
+    redis: aioredis.Redis,
 ) -> None:
-    found, _ = inbox
+    found, _ = smtp_inbox
     first, second = instances
     expiring = await file(first.store, SAM, 900)
     await first.store.approve(expiring, ALICE)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -23,7 +22,7 @@ from gateway.access.mail import LEASE_S, MailQueue
 from gateway.access.sender import MailSender
 from gateway.clock import ManualClock
 from gateway.config import Smtp
-from tests.gateway.access.smtp import Inbox, free_port, start_smtp
+from tests.gateway.access.smtp import Inbox, free_port
 
 WAIT_S = 30.0  # generous: a loaded machine
 
@@ -47,14 +46,6 @@ class GatedInbox:
         return "250 Message accepted for delivery"
 
 
-@pytest.fixture
-def inbox() -> Iterator[tuple[Inbox, int]]:
-    found, port = Inbox(), free_port()
-    controller = start_smtp(found, port)
-    yield found, port
-    controller.stop()
-
-
 def start_gated(gated: GatedInbox) -> tuple[Controller, int]:
     port = free_port()
     controller = Controller(gated, hostname="127.0.0.1", port=port)
@@ -74,10 +65,10 @@ async def test_a_sender_past_its_lease_sends_nothing_another_took_over(
     redis: aioredis.Redis,  # flushed: the queue holds only this test's mail
     redis_url: str,
     clock: ManualClock,
-    inbox: tuple[Inbox, int],
+    smtp_inbox: tuple[Inbox, int],
     refuse: bool,
 ) -> None:
-    fast_inbox, fast_port = inbox
+    fast_inbox, fast_port = smtp_inbox
     gated = GatedInbox(refuse=refuse)
     controller, slow_port = start_gated(gated)
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
@@ -116,10 +107,10 @@ async def test_a_sender_past_its_lease_sends_nothing_another_took_over(
 
 
 async def test_a_message_without_its_fields_stops_no_delivery(
-    redis: aioredis.Redis, clock: ManualClock, inbox: tuple[Inbox, int]
+    redis: aioredis.Redis, clock: ManualClock, smtp_inbox: tuple[Inbox, int]
 ) -> None:
     queue_redis = redis
-    fast_inbox, port = inbox
+    fast_inbox, port = smtp_inbox
     queue = MailQueue(queue_redis, clock)
     # A record left without its fields (written around `enqueue`): skipped and dropped.
     await queue_redis.hset(keys.mail_message("damaged"), mapping={"attempts": "1"})

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from audit.errors import AuditUnavailable
 from gateway import keys
@@ -19,11 +18,8 @@ from gateway.access import AccessStore
 from gateway.access.mail import MailQueue
 from gateway.access.notices import GROUP, Notices
 from gateway.access.service import ACCESS, access_ctx
-from gateway.appkeys import CLOCK, CONFIG, IN_FLIGHT, REDIS
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig
-from gateway.flow import InFlightFlows
-from tests.gateway.access.conftest import ORG, SUE
+from tests.gateway.access.conftest import ORG, SUE, service_app
 from tests.gateway.access.relay import Relay
 
 CONSOLE = "https://gateway.localhost:8443"
@@ -83,12 +79,20 @@ async def _idle_at_least(redis: aioredis.Redis, names: set[str], ms: int) -> Non
             await asyncio.sleep(0.02)
 
 
+async def _after_one_event(
+    directory: aioredis.Redis, store: AccessStore, queue: MailQueue, name: str, *, ok: bool
+) -> Notices:
+    """One request filed; the consumer `name` reads its event (handled only when `ok`)."""
+    await _file(store)
+    notices = _notices(directory, store, queue, name, ok=ok)
+    assert await notices.process_once() == (1 if ok else 0)
+    return notices
+
+
 async def test_a_stopping_instance_without_pending_events_removes_its_consumer(
     store: AccessStore, queue: MailQueue, directory: aioredis.Redis
 ) -> None:
-    await _file(store)
-    notices = _notices(directory, store, queue, "a", ok=True)
-    assert await notices.process_once() == 1
+    notices = await _after_one_event(directory, store, queue, "a", ok=True)
     assert await _consumers(directory) == {"a": 0}
     assert await notices.leave() is True
     assert await _consumers(directory) == {}
@@ -98,9 +102,7 @@ async def test_a_stopping_instance_without_pending_events_removes_its_consumer(
 async def test_a_stopping_instance_with_a_pending_event_keeps_it(
     store: AccessStore, queue: MailQueue, directory: aioredis.Redis
 ) -> None:
-    await _file(store)
-    stuck = _notices(directory, store, queue, "stuck", ok=False)
-    assert await stuck.process_once() == 0
+    stuck = await _after_one_event(directory, store, queue, "stuck", ok=False)
     assert await stuck.leave() is False
     assert await _consumers(directory) == {"stuck": 1}
     # Another instance takes the event over and handles it; then "stuck" is prunable.
@@ -202,20 +204,11 @@ async def test_pruning_racing_reads_never_drops_a_pending_event(
     assert "pruner" not in pruned
 
 
-def _app(redis: aioredis.Redis, clock: ManualClock, data_dir: Path) -> web.Application:
-    app = web.Application()
-    app[CONFIG] = GatewayConfig(console_url=CONSOLE, data_dir=data_dir, listeners=())
-    app[CLOCK] = clock
-    app[REDIS] = redis
-    app[IN_FLIGHT] = InFlightFlows()
-    return app
-
-
 async def test_the_access_service_stop_removes_its_notices_consumer(
     store: AccessStore, directory: aioredis.Redis, clock: ManualClock, tmp_path: Path
 ) -> None:
     await _file(store)
-    app = _app(directory, clock, tmp_path)
+    app = service_app(directory, clock, tmp_path)
     running = access_ctx(app)
     await anext(running)
     consumer = app[ACCESS].notices.consumer

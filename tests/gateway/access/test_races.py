@@ -5,29 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.access import AccessError, AccessStore, OrgSettings, RequestState, save_settings
+from gateway.access import (
+    AccessError,
+    AccessRequest,
+    AccessStore,
+    OrgSettings,
+    RequestState,
+    save_settings,
+)
 from gateway.clock import ManualClock
 from tests.gateway.access.conftest import ALICE, CAROL, ERIN, ORG, SAM, member
 
 ROUNDS = 50
-
-
-@pytest.fixture
-async def stores(
-    directory: aioredis.Redis, redis_url: str, clock: ManualClock
-) -> AsyncIterator[list[AccessStore]]:
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(5)]
-    yield [AccessStore(client, clock) for client in clients]
-    for client in clients:
-        await client.aclose()
 
 
 async def together(*moves: Callable[[], Awaitable[Any]]) -> list[Any]:
@@ -46,6 +42,15 @@ async def together(*moves: Callable[[], Awaitable[Any]]) -> list[Any]:
 
 def codes(results: list[Any]) -> list[str]:
     return sorted(r.code if isinstance(r, AccessError) else "ok" for r in results)
+
+
+async def approved_at_once(
+    a: AccessStore, b: AccessStore, rid: str
+) -> tuple[list[str], AccessRequest]:
+    """Alice (through `a`) and Carol (through `b`) approve `rid` at the same instant: the
+    codes of both moves, and the request after them."""
+    results = await together(partial(a.approve, rid, ALICE), partial(b.approve, rid, CAROL))
+    return codes(results), await a.require(rid)
 
 
 async def new_request(store: AccessStore, member: str = "bob", **extra: Any) -> str:
@@ -69,9 +74,8 @@ async def test_two_approvers_at_once(stores: list[AccessStore], directory: aiore
     a, b = stores[0], stores[1]
     for _ in range(ROUNDS):
         rid = await new_request(a)
-        results = await together(partial(a.approve, rid, ALICE), partial(b.approve, rid, CAROL))
-        assert codes(results) == ["ok", "wrong_state"]
-        request = await a.require(rid)
+        moves, request = await approved_at_once(a, b, rid)
+        assert moves == ["ok", "wrong_state"]
         assert request.state is RequestState.APPROVED
         assert len(request.approvals) == 1
         assert (await actions(directory, rid)).count("approved") == 1

@@ -7,7 +7,7 @@ each person once, and the links are read at decision time from the accounts as s
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any
 
@@ -39,7 +39,7 @@ from tests.gateway.access.conftest import (
     member,
     write_account,
 )
-from tests.gateway.access.test_races import codes, together
+from tests.gateway.access.test_races import approved_at_once, codes, together
 
 ROUNDS = 30
 
@@ -63,6 +63,40 @@ async def new_request(store: AccessStore, requester: Principal = SAM) -> str:
     return request.id
 
 
+async def refused_as_self_approval(decision: Awaitable[object]) -> None:
+    """The decision is refused: its account is the requester's person."""
+    with pytest.raises(AccessForbidden) as refused:
+        await decision
+    assert refused.value.code == "self_approval"
+
+
+async def two_needed_from_one_admin(directory: aioredis.Redis) -> None:
+    """The org needs two approvals; Alice and Carol are accounts of one person."""
+    await save_settings(directory, ORG, OrgSettings(approvals_required=2))
+    await link(directory, "one.admin", ALICE, CAROL)
+
+
+async def linked_after_two_approvals(store: AccessStore, directory: aioredis.Redis) -> str:
+    """A request needing three approvals, approved by Alice and Carol, who are then linked
+    as one person: two approvals given, one person's counted."""
+    await save_settings(directory, ORG, OrgSettings(approvals_required=3))
+    rid = await new_request(store)
+    await store.approve(rid, ALICE)
+    await store.approve(rid, CAROL)
+    await link(directory, "one.admin", ALICE, CAROL)
+    return rid
+
+
+@pytest.fixture
+def mail(directory: aioredis.Redis, clock: ManualClock) -> MailQueue:
+    return MailQueue(directory, clock)
+
+
+@pytest.fixture
+def notices(directory: aioredis.Redis, store: AccessStore, mail: MailQueue) -> Notices:
+    return Notices(directory, store, mail, console_url="https://console", audit=None)
+
+
 async def actions(redis: aioredis.Redis, rid: str) -> list[str]:
     raw = await redis.lrange(keys.request_history(rid), 0, -1)
     return [str(json.loads(item)["action"]) for item in raw]
@@ -73,9 +107,7 @@ async def test_staff_cannot_approve_through_their_linked_admin_account(
 ) -> None:
     await link(directory, "sam.person", SAM, ALICE)
     rid = await new_request(store)
-    with pytest.raises(AccessForbidden) as refused:
-        await store.approve(rid, ALICE)
-    assert refused.value.code == "self_approval"
+    await refused_as_self_approval(store.approve(rid, ALICE))
     request = await store.require(rid)
     assert request.state is RequestState.PENDING
     assert request.approvals == ()
@@ -89,9 +121,7 @@ async def test_nor_deny_through_a_linked_account(
 ) -> None:
     await link(directory, "sam.person", SAM, ALICE)
     rid = await new_request(store)
-    with pytest.raises(AccessForbidden) as refused:
-        await store.deny(rid, ALICE, comment="not needed")
-    assert refused.value.code == "self_approval"
+    await refused_as_self_approval(store.deny(rid, ALICE, comment="not needed"))
     assert (await store.require(rid)).state is RequestState.PENDING
     assert await actions(directory, rid) == ["filed"]
 
@@ -112,9 +142,7 @@ async def test_a_link_made_after_filing_counts_at_decision_time(
 ) -> None:
     rid = await new_request(store)
     await link(directory, "sam.person", SAM, ALICE)
-    with pytest.raises(AccessForbidden) as refused:
-        await store.approve(rid, ALICE)
-    assert refused.value.code == "self_approval"
+    await refused_as_self_approval(store.approve(rid, ALICE))
 
 
 async def test_a_link_removed_after_filing_no_longer_refuses(
@@ -137,8 +165,7 @@ async def test_a_link_needs_both_accounts_to_name_the_person(
 async def test_two_linked_approvers_count_once(
     store: AccessStore, directory: aioredis.Redis
 ) -> None:
-    await save_settings(directory, ORG, OrgSettings(approvals_required=2))
-    await link(directory, "one.admin", ALICE, CAROL)
+    await two_needed_from_one_admin(directory)
     rid = await new_request(store)
     assert (await store.approve(rid, ALICE)).state is RequestState.PENDING
     with pytest.raises(AccessConflict) as refused:
@@ -155,8 +182,7 @@ async def test_two_linked_approvers_count_once(
 async def test_a_linked_approval_that_no_longer_counts_does_not_block_the_person(
     store: AccessStore, directory: aioredis.Redis
 ) -> None:
-    await save_settings(directory, ORG, OrgSettings(approvals_required=2))
-    await link(directory, "one.admin", ALICE, CAROL)
+    await two_needed_from_one_admin(directory)
     rid = await new_request(store)
     await store.approve(rid, ALICE)
     await set_approvers(directory, ORG, ["carol", "erin"])  # alice's approval counts no more
@@ -169,11 +195,7 @@ async def test_a_linked_approval_that_no_longer_counts_does_not_block_the_person
 async def test_approvals_given_before_a_link_count_once_after_it(
     store: AccessStore, directory: aioredis.Redis
 ) -> None:
-    await save_settings(directory, ORG, OrgSettings(approvals_required=3))
-    rid = await new_request(store)
-    await store.approve(rid, ALICE)
-    await store.approve(rid, CAROL)
-    await link(directory, "one.admin", ALICE, CAROL)
+    rid = await linked_after_two_approvals(store, directory)
     after = await store.approve(rid, ERIN)
     assert after.state is RequestState.PENDING  # alice and carol are one person: 2 of 3
     frank = member(ORG, "frank", "admin")
@@ -195,11 +217,7 @@ async def test_an_approval_by_an_account_linked_to_the_requester_since_counts_fo
 async def test_a_partial_approval_event_counts_people(
     store: AccessStore, directory: aioredis.Redis
 ) -> None:
-    await save_settings(directory, ORG, OrgSettings(approvals_required=3))
-    rid = await new_request(store)
-    await store.approve(rid, ALICE)
-    await store.approve(rid, CAROL)
-    await link(directory, "one.admin", ALICE, CAROL)
+    rid = await linked_after_two_approvals(store, directory)
     await store.approve(rid, ERIN)
     entries: Any = await directory.xrange(keys.access_outbox())
     counts = [
@@ -214,38 +232,26 @@ async def test_a_partial_approval_event_counts_people(
     ]
 
 
-@pytest.fixture
-async def second_stores(
-    directory: aioredis.Redis, redis_url: str, clock: ManualClock
-) -> AsyncIterator[list[AccessStore]]:
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
-    yield [AccessStore(client, clock) for client in clients]
-    for client in clients:
-        await client.aclose()
-
-
 async def test_two_linked_accounts_approving_at_once_count_once(
-    second_stores: list[AccessStore], directory: aioredis.Redis
+    stores: list[AccessStore], directory: aioredis.Redis
 ) -> None:
-    await save_settings(directory, ORG, OrgSettings(approvals_required=2))
-    await link(directory, "one.admin", ALICE, CAROL)
-    a, b = second_stores
+    await two_needed_from_one_admin(directory)
+    a, b = stores[0], stores[1]
     for _ in range(ROUNDS):
         rid = await new_request(a)
-        results = await together(partial(a.approve, rid, ALICE), partial(b.approve, rid, CAROL))
-        assert codes(results) == ["already_approved", "ok"]
-        request = await a.require(rid)
+        moves, request = await approved_at_once(a, b, rid)
+        assert moves == ["already_approved", "ok"]
         assert request.state is RequestState.PENDING
         assert len(request.approvals) == 1
         await a.cancel(rid, SAM)
 
 
 async def test_linked_requester_and_approver_at_once_never_approve(
-    second_stores: list[AccessStore], directory: aioredis.Redis
+    stores: list[AccessStore], directory: aioredis.Redis
 ) -> None:
     # The link is written while the approval runs: the approval is judged either before the
     # link (allowed) or after it (refused), never half-way.
-    a, b = second_stores
+    a, b = stores[0], stores[1]
     outcomes: set[str] = set()
     for _ in range(ROUNDS):
         await unlink(directory, ALICE)
@@ -271,35 +277,31 @@ async def test_linked_requester_and_approver_at_once_never_approve(
 
 
 async def test_the_linked_requester_is_not_asked_to_approve(
-    store: AccessStore, directory: aioredis.Redis, clock: ManualClock
+    store: AccessStore, directory: aioredis.Redis, mail: MailQueue, notices: Notices
 ) -> None:
-    queue = MailQueue(directory, clock)
-    notices = Notices(directory, store, queue, console_url="https://console", audit=None)
     await link(directory, "sam.person", SAM, ALICE)
     await new_request(store)
     assert await notices.process_once() == 1
-    assert sorted(m.to for m in await queue.waiting()) == [
+    assert sorted(m.to for m in await mail.waiting()) == [
         "carol@acme.example",
         "erin@acme.example",
     ]
 
 
 async def test_partial_approval_mail_skips_every_account_of_who_approved(
-    store: AccessStore, directory: aioredis.Redis, clock: ManualClock
+    store: AccessStore, directory: aioredis.Redis, mail: MailQueue, notices: Notices
 ) -> None:
-    queue = MailQueue(directory, clock)
-    notices = Notices(directory, store, queue, console_url="https://console", audit=None)
     await save_settings(directory, ORG, OrgSettings(approvals_required=2))
     await set_approvers(directory, ORG, ["alice", "carol", "erin", "frank"])
     await link(directory, "one.admin", ALICE, CAROL)
     await link(directory, "sam.person", SAM, FRANK)
     rid = await new_request(store)
     await notices.process_once()
-    filed = {m.id for m in await queue.waiting()}
+    filed = {m.id for m in await mail.waiting()}
     await store.approve(rid, ALICE)
     assert await notices.process_once() == 1
     # carol is alice; frank is the requester: only erin is still to decide.
-    assert [m.to for m in await queue.waiting() if m.id not in filed] == ["erin@acme.example"]
+    assert [m.to for m in await mail.waiting() if m.id not in filed] == ["erin@acme.example"]
 
 
 async def test_a_request_naming_no_readable_requester_is_decided_by_nobody(

@@ -9,36 +9,21 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from gateway import keys
 from gateway.access import AccessStore
 from gateway.access.service import ACCESS, FINAL_FLUSH_WITHIN_S, access_ctx
 from gateway.access.store import GrantReader
-from gateway.appkeys import CLOCK, CONFIG, IN_FLIGHT, REDIS
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig
-from gateway.flow import InFlightFlows
-from tests.gateway.access.conftest import ORG, SAM, approved
+from tests.gateway.access.conftest import ORG, SAM, approved, service_app
 from tests.gateway.access.relay import Relay
-
-
-def _app(redis: aioredis.Redis, clock: ManualClock, data_dir: Path) -> web.Application:
-    app = web.Application()
-    app[CONFIG] = GatewayConfig(
-        console_url="https://gateway.localhost:8443", data_dir=data_dir, listeners=()
-    )
-    app[CLOCK] = clock
-    app[REDIS] = redis
-    app[IN_FLIGHT] = InFlightFlows()
-    return app
 
 
 async def test_the_stop_saves_the_last_request_counts(
     store: AccessStore, directory: aioredis.Redis, clock: ManualClock, tmp_path: Path
 ) -> None:
     request_id = await approved(store)
-    app = _app(directory, clock, tmp_path)
+    app = service_app(directory, clock, tmp_path)
     running = access_ctx(app)
     await anext(running)
     for _ in range(3):
@@ -59,7 +44,7 @@ async def test_a_silent_redis_does_not_hold_the_stop_and_the_lost_counts_are_log
 ) -> None:
     request_id = await approved(store)
     counted = await directory.hget(keys.access_request(request_id), "requests")
-    app = _app(relayed, clock, tmp_path)
+    app = service_app(relayed, clock, tmp_path)
     running = access_ctx(app)
     await anext(running)
     watcher = app[ACCESS].watcher

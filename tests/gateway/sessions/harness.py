@@ -32,9 +32,10 @@ from gateway.app import create_app, runner_kwargs
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, TlsFiles, parse_config
 from gateway.demo.acme import LoopbackResolver  # *.localhost -> 127.0.0.1, nothing else
+from gateway.identity import Principal
 from gateway.keys import audit_stream
 from gateway.runner import GatewayRunner
-from gateway.tls import ensure_demo_tls, server_context
+from gateway.tls import DemoTls, ensure_demo_tls, server_context
 
 CONSOLE_HOST = "gateway.localhost"
 ACME = "acme.localhost"
@@ -195,6 +196,46 @@ def _policy(upstream_port: int) -> str:
 SiteFactory = Callable[..., Awaitable[Site]]
 
 
+async def add_alice_and_sam(accounts: Accounts) -> tuple[Principal, Principal]:
+    """Alice (admin of acme, which must exist) and Sam (staff), each with the test password
+    and a TOTP secret of their own."""
+    alice = await accounts.store.put_member("acme", "alice", "alice@acme.example", "Alice", "admin")
+    await accounts.store.set_password(alice.key, PASSWORD)
+    await accounts.store.set_totp_secret(alice.key, ALICE_SECRET)
+    sam = await accounts.store.put_staff("sam", "sam@vendor.example", "Sam")
+    await accounts.store.set_password(sam.key, PASSWORD)
+    await accounts.store.set_totp_secret(sam.key, SAM_SECRET)
+    return alice.principal, sam.principal
+
+
+async def serve(
+    sock: socket.socket,
+    tmp_path: Path,
+    demo: DemoTls,
+    policy: Path,
+    clock: ManualClock,
+    redis_url: str,
+    sessions: str = "",
+) -> tuple[GatewayConfig, web.Application, GatewayRunner]:
+    """The gateway, configured for the bound `sock`, serving HTTPS on it (console and routed
+    hosts); the caller cleans the runner up."""
+    port = sock.getsockname()[1]
+    config = parse_config(
+        f"console_url: https://{CONSOLE_HOST}:{port}\n"
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"listeners: [{{address: 127.0.0.1, port: {port}}}]\n"
+        f"tls: {{cert_file: {demo.cert_file}, key_file: {demo.key_file}}}\n"
+        f"policy_files: [{policy}]\n" + (f"sessions: {{{sessions}}}\n" if sessions else ""),
+        "session-test.yaml",
+    )
+    app = create_app(config, clock=clock, redis_url=redis_url)
+    runner = GatewayRunner(app, **runner_kwargs(config))
+    await runner.setup()
+    site = web.SockSite(runner, sock, ssl_context=server_context(config.tls))
+    await site.start()
+    return config, app, runner
+
+
 @pytest.fixture
 async def site_factory(
     tmp_path: Path, redis: aioredis.Redis, redis_url: str, clock: ManualClock
@@ -213,31 +254,14 @@ async def site_factory(
     accounts = open_accounts(redis, clock, tmp_path / "data", hasher=PasswordHasher(log2_n=10))
     await accounts.store.put_org("acme", "Acme")
     await accounts.store.put_org("beta", "Beta")
-    alice = await accounts.store.put_member("acme", "alice", "alice@acme.example", "Alice", "admin")
-    await accounts.store.set_password(alice.key, PASSWORD)
-    await accounts.store.set_totp_secret(alice.key, ALICE_SECRET)
-    sam = await accounts.store.put_staff("sam", "sam@vendor.example", "Sam")
-    await accounts.store.set_password(sam.key, PASSWORD)
-    await accounts.store.set_totp_secret(sam.key, SAM_SECRET)
+    await add_alice_and_sam(accounts)
 
     async def make(sessions: str = "", port: int | None = None) -> Site:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port or 0))
         chosen = sock.getsockname()[1]
-        config = parse_config(
-            f"console_url: https://{CONSOLE_HOST}:{chosen}\n"
-            f"data_dir: {tmp_path / 'data'}\n"
-            f"listeners: [{{address: 127.0.0.1, port: {chosen}}}]\n"
-            f"tls: {{cert_file: {demo.cert_file}, key_file: {demo.key_file}}}\n"
-            f"policy_files: [{policy}]\n" + (f"sessions: {{{sessions}}}\n" if sessions else ""),
-            "session-test.yaml",
-        )
-        app = create_app(config, clock=clock, redis_url=redis_url)
-        runner = GatewayRunner(app, **runner_kwargs(config))
-        await runner.setup()
-        site = web.SockSite(runner, sock, ssl_context=server_context(config.tls))
-        await site.start()
+        config, app, runner = await serve(sock, tmp_path, demo, policy, clock, redis_url, sessions)
         started = asyncio.get_running_loop().time()
 
         async def stop() -> None:

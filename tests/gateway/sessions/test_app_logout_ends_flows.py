@@ -1,6 +1,6 @@
 """Logging out of one routed host ends that host's open streams and websockets at once.
 
-The same real gateway as `test_logout_ends_flows` (HTTPS console + routed host, a real
+The same real gateway as `test_logout_ends_flows` (`live`: HTTPS console + routed host, a real
 upstream with an SSE stream and a websocket, a real login, hand-off and grant); then a
 real `/.gateway/logout` on the routed host and what the client, the upstream and the
 audit see. The console login itself lives on.
@@ -25,18 +25,22 @@ from gateway.flow import REMEMBERED_ENDED_SESSIONS, SESSION_ENDED, InFlightFlows
 from gateway.sessions.app_sessions import AppSessions
 from gateway.sessions.ends import END_APP, SessionEnds, ended_session_id, session_event
 from gateway.sessions.records import sid_of
-from tests.gateway.sessions import test_logout_ends_flows as console_logout
 from tests.gateway.sessions.harness import ACME, Browser, Site
-
-running = console_logout.running  # the gateway fixture, shared
-Running = console_logout.Running
-logged_in = console_logout.logged_in
-outcome_of = console_logout.outcome_of
-WAIT_S = console_logout.WAIT_S
-first_event = console_logout.first_event
-cut_short = console_logout.cut_short
-heard = console_logout.heard
-held_after_session = console_logout.held_after_session
+from tests.gateway.sessions.live import (
+    WAIT_S,
+    Running,
+    aborted_as_session_ended,
+    cut_short,
+    first_event,
+    goes_on,
+    heard,
+    held_after_session,
+    logged_in,
+    not_aborted,
+    sse,
+    streaming,
+    two_logins,
+)
 
 
 async def routed_logout(site: Site, browser: Browser) -> None:
@@ -77,9 +81,7 @@ async def test_routed_logout_ends_that_hosts_stream_and_websocket(running: Runni
             assert await site.redis.exists(keys.console_session(session_id)) == 1
             assert await site.redis.exists(keys.app_session(app_session_id)) == 0
     for path in ("/sse", "/ws"):
-        outcome = await outcome_of(site.redis, path)
-        assert outcome["error"]["code"] == "aborted", outcome
-        assert outcome["error"]["message"] == SESSION_ENDED
+        await aborted_as_session_ended(site.redis, path)
     assert running.upstream.ws_closes == [1008]
     assert len(site.app[IN_FLIGHT]) == 0
     assert not site.app[IN_FLIGHT].app_session_ids()
@@ -87,21 +89,13 @@ async def test_routed_logout_ends_that_hosts_stream_and_websocket(running: Runni
 
 async def test_another_app_session_keeps_its_stream(running: Running) -> None:
     site = running.site
-    async with site.browser() as kept, site.browser() as ended:
-        await logged_in(site, kept)
-        site.clock.advance(30)  # a TOTP time step is usable once per account
-        await logged_in(site, ended)
-        async with kept.session.get(site.routed(ACME, "/sse")) as stream:
-            await first_event(stream)
-            await routed_logout(site, ended)
-            in_flight = site.app[IN_FLIGHT]
-            await heard(in_flight._ended_app_sessions)
-            assert not in_flight._ended_sessions  # no console login ended
-            running.upstream.first_event_seen.set()
-            rest = await asyncio.wait_for(stream.content.read(), WAIT_S)
-            assert b"id: 2" in rest
-    outcome = await outcome_of(site.redis, "/sse")
-    assert "error" not in outcome or outcome["error"].get("code") != "aborted"
+    async with two_logins(site) as (kept, ended), sse(site, kept) as stream:
+        await routed_logout(site, ended)
+        in_flight = site.app[IN_FLIGHT]
+        await heard(in_flight._ended_app_sessions)
+        assert not in_flight._ended_sessions  # no console login ended
+        await goes_on(running, stream)
+    await not_aborted(site.redis, "/sse")
 
 
 async def test_a_routed_logout_between_session_check_and_forward_forwards_nothing(
@@ -130,42 +124,28 @@ async def test_an_app_session_end_missed_by_the_listener_is_found_by_the_recheck
     running: Running,
 ) -> None:
     site = running.site
-    async with site.browser() as browser:
-        await logged_in(site, browser)
-        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            await first_event(stream)
-            in_flight = site.app[IN_FLIGHT]
-            [app_session_id] = in_flight.app_session_ids()
-            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
-            assert await ends.recheck() == 0  # alive: nothing ended
-            # The app session's record goes without any event.
-            await site.redis.delete(keys.app_session(app_session_id))
-            assert await ends.recheck() == 1
-            assert b"id: 2" not in await cut_short(stream)
-    outcome = await outcome_of(site.redis, "/sse")
-    assert outcome["error"]["message"] == SESSION_ENDED
+    async with site.browser() as browser, streaming(site, browser) as live:
+        assert await live.ends.recheck() == 0  # alive: nothing ended
+        # The app session's record goes without any event.
+        await site.redis.delete(keys.app_session(live.app_session_id))
+        assert await live.ends.recheck() == 1
+        assert b"id: 2" not in await cut_short(live.stream)
+    await aborted_as_session_ended(site.redis, "/sse")
 
 
 async def test_an_app_sessions_stream_ends_when_its_login_outlives_its_idle_time(
     running: Running,
 ) -> None:
     site = running.site
-    async with site.browser() as browser:
-        await logged_in(site, browser)
-        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            await first_event(stream)
-            in_flight = site.app[IN_FLIGHT]
-            [app_session_id] = in_flight.app_session_ids()
-            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
-            # The app session lives while its console login does; that login goes idle by
-            # the Clock (the grant lasts longer) with both records still stored.
-            site.clock.advance(site.config.sessions.idle_timeout_s)
-            assert await ends.recheck() == 2  # the login and its app session, each judged dead
-            assert b"id: 2" not in await cut_short(stream)
-            # Ended as a lookup would end it: with its app sessions.
-            assert await site.redis.exists(keys.app_session(app_session_id)) == 0
-    outcome = await outcome_of(site.redis, "/sse")
-    assert outcome["error"]["message"] == SESSION_ENDED
+    async with site.browser() as browser, streaming(site, browser) as live:
+        # The app session lives while its console login does; that login goes idle by
+        # the Clock (the grant lasts longer) with both records still stored.
+        site.clock.advance(site.config.sessions.idle_timeout_s)
+        assert await live.ends.recheck() == 2  # the login and its app session, each judged dead
+        assert b"id: 2" not in await cut_short(live.stream)
+        # Ended as a lookup would end it: with its app sessions.
+        assert await site.redis.exists(keys.app_session(live.app_session_id)) == 0
+    await aborted_as_session_ended(site.redis, "/sse")
 
 
 @pytest.fixture

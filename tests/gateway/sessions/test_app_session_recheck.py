@@ -1,6 +1,6 @@
 """The re-check judges each in-flight app session by the rule every routed request applies.
 
-The same real gateway as `test_logout_ends_flows` (HTTPS console + routed host, a real
+The same real gateway as `test_logout_ends_flows` (`live`: HTTPS console + routed host, a real
 upstream with an SSE stream, a real login, hand-off and grant). Each case changes what
 the app session's lookup would read (its record, its console login, the account, the
 login's TOTP time) without deleting the app session's record and without any published
@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
@@ -24,33 +23,21 @@ from gateway import keys
 from gateway.app import IN_FLIGHT
 from gateway.clock import ManualClock
 from gateway.config import Sessions
-from gateway.flow import SESSION_ENDED
 from gateway.sessions.app_sessions import AppSessions, judge_app_session
-from gateway.sessions.ends import RECHECK_EVERY_S, SessionEnds
+from gateway.sessions.ends import SessionEnds
 from gateway.sessions.records import mfa_fresh
-from tests.gateway.sessions import test_logout_ends_flows as console_logout
 from tests.gateway.sessions.harness import ACME, Site
-
-running = console_logout.running  # the gateway fixture, shared
-Running = console_logout.Running
-logged_in = console_logout.logged_in
-outcome_of = console_logout.outcome_of
-WAIT_S = console_logout.WAIT_S
-first_event = console_logout.first_event
-cut_short = console_logout.cut_short
-
-
-async def rewrite(redis: aioredis.Redis, key: str, **changes: object) -> None:
-    """Change fields of the JSON record at `key` in place (its TTL kept, no event)."""
-    stored = await redis.get(key)
-    assert stored is not None
-    record = json.loads(stored)
-    for name, value in changes.items():
-        if value is None:
-            del record[name]
-        else:
-            record[name] = value
-    assert await redis.set(key, json.dumps(record), xx=True, keepttl=True)
+from tests.gateway.sessions.live import (
+    Running,
+    aborted_as_session_ended,
+    cut_by_the_periodic_recheck,
+    cut_short,
+    goes_on,
+    rewrite,
+    sse,
+    streaming,
+    two_logins,
+)
 
 
 async def judged_otherwise(site: Site, app_session_id: str, session_id: str, how: str) -> None:
@@ -115,24 +102,16 @@ async def test_the_recheck_ends_a_stream_the_lookup_would_refuse(
 ) -> None:
     site = running.site
     async with site.browser() as browser:
-        await logged_in(site, browser)
-        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            await first_event(stream)
-            in_flight = site.app[IN_FLIGHT]
-            [app_session_id] = in_flight.app_session_ids()
-            [session_id] = in_flight.session_ids()
-            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
-            assert await ends.recheck() == 0  # alive: nothing ended
-            await judged_otherwise(site, app_session_id, session_id, how)
-            assert await ends.recheck() >= 1
-            assert b"id: 2" not in await cut_short(stream)
+        async with streaming(site, browser) as live:
+            assert await live.ends.recheck() == 0  # alive: nothing ended
+            await judged_otherwise(site, live.app_session_id, live.session_id, how)
+            assert await live.ends.recheck() >= 1
+            assert b"id: 2" not in await cut_short(live.stream)
         # The routed host refuses this cookie too: the re-check judged as the lookup does
         # (which fails closed, 500, on a key Redis cannot read as a string).
         again = await browser.get(site.routed(ACME, "/"))
         assert again.status == (500 if how == "app record of another type" else 303), again.text
-    outcome = await outcome_of(site.redis, "/sse")
-    assert outcome["error"]["code"] == "aborted", outcome
-    assert outcome["error"]["message"] == SESSION_ENDED
+    await aborted_as_session_ended(site.redis, "/sse")
 
 
 async def test_a_stale_totp_time_cuts_the_stream_but_keeps_the_app_session(
@@ -140,16 +119,12 @@ async def test_a_stale_totp_time_cuts_the_stream_but_keeps_the_app_session(
 ) -> None:
     site = running.site
     async with site.browser() as browser:
-        await logged_in(site, browser)
-        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            await first_event(stream)
-            in_flight = site.app[IN_FLIGHT]
-            [app_session_id] = in_flight.app_session_ids()
-            [session_id] = in_flight.session_ids()
-            ends = SessionEnds(site.redis, in_flight, site.clock, site.config.sessions)
+        async with streaming(site, browser) as live:
+            app_session_id, session_id = live.app_session_id, live.session_id
             await judged_otherwise(site, app_session_id, session_id, "TOTP too long ago")
-            assert await ends.recheck() == 1
-            assert b"id: 2" not in await cut_short(stream)
+            assert await live.ends.recheck() == 1
+            assert b"id: 2" not in await cut_short(live.stream)
+        in_flight = live.in_flight
         # Nothing ended for good: the login and the app session stay (a step-up renews the
         # TOTP time), and this app session is not remembered as ended.
         assert await site.redis.exists(keys.console_session(session_id)) == 1
@@ -168,26 +143,10 @@ async def test_a_stale_totp_time_cuts_the_stream_but_keeps_the_app_session(
 
 async def test_the_apps_own_recheck_cuts_a_disabled_accounts_stream(running: Running) -> None:
     site = running.site
-    async with site.browser() as browser:
-        await logged_in(site, browser)
-        async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-            await first_event(stream)
-            in_flight = site.app[IN_FLIGHT]
-            [app_session_id] = in_flight.app_session_ids()
-            [session_id] = in_flight.session_ids()
-            await judged_otherwise(site, app_session_id, session_id, "account disabled")
-            loop = asyncio.get_running_loop()
-            disabled_at = loop.time()
-            # No direct call: the listener's periodic re-check must find it.
-            try:
-                rest = await asyncio.wait_for(stream.content.read(), RECHECK_EVERY_S + 15)
-            except aiohttp.ClientPayloadError:
-                rest = b""
-            assert b"id: 2" not in rest
-            assert loop.time() - disabled_at < RECHECK_EVERY_S + 15
-    outcome = await outcome_of(site.redis, "/sse")
-    assert outcome["error"]["code"] == "aborted", outcome
-    assert outcome["error"]["message"] == SESSION_ENDED
+    async with site.browser() as browser, streaming(site, browser) as live:
+        await judged_otherwise(site, live.app_session_id, live.session_id, "account disabled")
+        await cut_by_the_periodic_recheck(live.stream)
+    await aborted_as_session_ended(site.redis, "/sse")
 
 
 def failures(kind: str) -> float:
@@ -197,16 +156,11 @@ def failures(kind: str) -> float:
 
 async def test_an_unreadable_app_session_ends_only_its_own_stream(running: Running) -> None:
     site = running.site
-    async with site.browser() as kept, site.browser() as broken:
-        await logged_in(site, kept)
-        site.clock.advance(30)  # a TOTP time step is usable once per account
-        await logged_in(site, broken)
-        async with kept.session.get(site.routed(ACME, "/sse")) as kept_stream:
-            await first_event(kept_stream)
+    async with two_logins(site) as (kept, broken):
+        async with sse(site, kept) as kept_stream:
             in_flight = site.app[IN_FLIGHT]
             [kept_app] = in_flight.app_session_ids()
-            async with broken.session.get(site.routed(ACME, "/sse")) as broken_stream:
-                await first_event(broken_stream)
+            async with sse(site, broken) as broken_stream:
                 [broken_app] = in_flight.app_session_ids() - {kept_app}
                 # A key of the wrong type: Redis answers its read with an error (the lookup
                 # raises, and the request is refused). The others are still judged.
@@ -218,9 +172,7 @@ async def test_an_unreadable_app_session_ends_only_its_own_stream(running: Runni
                 assert failures("reply") == before + 1
                 assert b"id: 2" not in await cut_short(broken_stream)
             assert len(in_flight.of_app_session(kept_app)) == 1
-            running.upstream.first_event_seen.set()
-            rest = await asyncio.wait_for(kept_stream.content.read(), WAIT_S)
-            assert b"id: 2" in rest
+            await goes_on(running, kept_stream)
         # Unreadable is not ended for good: nothing about it is remembered.
         assert broken_app not in in_flight._ended_app_sessions
         assert not in_flight._ended_sessions
@@ -232,33 +184,28 @@ async def test_a_recheck_without_redis_says_so_and_ends_nothing(
     site = running.site
     dead = aioredis.Redis(unix_socket_path=str(tmp_path / "no-redis.sock"))
     try:
-        async with site.browser() as browser:
-            await logged_in(site, browser)
-            async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-                await first_event(stream)
-                in_flight = site.app[IN_FLIGHT]
-                [app_session_id] = in_flight.app_session_ids()
-                ends = SessionEnds(dead, in_flight, site.clock, site.config.sessions)
-                before = failures("round_trip")
-                with (
-                    caplog.at_level(logging.WARNING, "gateway.sessions.ends"),
-                    pytest.raises(aioredis.ConnectionError),
-                ):
-                    await ends.recheck()  # raised: the listener reconnects and re-checks
-                assert failures("round_trip") == before + 1
-                assert any("re-check" in record.getMessage() for record in caplog.records)
-                # Nothing ended and nothing remembered: an unreachable Redis is no verdict.
-                assert len(in_flight.of_app_session(app_session_id)) == 1
-                assert not in_flight._ended_app_sessions
-                assert not in_flight._ended_sessions
-                # Each request is still judged by its own lookup (it reads Redis itself).
-                page = await browser.get(site.routed(ACME, "/echo"))
-                assert page.status == 200, page.text
-                await site.redis.hset(keys.staff("sam"), "disabled", "1")
-                refused = await browser.get(site.routed(ACME, "/echo"))
-                assert refused.status == 303, refused.text
-                running.upstream.first_event_seen.set()
-                assert b"id: 2" in await asyncio.wait_for(stream.content.read(), WAIT_S)
+        async with site.browser() as browser, streaming(site, browser) as live:
+            in_flight = live.in_flight
+            ends = SessionEnds(dead, in_flight, site.clock, site.config.sessions)
+            before = failures("round_trip")
+            with (
+                caplog.at_level(logging.WARNING, "gateway.sessions.ends"),
+                pytest.raises(aioredis.ConnectionError),
+            ):
+                await ends.recheck()  # raised: the listener reconnects and re-checks
+            assert failures("round_trip") == before + 1
+            assert any("re-check" in record.getMessage() for record in caplog.records)
+            # Nothing ended and nothing remembered: an unreachable Redis is no verdict.
+            assert len(in_flight.of_app_session(live.app_session_id)) == 1
+            assert not in_flight._ended_app_sessions
+            assert not in_flight._ended_sessions
+            # Each request is still judged by its own lookup (it reads Redis itself).
+            page = await browser.get(site.routed(ACME, "/echo"))
+            assert page.status == 200, page.text
+            await site.redis.hset(keys.staff("sam"), "disabled", "1")
+            refused = await browser.get(site.routed(ACME, "/echo"))
+            assert refused.status == 303, refused.text
+            await goes_on(running, live.stream)
     finally:
         await dead.aclose()
 
@@ -312,26 +259,21 @@ async def test_a_recheck_is_one_round_trip(
     await relay.start()
     counted = aioredis.Redis(unix_socket_path=str(relay.path))
     try:
-        async with site.browser() as browser:
-            await logged_in(site, browser)
-            async with browser.session.get(site.routed(ACME, "/sse")) as stream:
-                await first_event(stream)
-                in_flight = site.app[IN_FLIGHT]
-                ends = SessionEnds(counted, in_flight, site.clock, site.config.sessions)
-                assert await ends.recheck() == 0  # connects and loads the scripts
-                relay.count = 0
-                for _ in range(5):
-                    assert await ends.recheck() == 0
-                # SECURITY-relevant cost: one console login and one app session, judged
-                # in full, in one round trip each time (no SCRIPT EXISTS before it).
-                assert relay.count == 5
-                # Scripts flushed (a Redis restart): reloaded, then judged again.
-                await site.redis.script_flush()
-                relay.count = 0
+        async with site.browser() as browser, streaming(site, browser) as live:
+            ends = SessionEnds(counted, live.in_flight, site.clock, site.config.sessions)
+            assert await ends.recheck() == 0  # connects and loads the scripts
+            relay.count = 0
+            for _ in range(5):
                 assert await ends.recheck() == 0
-                assert relay.count == 4  # NOSCRIPT, two loads, the read again
-                running.upstream.first_event_seen.set()
-                assert b"id: 2" in await asyncio.wait_for(stream.content.read(), WAIT_S)
+            # SECURITY-relevant cost: one console login and one app session, judged
+            # in full, in one round trip each time (no SCRIPT EXISTS before it).
+            assert relay.count == 5
+            # Scripts flushed (a Redis restart): reloaded, then judged again.
+            await site.redis.script_flush()
+            relay.count = 0
+            assert await ends.recheck() == 0
+            assert relay.count == 4  # NOSCRIPT, two loads, the read again
+            await goes_on(running, live.stream)
     finally:
         await counted.aclose()
         await relay.close()
