@@ -32,8 +32,8 @@ The genesis frame (seq 0) has body `{"record": "stream.start", "@timestamp": ...
 "previous": {"stream", "seq", "h"}, "cites": [{"stream", "seq", "h"}, ...]}`: `previous`
 is the newest checkpoint any writer sharing the Redis stream marked (when there is one),
 and `cites` (when not empty) the last checkpoint marked by each other stream that no
-stream had cited yet, so that with several gateway instances every stream's last
-checkpoint is cited by a later stream, not only the newest one's.
+stream with a checkpoint of its own had cited yet, so that with several gateway instances
+every stream's last checkpoint is cited by a later stream, not only the newest one's.
 """
 
 from __future__ import annotations
@@ -349,14 +349,17 @@ def uncited_checkpoints(paths: Iterable[Path]) -> list[CheckpointRef]:
     """The newest checkpoint of every stream in the files that no genesis there cites, and
     the newest of all: what `refs_of_marks` gives from Redis, read from collected files.
 
-    A stream whose newest checkpoint a later genesis cites is pinned by that citation. Not
-    verified here (verify first); CheckpointRefError when there is none, or more than
-    MAX_REFS to name.
+    A stream whose newest checkpoint a later genesis cites is pinned by that citation when
+    the citing stream has a checkpoint of its own (listed or, in turn, cited): a citing
+    stream with none is pinned by nothing, and deleted whole it would take the citation
+    along. Not verified here (verify first); CheckpointRefError when there is none, or more
+    than MAX_REFS to name.
     """
     newest: dict[str, CheckpointRef] = {}
-    cited: set[tuple[object, object, object]] = set()
+    cited_by: dict[str, set[tuple[object, object, object]]] = {}
     for frame, body in _readable_frames(paths):
         if frame.seq == 0 and kind_of(body) == RecordKind.STREAM_START:
+            cited = cited_by.setdefault(frame.stream, set())
             previous, others = body.get("previous"), body.get("cites")
             for mark in [previous, *(others if isinstance(others, list) else [])]:
                 if isinstance(mark, dict):
@@ -366,11 +369,15 @@ def uncited_checkpoints(paths: Iterable[Path]) -> list[CheckpointRef]:
         held = newest.get(frame.stream)
         if found is not None and (held is None or found.seq > held.seq):
             newest[frame.stream] = found
+    # SECURITY: only a citation its own stream's checkpoint reaches pins what it cites.
+    pinned = set().union(*(marks for stream, marks in cited_by.items() if stream in newest))
     latest = max(newest.values(), key=lambda r: (r.time or 0.0, r.stream, r.seq), default=None)
     if latest is None:
         raise CheckpointRefError("no checkpoint in these files")
     refs = [
-        ref for ref in newest.values() if ref is latest or (ref.stream, ref.seq, ref.h) not in cited
+        ref
+        for ref in newest.values()
+        if ref is latest or (ref.stream, ref.seq, ref.h) not in pinned
     ]
     if len(refs) > MAX_REFS:
         raise CheckpointRefError(

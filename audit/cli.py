@@ -76,7 +76,7 @@ from audit.reader import (
 from audit.replay import format_bodies, format_line
 from audit.segment import segment_paths
 from audit.verify import verify
-from audit.writer import FRAME_FIELD
+from audit.writer import FRAME_FIELD, marks_by_stream_key
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -526,8 +526,7 @@ def _checkpoint_from_redis(args: argparse.Namespace) -> int:
     if client is None:
         return 2
 
-    # The writers' hash of marks by stream (audit.writer derives its name the same way).
-    by_stream_key = f"{args.checkpoint_key}:by-stream"
+    by_stream_key = marks_by_stream_key(args.checkpoint_key)
 
     async def read() -> tuple[object, dict[object, object]]:
         try:

@@ -482,6 +482,10 @@ def _response_header(name: object, value: object) -> None:
     _header("http.response.headers", name, value)
 
 
+_REQUEST_SIDE = ("http.request.headers", _request_header, "http.request.body")
+_RESPONSE_SIDE = ("http.response.headers", _response_header, "http.response.body")
+
+
 def _stored_headers(
     redactor: Redactor, pairs: tuple[Any, ...], where: str, check: Callable[[object, object], None]
 ) -> tuple[bytes, PackedNotes]:
@@ -646,39 +650,31 @@ class _Redacted:
         request = [self.request_head]  # id and method
         if own_args["request_bytes"] is not None:
             request.append(_BYTES + pack(own_args["request_bytes"]))
-        if parts.request_headers is not None:
-            where = "http.request.headers"
-            headers, notes = _stored_headers(
-                redactor, parts.request_headers, where, _request_header
+        if parts.request_headers is not None or parts.request_body is not None:
+            counted += _headers_and_body(
+                redactor,
+                _REQUEST_SIDE,
+                parts.request_headers,
+                parts.request_body,
+                request,
+                own,
+                tail,
             )
-            request.append(_HEADERS + headers)
-            counted += notes[0]
-            own.append(notes[1])
-        if parts.request_body is not None:
-            listed: list[Note] = []
-            captured = _capture(redactor, parts.request_body, "http.request.body", listed, tail)
-            request.append(_BODY + pack(captured))
-            counted += len(listed)
-            own.append(_packed_notes(listed)[1])
         response: list[bytes] = []
         if status is not None:
             response.append(_STATUS + pack(status))
         if own_args["response_bytes"] is not None:
             response.append(_BYTES + pack(own_args["response_bytes"]))
-        if parts.response_headers is not None:
-            where = "http.response.headers"
-            headers, notes = _stored_headers(
-                redactor, parts.response_headers, where, _response_header
+        if parts.response_headers is not None or parts.response_body is not None:
+            counted += _headers_and_body(
+                redactor,
+                _RESPONSE_SIDE,
+                parts.response_headers,
+                parts.response_body,
+                response,
+                own,
+                tail,
             )
-            response.append(_HEADERS + headers)
-            counted += notes[0]
-            own.append(notes[1])
-        if parts.response_body is not None:
-            listed = []
-            captured = _capture(redactor, parts.response_body, "http.response.body", listed, tail)
-            response.append(_BODY + pack(captured))
-            counted += len(listed)
-            own.append(_packed_notes(listed)[1])
         http = [_MAPS[2 if response else 1], _REQUEST, _MAPS[len(request) + 1], *request]
         if response:
             http.append(_RESPONSE)
@@ -803,6 +799,37 @@ def _scan_map(
                 out = dict(value)
             out[name] = redactor._tokens(text, f"{where}.{name}", _noter(notes))
     return out, notes
+
+
+# A side of the exchange: its headers' field, their check, and its captured body's field.
+_Side = tuple[str, Callable[[object, object], None], str]
+
+
+def _headers_and_body(
+    redactor: Redactor,
+    side: _Side,
+    headers: tuple[Any, ...] | None,
+    body: dict[str, Any] | None,
+    entries: list[bytes],
+    own: list[bytes],
+    tail: list[Note],
+) -> int:
+    """One side's headers and captured body as the builder stores them: their packed entries
+    appended to `entries`, their packed redactions to `own`; the number of redactions."""
+    headers_where, check, body_where = side
+    counted = 0
+    if headers is not None:
+        packed, notes = _stored_headers(redactor, headers, headers_where, check)
+        entries.append(_HEADERS + packed)
+        counted += notes[0]
+        own.append(notes[1])
+    if body is not None:
+        listed: list[Note] = []
+        captured = _capture(redactor, body, body_where, listed, tail)
+        entries.append(_BODY + _pack(captured))
+        counted += len(listed)
+        own.append(_packed_notes(listed)[1])
+    return counted
 
 
 def _capture(

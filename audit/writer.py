@@ -40,10 +40,13 @@ its own stream id. Each checkpoint's mark goes both to the last-checkpoint key (
 of any writer: what a new stream's `previous` cites and `audit checkpoint` prints) and,
 under its stream id, to the hash `<last-checkpoint key>:by-stream`. A new stream's genesis
 also `cites` every mark in that hash (at most MAX_CITED, besides `previous`), and the batch
-that appends the genesis removes each mark it cited unless a newer one replaced it
-meanwhile. So every stream's last checkpoint, clean shutdown or crash, is cited by the next
-stream any instance starts, and cutting a stream back is caught by verify (`truncated`)
-with several instances as with one; a live stream's later marks are added again.
+that appends the new stream's first checkpoint (whose own mark joins the hash in the same
+script) removes each mark the genesis cited unless a newer one replaced it meanwhile. Until
+then a cited mark stays: a citing stream with no checkpoint yet is pinned by nothing an
+auditor saves, and could be deleted whole with its citations. So every stream's last
+checkpoint, clean shutdown or crash, is cited by the next stream any instance starts, and
+cutting a stream back is caught by verify (`truncated`) with several instances as with
+one; a live stream's later marks are added again.
 
 Durability is Redis's: with `appendfsync always` an accepted frame is on disk before the
 reply; with `everysec` up to a second of accepted frames can be lost in a Redis crash.
@@ -99,6 +102,11 @@ APPEND_SCRIPT_SHA = hashlib.sha1(APPEND_SCRIPT.encode(), usedforsecurity=False).
 MAX_CITED = 256
 
 
+def marks_by_stream_key(last_checkpoint_key: str) -> str:
+    """The hash of every stream's newest checkpoint mark, beside the last-checkpoint key."""
+    return f"{last_checkpoint_key}:by-stream"
+
+
 def new_stream_id(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(8)
 
@@ -127,11 +135,12 @@ class AuditWriter:
         self._signer = signer
         self._key = stream
         self._checkpoint_key = last_checkpoint_key or f"{stream}:last-checkpoint"
-        self._marks_key = f"{self._checkpoint_key}:by-stream"
+        self._marks_key = marks_by_stream_key(self._checkpoint_key)
         # The append script's KEYS, as its command names them after the script.
         self._script_keys = (3, self._key, self._checkpoint_key, self._marks_key)
         # Marks read at open() for the first genesis to cite, and the (stream, raw mark)
-        # pairs its batch removes from the marks by stream once Redis accepted it.
+        # pairs that the batch with the first stream's first checkpoint removes from the
+        # marks by stream.
         self._to_cite: list[dict[str, Any]] = []
         self._uncite: list[tuple[bytes, bytes]] = []
         self._now = now
@@ -178,8 +187,12 @@ class AuditWriter:
         except (RedisError, OSError, TimeoutError) as exc:
             raise AuditUnavailable(f"audit stream unreachable: {exc}") from exc
         self._accepted_cp = _read_cited(raw)
-        for field, value in sorted(marks.items())[:MAX_CITED]:
+        for field, value in sorted(marks.items()):
+            if len(self._uncite) == MAX_CITED:
+                break
             cited = _read_cited(value)
+            # Unreadable marks are skipped before counting: they must not crowd out
+            # readable ones that wait to be cited.
             if cited is not None and isinstance(field, bytes) and isinstance(value, bytes):
                 self._uncite.append((field, value))
                 if cited != self._accepted_cp:
@@ -325,9 +338,12 @@ class AuditWriter:
                     self._mark,
                 )
                 self._frames, self._waiters, self._mark = [], [], None
-                # The marks the genesis cites go with its batch, and only with that one: if
-                # it is refused they stay in Redis for another stream to cite.
-                uncite, self._uncite = self._uncite, []
+                # SECURITY: the marks the genesis cites are removed only with the stream's
+                # first checkpoint, which then pins the genesis in their place; if a batch
+                # is refused first they stay in Redis for another stream to cite.
+                uncite: list[tuple[bytes, bytes]] = []
+                if mark is not None:
+                    uncite, self._uncite = self._uncite, []
                 try:
                     await self._send(frames, mark, uncite)
                 except Exception as exc:  # SECURITY: whatever failed, Redis did not accept
@@ -381,6 +397,7 @@ class AuditWriter:
         # SECURITY: fail closed. Frames queued behind a refused batch chain onto frames
         # Redis may not hold, so they are refused too and the stream ends here.
         self._broken = True
+        self._uncite = []  # the next stream does not cite them: they stay for another
         refused = [*waiters, *self._waiters]
         self._frames, self._waiters, self._mark = [], [], None
         error = AuditUnavailable(f"the audit stream did not accept the frames: {failure}")

@@ -24,17 +24,18 @@ from audit.checkpoint import (
     read_checkpoint,
     ref_of_mark,
     refs_of_marks,
+    uncited_checkpoints,
 )
 from audit.cli import main
 from audit.errors import CheckpointRefError
 from audit.frame import Frame
-from audit.keys import Keyring
+from audit.keys import Keyring, SigningKey
 from audit.record import RecordKind, kind_of
 from audit.segment import segment_paths
 from audit.verify import verify
 from audit.writer import AuditWriter
 from gateway.clock import ManualClock
-from tests.audit.chains import read_frames, write_segment
+from tests.audit.chains import build_chain, read_frames, write_segment
 from tests.audit.conftest import WriterFactory, collect, request_pair
 
 MARK_KEY = "test:audit:last-checkpoint"
@@ -215,11 +216,13 @@ async def test_a_pin_that_does_not_match_the_frame_is_checkpoint_differs(trail: 
 async def test_a_stream_cited_by_a_newer_one_leaves_the_marks_and_stays_pinned(
     trail: Trail,
 ) -> None:
-    """A third instance's genesis cites A and B and removes their marks; their next
-    checkpoints mark them again, so the pins follow every live stream."""
+    """A third instance's genesis cites A and B, and its first checkpoint removes their
+    marks; their next checkpoints mark them again, so the pins follow every live stream."""
     a, b = trail.a, trail.b
+    marked = sorted([a.stream_id.encode(), b.stream_id.encode()])
     c = await trail.make_writer(last_checkpoint_key=MARK_KEY)
-    assert await trail.redis.hkeys(BY_STREAM) == []
+    # Until C has a checkpoint nothing pinned reaches its genesis: the marks stay.
+    assert sorted(await trail.redis.hkeys(BY_STREAM)) == marked
     await trail.requests(a, 50, 1)
     await a.checkpoint()
     await trail.requests(c, 60, 1)
@@ -406,3 +409,18 @@ def test_every_stream_without_a_checkpoint(
     out = capsys.readouterr()
     assert "no checkpoint in these files" in out.err
     assert out.out == ""
+
+
+def test_a_citation_from_a_stream_with_no_checkpoint_pins_nothing(
+    signer: SigningKey, tmp_path: Path
+) -> None:
+    old = build_chain(_ref(1).stream, [{"record": "x"}], signer, 1.0)
+    old_cp = {"stream": old[-1].stream, "seq": old[-1].seq, "h": old[-1].h}
+    newest = build_chain(_ref(3).stream, [], signer, 3.0)
+    # A live stream that cites the old one and has no checkpoint yet: deleted whole, it
+    # takes the citation along, so the old stream must stay listed.
+    citing = build_chain(_ref(2).stream, [], signer, 2.0, previous=old_cp)
+    seg = write_segment(tmp_path / "live.seg", [*old, *citing[:-1], *newest])
+    assert [r.stream for r in uncited_checkpoints([seg])] == [_ref(1).stream, _ref(3).stream]
+    sealed = write_segment(tmp_path / "sealed.seg", [*old, *citing, *newest])
+    assert [r.stream for r in uncited_checkpoints([sealed])] == [_ref(2).stream, _ref(3).stream]

@@ -14,13 +14,15 @@ INSTANCES = 6
 TRIALS = 3
 WAIT_S = 60.0  # generous: a loaded machine
 
-# Each child waits for the start file (so that all create keys at the same instant), then
-# prints the id of the key it would sign with, or the error that stopped it.
+# Each child, once imported, says so (a file of its own beside the start file), waits for
+# the start file (so that all create keys at the same instant), then prints the id of the
+# key it would sign with, or the error that stopped it.
 CHILD = r"""
-import sys, time
+import os, sys, time
 from pathlib import Path
 from audit.keys import KeyDirectory
 directory, go = Path(sys.argv[1]), Path(sys.argv[2])
+Path(f"{go}.ready-{os.getpid()}").touch()
 deadline = time.monotonic() + 60
 while not go.exists() and time.monotonic() < deadline:
     time.sleep(0.001)
@@ -40,9 +42,19 @@ def start_together(directory: Path, go: Path) -> list[str]:
         )
         for _ in range(INSTANCES)
     ]
-    time.sleep(1.0)  # let them import and reach the start line
-    go.touch()
-    outputs = [child.communicate(timeout=WAIT_S)[0] for child in children]
+    try:
+        # Wait on the condition, with a generous bound: every child at the start line.
+        deadline = time.monotonic() + WAIT_S
+        while len(list(go.parent.glob(f"{go.name}.ready-*"))) < INSTANCES:
+            assert time.monotonic() < deadline, "the instances did not reach the start line"
+            time.sleep(0.01)
+        go.touch()
+        outputs = [child.communicate(timeout=WAIT_S)[0] for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
     return [out.decode().strip() for out in outputs]
 
 

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from audit.checkpoint import read_checkpoint
+from audit.errors import AuditUnavailable
 from audit.keys import Keyring, SigningKey
 from audit.record import RecordKind, kind_of
 from audit.verify import verify
@@ -185,8 +186,9 @@ async def test_two_instances_starting_at_once_both_cite_the_waiting_marks(
         for writer in starting:
             [genesis] = [f for f in frames if f.stream == writer.stream_id and f.seq == 0]
             assert genesis.decode_body()["previous"]["stream"] == old.stream_id
-        # Cited by both: the mark is gone, and nothing else was taken.
-        assert await redis.hlen(MARKS_KEY) == 0
+        # Cited by both, sealed by neither yet: the mark stays until a citing stream's
+        # checkpoint pins the citation.
+        assert await redis.hkeys(MARKS_KEY) == [old.stream_id.encode()]
         await asyncio.gather(*(w.close() for w in starting))
         assert sorted(await redis.hkeys(MARKS_KEY)) == sorted(
             w.stream_id.encode() for w in starting
@@ -222,5 +224,61 @@ async def test_a_genesis_cites_at_most_max_cited_marks_and_leaves_the_rest(
     }
     writer, genesis = await started_over(redis, signer, clock, waiting)
     assert len(genesis["cites"]) == MAX_CITED
-    assert await redis.hlen(MARKS_KEY) == 10
+    await writer.checkpoint()
+    left = set(await redis.hkeys(MARKS_KEY))
+    assert left == {writer.stream_id.encode(), *(k.encode() for k in sorted(waiting)[-10:])}
     await writer.close()
+
+
+async def test_unreadable_marks_do_not_crowd_out_readable_ones(
+    redis: aioredis.Redis, signer: SigningKey, clock: ManualClock
+) -> None:
+    # Sorted first, more of them than a genesis cites: they are skipped, not counted.
+    hostile: dict[Any, Any] = {f"0-{n:04}": b"\xc1" for n in range(MAX_CITED)}
+    waiting = f"{STREAM_B}"
+    mark = msgpack.packb({"stream": waiting, "seq": 1, "h": bytes(32)})
+    writer, genesis = await started_over(redis, signer, clock, {**hostile, waiting: mark})
+    assert genesis["cites"] == [{"stream": waiting, "seq": 1, "h": bytes(32)}]
+    await writer.checkpoint()
+    assert await redis.hget(MARKS_KEY, waiting) is None
+    assert await redis.hlen(MARKS_KEY) == MAX_CITED + 1
+    await writer.close()
+
+
+async def test_a_cited_mark_stays_until_the_citing_stream_has_a_checkpoint(
+    redis: aioredis.Redis, signer: SigningKey, clock: ManualClock
+) -> None:
+    old = await started(writer_on(redis, signer, clock), clock)
+    await old.close()
+    old_mark = await redis.hget(MARKS_KEY, old.stream_id)
+    citing = await started(writer_on(redis, signer, clock), clock)
+    # SECURITY: a citing stream with no checkpoint is pinned by nothing an auditor saves:
+    # deleted whole, it would take its citation along, and the old stream could be cut back.
+    assert await redis.hgetall(MARKS_KEY) == {old.stream_id.encode(): old_mark}
+    await citing.checkpoint()
+    marks = await redis.hgetall(MARKS_KEY)
+    assert list(marks) == [citing.stream_id.encode()]
+    await citing.close()
+
+
+async def test_a_refused_first_checkpoint_leaves_the_cited_marks(
+    redis: aioredis.Redis, signer: SigningKey, clock: ManualClock
+) -> None:
+    old = await started(writer_on(redis, signer, clock), clock)
+    await old.close()
+    old_mark = await redis.hget(MARKS_KEY, old.stream_id)
+    citing = await started(writer_on(redis, signer, clock), clock)
+    first = citing.stream_id
+    await redis.delete(STREAM)
+    await redis.set(STREAM, b"not a stream")  # XADD is refused: the batch with it is
+    with pytest.raises(AuditUnavailable):
+        await citing.checkpoint()
+    assert await redis.hget(MARKS_KEY, old.stream_id) == old_mark
+    await redis.delete(STREAM)
+    await citing.append(request_pair(1, clock.now())[0])
+    assert citing.stream_id != first
+    # A stream begun after a refused batch removes no mark it was not opened with: the old
+    # mark stays for another stream to cite (a citation too many costs nothing).
+    await citing.checkpoint()
+    assert await redis.hget(MARKS_KEY, old.stream_id) == old_mark
+    await citing.close()
