@@ -38,6 +38,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import keys
@@ -269,5 +270,11 @@ async def key_agreement_ctx(app: web.Application) -> AsyncIterator[None]:
         raise KeyMismatch(
             f"Redis unreachable ({exc}): this instance's shared keys could not be compared "
             "with the other instances'; not started"
+        ) from exc
+    except (RedisError, IndexError, TypeError, ValueError) as exc:
+        # SECURITY: an error reply, or a reply of another shape, is no agreement either.
+        raise KeyMismatch(
+            f"Redis refused the comparison of this instance's shared keys with the other "
+            f"instances' ({type(exc).__name__}: {exc}); not started"
         ) from exc
     yield

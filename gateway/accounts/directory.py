@@ -17,8 +17,8 @@ The format (DESIGN.md):
 `person` (staff and members alike) links the accounts of one person: every account naming
 the same person id is that person, so none of them decides a request filed by another and
 their approvals count once; without it an account is its own person. Ids are written like
-account ids (`[A-Za-z0-9._-]{1,64}`); the file is the truth, so an account listed without
-`person` is unlinked on import.
+account ids (`[A-Za-z0-9._-]{1,64}`) and stored lower-cased (`Sam` and `sam` are one
+person); the file is the truth, so an account listed without `person` is unlinked on import.
 
 Every problem of the file is reported at once (file:line) before anything is written;
 org `settings` are checked by the access workflow's own rules (`OrgSettings`). Importing

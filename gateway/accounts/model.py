@@ -5,8 +5,9 @@ lower-cased and checked for shape, names are printable and short. An `Account` i
 stored record; its `principal` is the identity handed to stages and the audit.
 
 Accounts of one person (a vendor employee who is also a customer admin, say) share a
-`person` id, written like an account id; '' means the account is its own person. The
-access workflow reads it when a request is decided (`gateway.access.directory`).
+`person` id, written like an account id and stored lower-cased (case never tells persons
+apart); '' means the account is its own person. The access workflow reads it when a
+request is decided (`gateway.access.directory`).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ def check_id(value: object, what: str = "id") -> str:
 
 
 def check_person(value: object) -> str:
-    """A person id links accounts of one person; same alphabet and length as an id."""
+    """A person id links accounts of one person; same alphabet and length as an id, kept
+    lower-cased."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise InvalidAccountInput(f"person {value!r}: expected [A-Za-z0-9._-], 1 to 64 characters")
-    return value
+    # SECURITY: "Sam" and "sam" name one person; a case variant must never split a person
+    # into two who could decide each other's requests (the scripts compare stored bytes).
+    return value.lower()
 
 
 def check_email(value: object) -> str:

@@ -258,7 +258,7 @@ class AccountStore:
         self, principal: Principal, impersonable: bool, *, create: bool, person: str
     ) -> Account:
         if person:
-            check_person(person)
+            person = check_person(person)
         existing = await self.get(principal.key)
         if create and existing is not None:
             raise AccountConflict(f"account {principal.key} exists already")

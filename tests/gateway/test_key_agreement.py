@@ -358,6 +358,20 @@ async def test_an_unreachable_redis_refuses_start_with_keys_uncompared(
     assert "not started" in str(error)
 
 
+async def test_a_redis_refusing_the_comparison_refuses_start_plainly(
+    redis: aioredis.Redis, redis_url: str, config_a: GatewayConfig
+) -> None:
+    # The fingerprints key holds a value of another type: Redis answers the comparison
+    # with an error reply, which is no agreement.
+    await redis.set(keys.key_fingerprints(), "not a hash")
+    before = await snapshot(redis)
+    error = await start_fails(config_a, redis_url)
+    assert isinstance(error, KeyMismatch), repr(error)
+    assert "WRONGTYPE" in str(error)
+    assert "not started" in str(error)
+    assert await snapshot(redis) == before
+
+
 async def test_forget_names_only_shared_keys_and_says_when_nothing_was_recorded(
     redis: aioredis.Redis,
     redis_url: str,

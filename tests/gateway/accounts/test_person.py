@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.access import AccessForbidden, AccessStore, RequestState
+from gateway.access import AccessForbidden, AccessRequest, AccessStore, RequestState
 from gateway.accounts import Accounts, DirectoryError, InvalidAccountInput
 from gateway.accounts.directory import import_directory, parse_directory
 from gateway.clock import ManualClock
@@ -160,18 +160,26 @@ async def test_concurrent_imports_of_one_file_end_as_one(
     assert await write_count(redis) == writes
 
 
-async def test_imported_link_refuses_approving_ones_own_request(
+async def filed_by_sam(
     accounts: Accounts, redis: aioredis.Redis, clock: ManualClock
-) -> None:
-    await load(accounts, LINKED)
+) -> tuple[AccessStore, AccessRequest]:
+    """A request filed by staff:sam (to act as acme's bob), and the store it was filed in."""
     store = AccessStore(redis, clock)
     sam = (await accounts.store.require("staff:sam")).principal
-    sam_admin = (await accounts.store.require("member:acme:sam-admin")).principal
-    alice = (await accounts.store.require("member:acme:alice")).principal
     request = await store.file(
         sam, org="acme", member="bob", justification="ticket 3: cannot log in",
         duration_s=600, scope="read",
     )  # fmt: skip
+    return store, request
+
+
+async def test_imported_link_refuses_approving_ones_own_request(
+    accounts: Accounts, redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    await load(accounts, LINKED)
+    store, request = await filed_by_sam(accounts, redis, clock)
+    sam_admin = (await accounts.store.require("member:acme:sam-admin")).principal
+    alice = (await accounts.store.require("member:acme:alice")).principal
     with pytest.raises(AccessForbidden) as refused:
         await store.approve(request.id, sam_admin)
     assert refused.value.code == "self_approval"
@@ -214,3 +222,20 @@ async def test_admin_cli_create_takes_a_person_and_refuses_a_bad_one(
                  "--email", "sam@vendor.example", "--name", "Sam", "--person", "sam.p")  # fmt: skip
     assert made.returncode == 0, made.stderr
     assert await redis.hget(keys.staff("sam"), "person") == b"sam.p"
+
+
+async def test_person_ids_differing_only_in_case_are_one_person(
+    accounts: Accounts, redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    # "Sam.P" and "sam.p" in one file are one person: a case variant never splits a person
+    # into two who could approve each other's requests.
+    await load(accounts, LINKED.replace("role: admin, person: sam.p", "role: admin, person: Sam.P"))
+    assert await redis.hget(keys.member("acme", "sam-admin"), "person") == b"sam.p"
+    made = await accounts.store.put_staff("eve", "eve@vendor.example", "Eve", person="SAM.p")
+    assert made.person == "sam.p"
+    store, request = await filed_by_sam(accounts, redis, clock)
+    sam_admin = (await accounts.store.require("member:acme:sam-admin")).principal
+    with pytest.raises(AccessForbidden) as refused:
+        await store.approve(request.id, sam_admin)
+    assert refused.value.code == "self_approval"
+    assert await redis.scard(keys.request_approvals(request.id)) == 0
