@@ -80,7 +80,8 @@ class Flow:
     upstream_status: int | None = None  # status the upstream answered with
     request_bytes: int = 0  # request body bytes read from the client and forwarded
     # the whole request body, read ahead by the policy stage to judge its `_method` fields
-    # (routes with `method_override: body` only); the forwarder sends these bytes first
+    # (routes with `method_override: body` only); the forwarder sends these bytes first,
+    # then empties it (not None: the body was read, and `100-continue` answered)
     request_body_ahead: bytes | None = None
     response_bytes: int = 0  # response body bytes sent to the client
     upstream_connect_s: float | None = None  # until the upstream's response headers arrived

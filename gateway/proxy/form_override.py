@@ -158,6 +158,7 @@ def multipart_overrides(body: bytes, boundary: str) -> list[str]:
 
 def _multipart_parts(body: bytes, boundary: bytes) -> list[tuple[list[str], bool, bytes]]:
     delimiter = b"--" + boundary
+    _refuse_bare_line_feed_boundaries(body, delimiter)
     if body.startswith(delimiter):
         position = len(delimiter)
     else:
@@ -168,6 +169,9 @@ def _multipart_parts(body: bytes, boundary: bytes) -> list[tuple[list[str], bool
     parts: list[tuple[list[str], bool, bytes]] = []
     while True:
         if body.startswith(b"--", position):
+            if b"\n" + delimiter in body[position:]:
+                # SECURITY: PHP reads past the close delimiter to the next boundary line.
+                raise FormUnparseable("the multipart epilogue holds a boundary line")
             return parts  # the close delimiter: anything after it is epilogue
         line_end = body.find(b"\r\n", position)
         if line_end < 0 or body[position:line_end].strip(b" \t"):
@@ -177,6 +181,17 @@ def _multipart_parts(body: bytes, boundary: bytes) -> list[tuple[list[str], bool
             raise FormUnparseable("the multipart body ends before its close boundary")
         parts.append(_part(body[line_end + 2 : following]))
         position = following + 2 + len(delimiter)
+
+
+def _refuse_bare_line_feed_boundaries(body: bytes, delimiter: bytes) -> None:
+    """PHP ends a part at "\\n--boundary" without the "\\r": such a body is split into
+    other parts there than here, so it is refused."""
+    at = body.find(b"\n" + delimiter)
+    while at >= 0:
+        if at == 0 or body[at - 1] != ord("\r"):
+            # SECURITY: a part only PHP would see could carry `_method`.
+            raise FormUnparseable("a multipart boundary follows a bare line feed")
+        at = body.find(b"\n" + delimiter, at + 1)
 
 
 def _part(part: bytes) -> tuple[list[str], bool, bytes]:
@@ -189,14 +204,28 @@ def _part(part: bytes) -> tuple[list[str], bool, bytes]:
     names: list[str] = []
     encoded = False
     dispositions = 0
-    for line in head.decode("latin-1").split("\r\n"):
+    ids: list[str] = []
+    text = head.decode("latin-1")
+    lowered = text.lower()
+    for line in text.split("\r\n"):
         header, colon, value = line.partition(":")
-        if not colon or not header or header != header.strip() or line[:1] in (" ", "\t"):
-            # SECURITY: folded or nameless header lines are read differently by parsers.
+        if (
+            not colon
+            or not header
+            or header != header.strip()
+            or line[:1] in (" ", "\t")
+            or "\r" in line
+            or "\n" in line
+        ):
+            # SECURITY: folded, nameless or bare-CR/LF header lines are read differently by
+            # parsers (PHP splits header lines at a bare "\n").
             raise FormUnparseable("a multipart part has a malformed header line")
-        if header.lower() == "content-transfer-encoding":
+        header = header.lower()
+        if header == "content-transfer-encoding":
             encoded = encoded or value.strip().lower() not in ("7bit", "8bit", "binary")
-        if header.lower() != "content-disposition":
+        elif header == "content-id":
+            ids.append(value.strip())  # older Rack names a part by its Content-ID
+        if header != "content-disposition":
             continue
         dispositions += 1
         if not any(c in value for c in "%*\\") and "method" not in value.lower():
@@ -208,6 +237,11 @@ def _part(part: bytes) -> tuple[list[str], bool, bytes]:
                 names.append(param if isinstance(param, str) else collapse_rfc2231_value(param))
     if dispositions > 1:
         raise FormUnparseable("a multipart part has several Content-Disposition headers")
+    # SECURITY: Rack finds these anywhere in a part's head, not only as header names.
+    elsewhere = lowered.count("content-disposition") - dispositions
+    if elsewhere or lowered.count("content-id") > len(ids):
+        raise FormUnparseable("a multipart part names a field outside its naming headers")
+    names.extend(ids)
     return names, encoded, content
 
 

@@ -176,7 +176,11 @@ async def _request_body(flow: Flow, capture: _Capture) -> AsyncIterator[bytes]:
         # the same framing, counted and captured as if streamed now.
         flow.request_bytes += len(ahead)
         capture.feed(ahead)
+        # Sent once (the body is a generator: never replayed): not held for the rest of a
+        # flow that may stream its response for long.
+        flow.request_body_ahead = b""
         yield ahead
+        del ahead
     async for chunk in flow.request.content.iter_chunked(CHUNK_LIMIT):
         flow.request_bytes += len(chunk)
         capture.feed(chunk)

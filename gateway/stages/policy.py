@@ -17,7 +17,6 @@ Decisions are remembered per (route object, method, readings, scope): see
 from __future__ import annotations
 
 from collections import OrderedDict
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -26,9 +25,9 @@ from gateway.flow import Flow
 from gateway.proxy.form_override import (
     FormUnparseable,
     form_kind,
-    is_override_name,
     read_form,
     unparseable,
+    urlencoded_overrides,
 )
 from policies.decide import decide
 from policies.model import Decision, MethodOverride, Route, Scope
@@ -84,7 +83,6 @@ class RememberedDecisions:
         return decision
 
 
-MAX_OVERRIDE_CHARS = 32
 MAX_OVERRIDES = 4
 
 
@@ -93,14 +91,14 @@ def method_overrides(method: str, query: str) -> tuple[str, ...]:
 
     Symfony reads `_method` from the query as well as the form body, and method-override
     middleware can be set to; the headers that do the same are dropped by the inject
-    stage, but the query passes as received. (Form bodies: `form_body_overrides`.)
+    stage, but the query passes as received. A query is read as the form body is (pairs
+    split at `&` and `;`, see `urlencoded_overrides`), and the method compared as Symfony
+    does, upper-cased. (Form bodies: `form_body_overrides`.)
     """
-    if method != "POST" or not query:
+    if not query or method.upper() != "POST":
         return ()  # nearly every request: nothing to parse
-    found: list[str] = []
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if is_override_name(name) and value.strip():
-            found.append(value.strip().upper()[:MAX_OVERRIDE_CHARS])
+    # The raw target's own bytes (aiohttp keeps undecodable ones as surrogates).
+    found = urlencoded_overrides(query.encode("utf-8", "surrogateescape"))
     return tuple(dict.fromkeys(found))
 
 
@@ -152,6 +150,30 @@ class PolicyCheck:
         self.app = app
         self.decisions = RememberedDecisions()
 
+    def _judge_overrides(
+        self,
+        decision: Decision,
+        route: Route,
+        keys: tuple[str, ...],
+        scope: Scope,
+        overrides: list[tuple[str, str]],
+    ) -> Decision:
+        """`decision` unless one of the `_method` overrides (method, where it was asked
+        for) is denied, or there are too many to judge."""
+        if len({m for m, _where in overrides}) > MAX_OVERRIDES:
+            # No application asks for several: judging thousands would only cost time.
+            return Decision(False, None, "too many _method overrides")
+        for method, where in overrides:
+            # SECURITY: each method an upstream may take the request for is judged too.
+            overridden = self.decisions.decision(route, method, keys, scope)
+            if not overridden.allowed:
+                return Decision(
+                    False,
+                    overridden.rule,
+                    f"{overridden.reason} ({where} makes this POST a {method})",
+                )
+        return decision
+
     async def __call__(self, flow: Flow) -> None:
         route, grant = flow.route, flow.grant
         if route is None or flow.path is None:
@@ -171,30 +193,21 @@ class PolicyCheck:
         decision = self.decisions.decision(route, flow.method, keys, grant.scope)
         # (method, where it was asked for), for the reason given
         overrides = [(m, f"?_method={m}") for m in method_overrides(flow.method, flow.query)]
+        if overrides:
+            decision = self._judge_overrides(decision, route, keys, grant.scope, overrides)
         # Symfony upper-cases the method before asking whether it is a POST: so does this.
         reads_form = route.method_override is MethodOverride.BODY and flow.method.upper() == "POST"
         if reads_form and decision.allowed:
+            # Only now, once nothing else refuses it, is the body asked for (100-continue).
             from_body = await form_body_overrides(flow, route)
             if isinstance(from_body, Denial):
                 # SECURITY: a form body that cannot be judged is never forwarded unjudged.
                 flow.decision = Decision(False, None, from_body.reason)
                 flow.deny(from_body)
                 return
-            overrides += [(m, f"_method={m} in the form body") for m in from_body]
-        if overrides and len({m for m, _where in overrides}) > MAX_OVERRIDES:
-            # No application asks for several: judging thousands would only cost time.
-            decision = Decision(False, None, "too many _method overrides")
-            overrides = []
-        for method, where in overrides:
-            # SECURITY: each method an upstream may take the request for is judged too.
-            overridden = self.decisions.decision(route, method, keys, grant.scope)
-            if not overridden.allowed:
-                decision = Decision(
-                    False,
-                    overridden.rule,
-                    f"{overridden.reason} ({where} makes this POST a {method})",
-                )
-                break
+            if from_body:
+                overrides += [(m, f"_method={m} in the form body") for m in from_body]
+                decision = self._judge_overrides(decision, route, keys, grant.scope, overrides)
         flow.decision = decision
         if not decision.allowed:
             flow.deny(Denial(403, "policy_denied", decision.reason))

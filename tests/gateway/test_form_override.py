@@ -89,3 +89,34 @@ def test_random_bytes_never_fail_otherwise() -> None:
             outcomes["read"] += 1
     assert outcomes["read"] > 0
     assert outcomes["refused"] > 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # PHP ends a part at "\n--boundary" and splits part headers at a bare "\n".
+        b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\nx\n--b\n'
+        b'Content-Disposition: form-data; name="_method"\n\nDELETE\r\n--b--\r\n',
+        b"preamble\n--b\r\nContent-Disposition: form-data; name=_method\r\n\r\nput\r\n--b--",
+        b"--b\r\nContent-Type: text/plain\nContent-Disposition: form-data; name=_method"
+        b"\r\n\r\nDELETE\r\n--b--",
+        b"--b\r\nContent-Disposition: form-data; name=a\rX: y\r\n\r\nDELETE\r\n--b--",
+        # PHP looks past the close delimiter for the next "--boundary" line.
+        b"--b\r\nContent-Disposition: form-data; name=a\r\n\r\nx\r\n--b--\r\n"
+        b"--b\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--b--\r\n",
+        # Rack finds `Content-Disposition:` anywhere in a part's head.
+        b"--b\r\nX-Content-Disposition: form-data; name=_method\r\n"
+        b"Content-Disposition: form-data; name=a\r\n\r\nDELETE\r\n--b--",
+        b'--b\r\nContent-Disposition: form-data; name="a"; x="Content-Disposition: ;'
+        b' name=_method"\r\n\r\nDELETE\r\n--b--',
+        b"--b\r\nX-Content-ID: _method\r\n\r\nDELETE\r\n--b--",
+    ],
+)
+def test_multipart_that_another_parser_could_split_differently_is_refused(body: bytes) -> None:
+    with pytest.raises(FormUnparseable):
+        multipart_overrides(body, "b")
+
+
+def test_a_content_id_names_a_part_as_older_rack_does() -> None:
+    body = b"--b\r\ncontent-id:  _method \r\n\r\ndelete\r\n--b--\r\n"
+    assert multipart_overrides(body, "b") == ["DELETE"]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from gateway.stages.policy import REMEMBERED_KEY_CHARS, RememberedDecisions, judge_readings
+from gateway.stages.policy import (
+    REMEMBERED_KEY_CHARS,
+    RememberedDecisions,
+    judge_readings,
+    method_overrides,
+)
 from policies.load import parse_policy
 from policies.model import Route, Scope
 from policies.paths import normalise
@@ -99,3 +104,16 @@ def test_least_recently_used_is_evicted_first() -> None:
     assert len(decisions) == 2
     kept = {key[2] for key in decisions._entries}
     assert kept == {first, third}
+
+
+def test_query_overrides_are_read_as_form_bodies_are_for_a_post_in_any_case() -> None:
+    # Symfony upper-cases the request method before asking whether it is a POST.
+    assert method_overrides("post", "_method=delete") == ("DELETE",)
+    assert method_overrides("POST", "a=1;_method=PUT&%5Fmethod=put&_method[]=patch") == (
+        "PUT",
+        "PATCH",
+    )
+    # a raw byte that is not UTF-8 (kept by aiohttp as a surrogate) is read, not raised on
+    assert method_overrides("POST", "\udcff=1&_method=DELETE") == ("DELETE",)
+    assert method_overrides("GET", "_method=DELETE") == ()
+    assert method_overrides("POST", "") == ()

@@ -240,6 +240,8 @@ async def test_malformed_form_bodies_are_refused(gateway_factory: GatewayFactory
         ),
         (f"--{BOUNDARY}garbage\r\n".encode() + whole, MULTIPART),
         (whole, "multipart garbage form"),
+        # PHP reads on past the close delimiter to the next boundary line
+        (whole + multipart(('name="_method"', "DELETE")), MULTIPART),
         (
             whole.replace(
                 b"\r\n\r\nPATCH", b"\r\nContent-Transfer-Encoding: base64\r\n\r\nREVMRVRF", 1
@@ -327,6 +329,25 @@ async def test_expect_continue_is_answered_once(gateway_factory: GatewayFactory)
     assert _status(answer) == 200, answer[:300]
     assert b"100 Continue" not in answer
     assert gw.upstream.received[0].body == body
+
+
+async def test_a_post_refused_by_its_query_is_not_asked_for_its_body(
+    gateway_factory: GatewayFactory,
+) -> None:
+    # The query's `_method` is judged first: a refused request costs the client no upload.
+    gw = await gateway_factory(method_override="body")
+    body = b"_method=PATCH&x=1"
+    head = _post(body, target="/records/7?_method=DELETE").removesuffix(body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
+    try:
+        writer.write(head.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+        await writer.drain()
+        async with asyncio.timeout(20):
+            answer = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    assert _status(answer) == 403, answer[:300]
+    assert gw.upstream.received == []
 
 
 async def test_concurrent_forms_are_each_judged_on_their_own(
