@@ -57,21 +57,22 @@ KEY_NAMES = ("totp", "handoff", "redaction", ASSERTION)
 
 _FORGET_HINT = "gateway admin keys forget"
 
-# KEYS: fingerprints hash, assertion kid set. ARGV: n, n x (name, fingerprint), kids...
-# Returns {assertion_ok, name, recorded, ...}: the names whose recorded fingerprint
-# differs; nothing is written unless every key agrees.
+# KEYS: fingerprints hash, assertion kid set. ARGV: record ("1" or "0"), n,
+# n x (name, fingerprint), kids... Returns {assertion_ok, name, recorded, ...}: the names
+# whose recorded fingerprint differs; nothing is written unless every key agrees, nor
+# when `record` is "0" (compare only).
 _AGREE = """
-local n = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local reply = {1}
 for i = 0, n - 1 do
-  local name, fingerprint = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  local name, fingerprint = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
   local recorded = redis.call('HGET', KEYS[1], name)
   if recorded and recorded ~= fingerprint then
     table.insert(reply, name)
     table.insert(reply, recorded)
   end
 end
-local first_kid = 2 + 2 * n
+local first_kid = 3 + 2 * n
 if #ARGV >= first_kid and redis.call('SCARD', KEYS[2]) > 0 then
   reply[1] = 0
   for i = first_kid, #ARGV do
@@ -81,11 +82,11 @@ if #ARGV >= first_kid and redis.call('SCARD', KEYS[2]) > 0 then
     end
   end
 end
-if reply[1] == 0 or #reply > 1 then
+if reply[1] == 0 or #reply > 1 or ARGV[1] ~= '1' then
   return reply
 end
 for i = 0, n - 1 do
-  redis.call('HSETNX', KEYS[1], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+  redis.call('HSETNX', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
 end
 for i = first_kid, #ARGV do
   redis.call('SADD', KEYS[2], ARGV[i])
@@ -128,13 +129,19 @@ def _source(env: str, path: Path) -> str:
     return f"environment variable {env}" if os.environ.get(env) else f"file {path}"
 
 
-def shared_keys(config: GatewayConfig) -> tuple[SharedKey, ...]:
-    """This instance's shared symmetric keys (read, and created where missing, as the
-    parts using them do). Blocking file I/O: call from a thread."""
+def shared_keys(
+    config: GatewayConfig, names: Sequence[str] = ("totp", "handoff", "redaction")
+) -> tuple[SharedKey, ...]:
+    """This instance's shared symmetric keys named `names` (read, and created where
+    missing, as the parts using them do). Blocking file I/O: call from a thread."""
+    return keys_in(config.data_dir, names)
+
+
+def keys_in(data_dir: Path, names: Sequence[str]) -> tuple[SharedKey, ...]:
+    """The shared symmetric keys `names` as read with `data_dir` (see `shared_keys`)."""
     # Imported here: gateway.app imports this module to hook it into start-up.
     from gateway.app import REDACTION_KEY_ENV, redaction_key
 
-    data_dir = config.data_dir
     audit_keys = data_dir / "audit-keys"
     wanted: tuple[tuple[str, str, str, Path, Callable[[], bytes]], ...] = (
         (
@@ -161,6 +168,8 @@ def shared_keys(config: GatewayConfig) -> tuple[SharedKey, ...]:
     )
     found = []
     for name, title, env, path, read in wanted:
+        if name not in names:
+            continue
         source = _source(env, path)
         try:
             key = read()
@@ -187,10 +196,13 @@ async def agree_on_keys(
     kids: Sequence[str],
     *,
     assertion_source: str = "",
+    refused: str = "the gateway did not start",
+    record: bool = True,
 ) -> None:
-    """Record the fingerprints not yet recorded and compare the rest; KeyMismatch (and
-    nothing recorded) when any key differs from the one the other instances use."""
-    args: list[str] = [str(len(shared))]
+    """Record the fingerprints not yet recorded (unless `record` is False) and compare
+    the rest; KeyMismatch (and nothing recorded, saying `refused`) when any key differs
+    from the one the other instances use."""
+    args: list[str] = ["1" if record else "0", str(len(shared))]
     for key in shared:
         args += [key.name, key.fingerprint]
     args += list(kids)
@@ -206,9 +218,7 @@ async def agree_on_keys(
     if problems:
         # SECURITY: an instance with other keys would fail logins and hand-offs and
         # break the redaction hashes of the audit trail: it does not start.
-        raise KeyMismatch(
-            "\n".join(problems) + "\nnothing was recorded and the gateway did not start"
-        )
+        raise KeyMismatch("\n".join(problems) + f"\nnothing was recorded and {refused}")
 
 
 def _text(value: Any) -> str:

@@ -36,7 +36,7 @@ from gateway.clock import SystemClock
 from gateway.config import load_config
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import ConfigError, GatewayError
-from gateway.key_agreement import BREAKS, KEY_NAMES, forget
+from gateway.key_agreement import BREAKS, KEY_NAMES, agree_on_keys, forget, keys_in
 from gateway.redis_client import redis_client
 
 _Action = Callable[[Accounts, argparse.Namespace], Awaitable[int]]
@@ -188,7 +188,15 @@ def _data_dir(args: argparse.Namespace) -> Path:
 async def _with_accounts(args: argparse.Namespace, action: _Action) -> int:
     data_dir = _data_dir(args)
     async with _redis(args, data_dir) as client:
-        return await action(open_accounts(client, SystemClock(), data_dir), args)
+        # SECURITY: TOTP secrets written under another key than the gateways' would be
+        # unreadable to them: the command checks the key as a starting gateway does.
+        totp = await asyncio.to_thread(keys_in, data_dir, ("totp",))
+        refused = "the command changed nothing"
+        await agree_on_keys(client, totp, (), refused=refused, record=False)
+        status = await action(open_accounts(client, SystemClock(), data_dir), args)
+        if status == 0:  # recorded only once something was written under it
+            await agree_on_keys(client, totp, (), refused=refused)
+        return status
 
 
 async def _keys_forget(args: argparse.Namespace) -> int:

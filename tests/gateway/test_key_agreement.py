@@ -411,3 +411,52 @@ async def test_gateway_run_refuses_another_key_plainly_and_forget_lets_it_start(
     assert forgotten.returncode == 0, forgotten.stderr
     assert "re-enrol" in forgotten.stderr or "enrol again" in forgotten.stderr
     assert await redis.hexists(keys.key_fingerprints(), "totp") == 0
+
+
+async def test_admin_commands_refuse_another_totp_key_and_change_nothing(
+    redis: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    shared_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with started(config_for(tmp_path, tmp_path / "a"), redis_url):
+        pass
+    before = await snapshot(redis)
+    monkeypatch.setenv(ENVS["totp"], _new_key("totp"))
+    other = config_file(tmp_path, tmp_path / "b")
+    # A secret stored under this key would be unreadable to every gateway on this Redis.
+    assert (
+        await admin(
+            other, redis_url, "staff", "create", "eve", "--email", "e@x.example", "--name", "Eve"
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"{TITLES['totp']} (environment variable {ENVS['totp']})" in err
+    assert "the command changed nothing" in err
+    assert await snapshot(redis) == before
+    monkeypatch.setenv(ENVS["totp"], shared_env["totp"])
+    assert (
+        await admin(
+            other, redis_url, "staff", "create", "eve", "--email", "e@x.example", "--name", "Eve"
+        )
+        == 0
+    )
+    assert await redis.exists(keys.staff("eve"))
+
+
+async def test_a_successful_admin_command_records_the_totp_key_a_failed_one_nothing(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path, shared_env: dict[str, str]
+) -> None:
+    config = config_file(tmp_path, tmp_path / "a")
+    assert await admin(config, redis_url, "disable", "staff:nobody") == 1
+    assert await redis.dbsize() == 0
+    assert (
+        await admin(
+            config, redis_url, "staff", "create", "eve", "--email", "e@x.example", "--name", "Eve"
+        )
+        == 0
+    )
+    assert set(await fingerprints(redis)) == {"totp"}
