@@ -287,7 +287,7 @@ async def test_an_upstream_switching_protocols_unasked_is_a_502(
         )
         await writer.drain()
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):
                 await reader.read()  # until the gateway lets go of this connection
         finally:
             writer.close()

@@ -115,7 +115,7 @@ async def test_the_whole_loop(people: People, site: Site) -> None:
     rid = created["id"]
     assert (created["state"], created["member"], created["scope"]) == ("pending", "bob", "read")
     # The gateway's notices loop queues the approvers' mail by itself.
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):
         while await site.redis.zcard(keys.mail_queue()) < 2:  # noqa: ASYNC110 (another task)
             await asyncio.sleep(0.02)
     status, listed = await people.alice.call("GET", "/requests?state=pending")

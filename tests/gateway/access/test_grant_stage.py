@@ -246,7 +246,7 @@ async def test_expiry_ends_an_in_flight_response(
         # The gateway's own sweeper notices the time is up and the watcher ends the flow.
         clock.advance(60)
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(WAIT_S):
                 await response.content.read()
     # The route's upstream read timeout would also cut the response: the audit outcome
     # shows it was the grant's end that did.

@@ -41,11 +41,11 @@ async def test_a_read_begun_before_the_subscription_is_never_cached(
     watcher._grants = reader
     # The read happens while no subscription is up: the revocation below is never heard.
     first = asyncio.create_task(watcher.check(SAM.key, ORG))
-    await asyncio.wait_for(reader.read_done.wait(), 5)
+    await asyncio.wait_for(reader.read_done.wait(), 15)
     await store.revoke(request_id, ALICE)
     listening = asyncio.create_task(watcher.run())
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):
             while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
                 await asyncio.sleep(0.01)
         reader.release.set()
@@ -60,7 +60,7 @@ async def test_a_read_begun_before_the_subscription_is_never_cached(
 
 async def _listening(watcher: GrantWatcher) -> asyncio.Task[None]:
     task = asyncio.create_task(watcher.run())
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):
         while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
             await asyncio.sleep(0.01)
     return task
@@ -99,7 +99,7 @@ async def test_an_event_drops_the_parsed_grant(
         assert (await watcher.check(SAM.key, ORG)).grant is not None
         assert (SAM.key, ORG) in watcher._cache
         await store.revoke(request_id, ALICE)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):
             while (SAM.key, ORG) in watcher._cache:  # noqa: ASYNC110 (the event drops it)
                 await asyncio.sleep(0.01)
         revoked = await watcher.check(SAM.key, ORG)

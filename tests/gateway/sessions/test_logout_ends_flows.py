@@ -112,7 +112,7 @@ async def test_a_logout_between_session_check_and_forward_forwards_nothing(
         in_flight = site.app[IN_FLIGHT]
         await heard(in_flight._ended_sessions)
         held.release.set()
-        page = await asyncio.wait_for(request, 5)
+        page = await asyncio.wait_for(request, 15)
     assert page.status == 403
     assert json.loads(page.text)["error"] == SESSION_ENDED
     assert running.upstream.received == []
