@@ -432,8 +432,12 @@ def _filter_of(args: argparse.Namespace) -> RecordFilter:
     )
 
 
-def _missing(paths: Sequence[Path]) -> list[Path]:
-    return [p for p in paths if not _exists(p)]
+def _missing(paths: Sequence[Path]) -> bool:
+    """Say on stderr which of `paths` do not exist; True when any does not."""
+    missing = [p for p in paths if not _exists(p)]
+    if missing:
+        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+    return bool(missing)
 
 
 def _exists(path: Path) -> bool:
@@ -445,8 +449,7 @@ def _exists(path: Path) -> bool:
 
 # -- verify --------------------------------------------------------------------------------
 def _verify(args: argparse.Namespace) -> int:
-    if missing := _missing(args.paths):
-        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+    if _missing(args.paths):
         return 2
     try:
         keyring = Keyring.load(args.keyring)
@@ -500,8 +503,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     if not args.paths:
         print("checkpoint: give segment files or directories, or --from-redis", file=sys.stderr)
         return 2
-    if missing := _missing(args.paths):
-        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+    if _missing(args.paths):
         return 2
     then = (
         "later: verify --expect-checkpoint FILE "
@@ -582,8 +584,7 @@ def _replay(args: argparse.Namespace) -> int:
     if not args.paths:
         print("replay: give segment files or directories, or --follow", file=sys.stderr)
         return 2
-    if missing := _missing(args.paths):
-        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+    if _missing(args.paths):
         return 2
     shown = 0
     for body in merge_requests(read_records(args.paths)):
@@ -642,8 +643,7 @@ def _text(value: object) -> str:
 
 # -- export --------------------------------------------------------------------------------
 def _export(args: argparse.Namespace) -> int:
-    if missing := _missing(args.paths):
-        print(f"no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+    if _missing(args.paths):
         return 2
     wanted = _filter_of(args)
     total = sum(p.stat().st_size for p in segment_paths(args.paths))

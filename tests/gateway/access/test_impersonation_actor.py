@@ -13,6 +13,7 @@ from gateway.access.watcher import GrantWatcher
 from gateway.clock import ManualClock
 from gateway.flow import InFlightFlows
 from tests.gateway.access.conftest import ALICE, ORG, SAM, approved
+from tests.gateway.access.trust import trusted
 
 
 async def test_an_admin_demoted_mid_impersonation_acts_as_nobody(
@@ -51,9 +52,7 @@ async def test_a_cached_impersonation_ends_when_the_admin_is_demoted(
     watcher = GrantWatcher(directory, clock, InFlightFlows())
     listening = asyncio.create_task(watcher.run())
     try:
-        async with asyncio.timeout(15):
-            while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
-                await asyncio.sleep(0.01)
+        await trusted(watcher)
         assert (await watcher.check(ALICE.key, ORG)).grant is not None  # now cached
         # As the account store demotes her: the write and its event in one step.
         channel, message = member_changed(ORG, "alice")

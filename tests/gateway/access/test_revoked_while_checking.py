@@ -14,6 +14,7 @@ from gateway.clock import ManualClock
 from gateway.flow import InFlightFlows
 from tests.gateway.access.conftest import ALICE, ORG, SAM, approved
 from tests.gateway.access.test_watcher import HeldReader
+from tests.gateway.access.trust import trusted
 
 
 async def test_a_revocation_heard_during_a_check_is_remembered_for_its_flow(
@@ -26,9 +27,7 @@ async def test_a_revocation_heard_during_a_check_is_remembered_for_its_flow(
     watcher._grants = reader
     listening = asyncio.create_task(watcher.run())
     try:
-        async with asyncio.timeout(15):
-            while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
-                await asyncio.sleep(0.01)
+        await trusted(watcher)
         checking = asyncio.create_task(watcher.check(SAM.key, ORG))
         await asyncio.wait_for(reader.read_done.wait(), 15)
         await store.revoke(request_id, ALICE)

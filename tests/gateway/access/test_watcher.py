@@ -15,6 +15,7 @@ from gateway.access.watcher import GrantWatcher
 from gateway.clock import ManualClock
 from gateway.flow import InFlightFlows
 from tests.gateway.access.conftest import ALICE, ORG, SAM, SUE, approved
+from tests.gateway.access.trust import started_listening, trusted
 
 
 class HeldReader(GrantReader):
@@ -45,9 +46,7 @@ async def test_a_read_begun_before_the_subscription_is_never_cached(
     await store.revoke(request_id, ALICE)
     listening = asyncio.create_task(watcher.run())
     try:
-        async with asyncio.timeout(15):
-            while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
-                await asyncio.sleep(0.01)
+        await trusted(watcher)
         reader.release.set()
         assert (await first).grant is not None  # what Redis said when it was asked
         again = await watcher.check(SAM.key, ORG)
@@ -58,20 +57,12 @@ async def test_a_read_begun_before_the_subscription_is_never_cached(
         await asyncio.gather(listening, return_exceptions=True)
 
 
-async def _listening(watcher: GrantWatcher) -> asyncio.Task[None]:
-    task = asyncio.create_task(watcher.run())
-    async with asyncio.timeout(15):
-        while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
-            await asyncio.sleep(0.01)
-    return task
-
-
 async def test_a_cached_grant_is_judged_by_the_clock_on_every_check(
     store: AccessStore, directory: aioredis.Redis, clock: ManualClock
 ) -> None:
     await approved(store, 600, "read")
     watcher = GrantWatcher(directory, clock, InFlightFlows())
-    listening = await _listening(watcher)
+    listening = await started_listening(watcher)
     try:
         first = await watcher.check(SAM.key, ORG)
         assert first.grant is not None
@@ -94,7 +85,7 @@ async def test_an_event_drops_the_parsed_grant(
 ) -> None:
     request_id = await approved(store, 600, "write")
     watcher = GrantWatcher(directory, clock, InFlightFlows())
-    listening = await _listening(watcher)
+    listening = await started_listening(watcher)
     try:
         assert (await watcher.check(SAM.key, ORG)).grant is not None
         assert (SAM.key, ORG) in watcher._cache

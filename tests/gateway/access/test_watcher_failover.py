@@ -23,6 +23,7 @@ from gateway.clock import ManualClock
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.flow import InFlightFlows
 from tests.gateway.access.conftest import ALICE, ORG, SAM, approved
+from tests.gateway.access.trust import started_listening, trusted
 
 
 class SubscribedElsewhere(aioredis.Redis):
@@ -49,14 +50,6 @@ class CountingReader(GrantReader):
         return await super().read_many(pairs)
 
 
-async def _listening(watcher: GrantWatcher) -> asyncio.Task[None]:
-    task = asyncio.create_task(watcher.run())
-    async with asyncio.timeout(15):
-        while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
-            await asyncio.sleep(0.01)
-    return task
-
-
 async def _copy(source: aioredis.Redis, target: aioredis.Redis) -> None:
     for key in await source.keys("*"):
         dumped = await source.dump(key)
@@ -72,7 +65,7 @@ async def test_a_subscription_left_on_the_old_master_stops_the_cache_within_the_
 ) -> None:
     grant_id = await approved(store)
     watcher = GrantWatcher(directory, clock, InFlightFlows())
-    listening = await _listening(watcher)
+    listening = await started_listening(watcher)
     try:
         assert (await watcher.check(SAM.key, ORG)).grant is not None
         assert (SAM.key, ORG) in watcher._cache  # trusted from here
@@ -95,9 +88,7 @@ async def test_a_subscription_left_on_the_old_master_stops_the_cache_within_the_
         assert (await watcher.check(SAM.key, ORG)).error == "grant_revoked"
         # Back on a subscription that hears the writes (the new master): trusted again,
         # and the grant stays revoked.
-        async with asyncio.timeout(15):
-            while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
-                await asyncio.sleep(0.01)
+        await trusted(watcher)
         assert (await watcher.check(SAM.key, ORG)).error == "grant_revoked"
     finally:
         listening.cancel()
@@ -145,7 +136,7 @@ async def test_other_instances_heartbeats_neither_drop_the_cache_nor_recheck(
     reader = CountingReader(directory)
     watcher._grants = reader
     other = GrantWatcher(directory, clock, InFlightFlows())  # another gateway instance
-    listening = [await _listening(watcher), await _listening(other)]
+    listening = [await started_listening(watcher), await started_listening(other)]
     try:
         assert (await watcher.check(SAM.key, ORG)).grant is not None
         generation, rechecks = watcher._generation, reader.rechecks

@@ -19,6 +19,7 @@ from gateway.clock import ManualClock
 from gateway.flow import InFlightFlows
 from tests.gateway.access.conftest import ALICE, ORG, SAM, approved
 from tests.gateway.access.relay import Relay
+from tests.gateway.access.trust import trusted
 
 
 def _healthy(watcher: GrantWatcher) -> bool:
@@ -39,9 +40,7 @@ async def test_a_silent_subscription_stops_the_cache_before_a_revoked_grant_is_s
     watcher._grants = GrantReader(directory)
     listening = asyncio.create_task(watcher.run())
     try:
-        async with asyncio.timeout(15):
-            while not watcher.healthy:  # noqa: ASYNC110 (polling another task's state)
-                await asyncio.sleep(0.01)
+        await trusted(watcher)
         assert (await watcher.check(SAM.key, ORG)).grant is not None  # cached from here
         relay.frozen = True
         await store.revoke(grant_id, ALICE)  # its event never arrives
